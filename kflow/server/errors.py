@@ -1,0 +1,76 @@
+"""The error table: every exception becomes the JSON envelope with the right status.
+
+kflow errors carry their wire ``code``; this module maps codes to HTTP
+statuses. Framework errors (unknown route, wrong method) get the envelope
+too. Anything unexpected is logged with its traceback and answered with a
+500 that names the request id and leaks neither traceback nor SQL.
+"""
+
+from __future__ import annotations
+
+import structlog
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from kflow.errors import KflowError
+from kflow.server.http import error_response
+
+log = structlog.get_logger("kflow.server")
+
+STATUS_BY_CODE = {
+    "BAD_REQUEST": 400,
+    "UNAUTHORIZED": 401,
+    "FORBIDDEN": 403,
+    "NOT_FOUND": 404,
+    "METHOD_NOT_ALLOWED": 405,
+    "CONFLICT": 409,
+    "PAYLOAD_TOO_LARGE": 413,
+    "VALIDATION_ERROR": 422,
+    "TEMPLATE_ERROR": 422,
+    "RATE_LIMIT_EXCEEDED": 429,
+    "INTERNAL_ERROR": 500,
+    "SERVICE_UNAVAILABLE": 503,
+}
+
+_CODE_BY_STATUS = {
+    status: code for code, status in STATUS_BY_CODE.items() if code != "TEMPLATE_ERROR"
+}
+
+
+async def kflow_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, KflowError)
+    status = STATUS_BY_CODE.get(exc.code, 500)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if status >= 500:
+        log.error(
+            "http.error", code=exc.code, error=exc.message, path=request.url.path, exc_info=exc
+        )
+    return error_response(status, exc.code, exc.message, exc.details or None, headers)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = _CODE_BY_STATUS.get(exc.status_code, "BAD_REQUEST")
+    message = {
+        404: f"Not found: no route for {request.method} {request.url.path}",
+        405: f"method {request.method} is not allowed on {request.url.path}",
+    }.get(exc.status_code, str(exc.detail))
+    return error_response(exc.status_code, code, message, headers=exc.headers)
+
+
+async def unexpected_error(request: Request, exc: Exception) -> Response:
+    request_id = request.headers.get("x-request-id", "")
+    log.error("http.unhandled_error", path=request.url.path, method=request.method, exc_info=exc)
+    return error_response(
+        500,
+        "INTERNAL_ERROR",
+        f"internal error; see the server log for request {request_id}".strip(),
+    )
+
+
+EXCEPTION_HANDLERS = {
+    KflowError: kflow_error,
+    HTTPException: http_error,
+    Exception: unexpected_error,
+}

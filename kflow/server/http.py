@@ -1,0 +1,146 @@
+"""HTTP plumbing shared by the routes: JSON responses, the error envelope,
+body reading with limits, query-parameter parsing with field-named errors."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from kflow._serde import dumps, loads, parse_datetime
+from kflow.errors import InvalidInputError, NotFoundError, ValidationFailed
+
+
+class JSONResponse(Response):
+    """JSON via orjson: Decimals as strings, datetimes RFC 3339 with Z."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return dumps(content)
+
+
+def envelope(code: str, message: str, details: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The error envelope of PROTOCOL §1."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        error["details"] = dict(details)
+    return {"error": error}
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(
+        envelope(code, message, details), status_code=status, headers=dict(headers or {})
+    )
+
+
+async def read_json(request: Request) -> Any:
+    """The request body parsed as JSON (an empty body is an error).
+
+    Raises:
+        InvalidInputError: empty or not JSON (400).
+        kflow.errors.PayloadTooLargeError: above the body limit (413).
+    """
+    body = await request.body()
+    if not body.strip():
+        raise InvalidInputError("the request body is empty; expected a JSON object")
+    try:
+        return loads(body)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"the request body is not valid JSON: {exc}") from exc
+
+
+async def read_object(request: Request, *, allow_empty: bool = False) -> dict[str, Any]:
+    """The body as a JSON object.
+
+    Raises:
+        InvalidInputError: not JSON (400).
+        ValidationFailed: JSON but not an object (422, field ``body``).
+    """
+    if allow_empty and not (await request.body()).strip():
+        return {}
+    data = await read_json(request)
+    if not isinstance(data, dict):
+        kind = type(data).__name__.replace("dict", "object").replace("list", "array")
+        raise ValidationFailed(
+            "the request body must be a JSON object", {"body": [f"expected an object, got {kind}"]}
+        )
+    return data
+
+
+def path_uuid(request: Request, name: str, what: str) -> uuid.UUID:
+    """A UUID path parameter; a malformed one is simply not found (404)."""
+    raw = request.path_params[name]
+    try:
+        return uuid.UUID(str(raw))
+    except ValueError:
+        raise NotFoundError(f"{what} {raw} not found") from None
+
+
+class QueryParams:
+    """Typed access to query parameters, collecting every problem by name."""
+
+    def __init__(self, request: Request) -> None:
+        self._params = request.query_params
+        self.errors: dict[str, list[str]] = {}
+
+    def text(self, name: str, *, choices: tuple[str, ...] | None = None) -> str | None:
+        value = self._params.get(name)
+        if value is not None and choices is not None and value not in choices:
+            self.errors.setdefault(name, []).append(f"must be one of {', '.join(choices)}")
+            return None
+        return value
+
+    def integer(self, name: str, default: int, *, low: int, high: int) -> int:
+        raw = self._params.get(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            self.errors.setdefault(name, []).append(f"expected an integer, got {raw!r}")
+            return default
+        if not low <= value <= high:
+            self.errors.setdefault(name, []).append(f"must be between {low} and {high}")
+            return default
+        return value
+
+    def number(self, name: str, *, low: float, high: float) -> float | None:
+        raw = self._params.get(name)
+        if raw is None:
+            return None
+        try:
+            value = float(raw)
+        except ValueError:
+            self.errors.setdefault(name, []).append(f"expected a number, got {raw!r}")
+            return None
+        if not low <= value <= high:
+            self.errors.setdefault(name, []).append(f"must be between {low:g} and {high:g}")
+            return None
+        return value
+
+    def timestamp(self, name: str) -> dt.datetime | None:
+        raw = self._params.get(name)
+        if raw is None:
+            return None
+        try:
+            return parse_datetime(raw)
+        except ValueError:
+            self.errors.setdefault(name, []).append(f"expected an RFC 3339 timestamp, got {raw!r}")
+            return None
+
+    def check(self) -> None:
+        """Raises ValidationFailed (422) naming every bad parameter."""
+        if self.errors:
+            summary = "; ".join(f"{k}: {', '.join(v)}" for k, v in self.errors.items())
+            raise ValidationFailed(f"invalid query parameters: {summary}", self.errors)

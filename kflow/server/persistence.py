@@ -1,0 +1,222 @@
+"""Rows to orchestrator state and commands to rows, inside one transaction.
+
+These synchronous functions run inside a store unit of work (a worker
+thread). They only use named queries through :class:`~kflow.store.base.Tx`,
+so they work unchanged on every dialect.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from kflow._types import ActivityStatus, WorkflowStatus
+from kflow.ids import new_id
+from kflow.model.definition import WorkflowDefinition
+from kflow.server.definitions import LoadedDefinition
+from kflow.server.state import (
+    ZERO,
+    ActivityState,
+    BufferedSignal,
+    Emit,
+    ErrorInfo,
+    PutActivity,
+    WorkflowState,
+)
+from kflow.store.base import Row, Tx
+from kflow.store.codec import load_json, load_money, load_time
+
+
+def activity_state(row: Row) -> ActivityState:
+    """An activity row as orchestrator state."""
+    status = ActivityStatus(row["status"])
+    return ActivityState(
+        key=row["key"],
+        status=status,
+        iteration=int(row["iteration"]),
+        attempt=int(row["attempt"]),
+        parameters=load_json(row["parameters"]),
+        available_at=load_time(row["available_at"]),
+        wait_signal=row["wait_signal"],
+        wait_timeout_at=load_time(row["wait_timeout_at"]),
+        signal_data=load_json(row["signal_data"]),
+        outputs=load_json(row["outputs"]),
+        error=ErrorInfo.from_dict(load_json(row["error"])),
+        failure_handled=bool(row["failure_handled"]),
+        cost_usd=load_money(row["cost_usd"]),
+        started_at=load_time(row["started_at"]),
+        completed_at=load_time(row["completed_at"]),
+        has_run=row["outputs"] is not None or row["error"] is not None,
+    )
+
+
+def workflow_state(
+    tx: Tx, row: Row, loaded: LoadedDefinition, activity_rows: Iterable[Row]
+) -> WorkflowState:
+    """The full orchestrator state of a run whose workflow row is ``row``."""
+    acts = {r["key"]: activity_state(r) for r in activity_rows}
+    signals: tuple[BufferedSignal, ...] = ()
+    if loaded.waits_for_signals:
+        signals = tuple(
+            BufferedSignal(
+                id=uuid.UUID(str(s["id"])),
+                activity_key=s["activity_key"],
+                event_name=s["event_name"],
+                data=load_json(s["data"]),
+            )
+            for s in tx.all("workflow_signals", workflow_id=str(row["id"]))
+        )
+    return WorkflowState(
+        id=uuid.UUID(str(row["id"])),
+        status=WorkflowStatus(row["status"]),
+        definition=loaded.definition,
+        graph=loaded.graph,
+        input=load_json(row["input"]) or {},
+        activities=acts,
+        total_cost_usd=load_money(row["total_cost_usd"]),
+        created_at=load_time(row["created_at"]) or dt.datetime.now(dt.UTC),
+        signals=signals,
+    )
+
+
+def insert_activities(
+    tx: Tx, workflow_id: uuid.UUID, definition: WorkflowDefinition, now: dt.datetime
+) -> None:
+    """One ``not_scheduled`` row per activity of ``definition``."""
+    rows = []
+    for position, act in enumerate(definition.activities):
+        settings = act.settings
+        rows.append(
+            {
+                "workflow_id": str(workflow_id),
+                "key": act.key,
+                "position": position,
+                "queue": act.worker,
+                "activity_name": act.activity_name,
+                "timeout_seconds": settings.timeout_seconds,
+                "settings": tx.json(dispatch_settings(act.settings)),
+                "output_definitions": tx.json(
+                    [{"name": o.name, "type": o.type.value} for o in act.outputs] or None
+                ),
+                "now": tx.time(now),
+            }
+        )
+    tx.run_many("insert_activity", rows)
+
+
+def dispatch_settings(settings: Any) -> dict[str, Any]:
+    """The ``settings`` object a worker receives with a claimed activity."""
+    retry = settings.retry
+    out: dict[str, Any] = {
+        "cache": settings.cache.enabled,
+        "timeout_seconds": settings.timeout_seconds,
+        "retry": {
+            "max_attempts": retry.max_attempts,
+            "strategy": retry.strategy,
+            "base_seconds": retry.base_seconds,
+            "factor": retry.factor,
+            "max_seconds": retry.max_seconds,
+        },
+        "budget": {}
+        if settings.budget is None
+        else {"limit": str(settings.budget.limit), "action": settings.budget.action},
+    }
+    if settings.cache.ttl_seconds is not None:
+        out["cache_ttl"] = settings.cache.ttl_seconds
+    return out
+
+
+def apply_put(
+    tx: Tx, workflow_id: uuid.UUID, put: PutActivity, now: dt.datetime
+) -> uuid.UUID | None:
+    """Write one activity's new state; returns the new attempt id if one was made."""
+    act = put.activity
+    attempt_id = new_id() if put.new_attempt else None
+    tx.run(
+        "update_activity",
+        workflow_id=str(workflow_id),
+        key=act.key,
+        status=act.status.value,
+        iteration=act.iteration,
+        attempt=act.attempt,
+        new_attempt_id=None if attempt_id is None else str(attempt_id),
+        parameters=tx.json(act.parameters),
+        available_at=tx.time(act.available_at),
+        wait_signal=act.wait_signal,
+        wait_timeout_at=tx.time(act.wait_timeout_at),
+        signal_data=tx.json(act.signal_data),
+        outputs=tx.json(act.outputs),
+        error=tx.json(None if act.error is None else act.error.as_dict()),
+        failure_handled=act.failure_handled,
+        cost_usd=tx.money(act.cost_usd),
+        completed_at=tx.time(act.completed_at),
+        clear_lease=put.release_lease or put.new_attempt,
+        clear_details=put.new_attempt and act.attempt <= 1,
+        now=tx.time(now),
+    )
+    return attempt_id
+
+
+def append_events(tx: Tx, workflow_id: uuid.UUID, emits: Iterable[Emit], now: dt.datetime) -> int:
+    """Append events to the run's history; returns how many."""
+    rows = [
+        {
+            "workflow_id": str(workflow_id),
+            "type": e.type,
+            "activity_key": e.activity_key,
+            "data": tx.json(e.data),
+            "now": tx.time(now),
+        }
+        for e in emits
+    ]
+    if rows:
+        tx.run_many("insert_event", rows)
+    return len(rows)
+
+
+def record_attempt(
+    tx: Tx,
+    *,
+    attempt_id: str,
+    row: Row,
+    outcome: str,
+    now: dt.datetime,
+    error: ErrorInfo | None = None,
+    cost: Any = None,
+    usage: Any = None,
+) -> None:
+    """Keep a finished attempt in the audit trail (once per attempt id)."""
+    tx.run(
+        "insert_attempt",
+        id=attempt_id,
+        workflow_id=str(row["workflow_id"]),
+        activity_key=row["key"],
+        iteration=int(row["iteration"]),
+        attempt=int(row["attempt"]),
+        worker_id=row["worker_id"],
+        outcome=outcome,
+        error=tx.json(None if error is None else error.as_dict()),
+        cost_usd=tx.money(cost if cost is not None else ZERO),
+        usage=tx.json(usage or None),
+        started_at=row["claimed_at"],
+        now=tx.time(now),
+    )
+
+
+def event_row(row: Row) -> dict[str, Any]:
+    """An events row as the JSON object the API and the stream return."""
+    return {
+        "event_id": int(row["id"]),
+        "workflow_id": str(row["workflow_id"]),
+        "type": row["type"],
+        "activity_key": row["activity_key"],
+        "data": load_json(row["data"]) or {},
+        "created_at": load_time(row["created_at"]),
+    }
+
+
+def json_object(value: Any) -> Mapping[str, Any]:
+    """``value`` if it is a JSON object, else an empty mapping."""
+    return value if isinstance(value, Mapping) else {}

@@ -1,0 +1,80 @@
+"""The history of a run as a stream: Server-Sent Events (replay, then live).
+
+``GET /api/v1/workflows/{id}/events?from_event_id=N`` sends every event after
+``N`` and then new ones as they are committed; the stream ends after the
+run's final event. ``Accept: application/json`` returns the history so far
+as a JSON array instead.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from kflow._serde import dumps
+from kflow.server import views
+from kflow.server.context import ServerContext, context_of
+from kflow.server.http import JSONResponse, QueryParams, path_uuid
+
+_FINAL = {"workflow.completed", "workflow.failed", "workflow.cancelled"}
+KEEPALIVE_SECONDS = 15.0
+
+
+async def _stream(ctx: ServerContext, workflow_id: Any, after: int) -> AsyncIterator[bytes]:
+    yield b": kflow event stream\n\n"
+    while True:
+        since = after
+        events = await ctx.store.read(
+            functools.partial(views.run_events, workflow_id=workflow_id, after_id=since)
+        )
+        for event in events:
+            after = event["event_id"]
+            yield (
+                f"id: {after}\nevent: {event['type']}\n".encode()
+                + b"data: "
+                + dumps(event)
+                + b"\n\n"
+            )
+            if event["type"] in _FINAL:
+                return
+        if events:
+            continue
+        status = await ctx.store.read(lambda tx: views.run_status(tx, workflow_id))
+        if status in ("completed", "failed", "cancelled"):
+            more = await ctx.store.read(
+                functools.partial(views.run_events, workflow_id=workflow_id, after_id=since)
+            )
+            if not more:
+                return
+            continue
+        if not await ctx.hub.wait(workflow_id, KEEPALIVE_SECONDS):
+            yield b": keep-alive\n\n"
+
+
+async def events(request: Request) -> Response:
+    ctx = context_of(request)
+    await ctx.principal(request, "workflows:read")
+    workflow_id = path_uuid(request, "workflow_id", "workflow")
+    query = QueryParams(request)
+    after = query.integer("from_event_id", 0, low=0, high=2**62)
+    query.check()
+    await ctx.store.read(lambda tx: views.run_status(tx, workflow_id))  # 404 early
+    if "application/json" in request.headers.get(
+        "accept", ""
+    ) and "text/event-stream" not in request.headers.get("accept", ""):
+        return JSONResponse(
+            await ctx.store.read(lambda tx: views.run_events(tx, workflow_id, after, limit=10_000))
+        )
+    return StreamingResponse(
+        _stream(ctx, workflow_id, after),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+    )
+
+
+routes = [Route("/api/v1/workflows/{workflow_id}/events", events, methods=["GET"])]

@@ -1,0 +1,238 @@
+"""The worker protocol: poll (with long-poll), heartbeat, complete, fail (PROTOCOL §3)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import trio
+from starlette.requests import Request
+from starlette.routing import Route
+
+from kflow._serde import to_decimal
+from kflow.errors import ValidationFailed
+from kflow.server.context import ServerContext, context_of
+from kflow.server.http import JSONResponse, path_uuid, read_object
+from kflow.server.state import ErrorInfo
+
+_QUEUE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+class _Fields:
+    """Collects field errors of one request body."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+        self.errors: dict[str, list[str]] = {}
+
+    def add(self, name: str, message: str) -> None:
+        self.errors.setdefault(name, []).append(message)
+
+    def text(
+        self,
+        name: str,
+        *,
+        required: bool = True,
+        pattern: re.Pattern[str] | None = None,
+        max_length: int = 256,
+    ) -> str:
+        value = self.data.get(name)
+        if value is None:
+            if required:
+                self.add(name, "is required")
+            return ""
+        if not isinstance(value, str) or not value.strip():
+            self.add(name, "expected a non-empty string")
+            return ""
+        if len(value) > max_length:
+            self.add(name, f"must be at most {max_length} characters")
+        elif pattern is not None and not pattern.match(value):
+            self.add(name, f"must match {pattern.pattern}")
+        return value
+
+    def number(
+        self, name: str, default: float | None, *, low: float, high: float, integer: bool = False
+    ) -> float | None:
+        value = self.data.get(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.add(name, f"expected a number, got {type(value).__name__}")
+            return default
+        if integer and not float(value).is_integer():
+            self.add(name, "expected an integer")
+            return default
+        if not low <= value <= high:
+            self.add(name, f"must be between {low:g} and {high:g}")
+            return default
+        return value
+
+    def money(self, name: str) -> Any:
+        value = self.data.get(name)
+        if value is None:
+            return None
+        try:
+            amount = to_decimal(value)
+        except ValueError as exc:
+            self.add(name, str(exc))
+            return None
+        if amount < 0:
+            self.add(name, "must not be negative")
+        return amount
+
+    def usage(self) -> list[dict[str, Any]]:
+        value = self.data.get("usage")
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.add("usage", "expected an array")
+            return []
+        entries: list[dict[str, Any]] = []
+        for index, entry in enumerate(value):
+            if not isinstance(entry, dict):
+                self.add(f"usage[{index}]", "expected an object")
+                continue
+            clean = dict(entry)
+            for counter in (
+                "input_tokens",
+                "output_tokens",
+                "cache_read_tokens",
+                "cache_creation_tokens",
+            ):
+                tokens = entry.get(counter, 0)
+                if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+                    self.add(f"usage[{index}].{counter}", "expected a non-negative integer")
+            if entry.get("cost_usd") is not None:
+                try:
+                    clean["cost_usd"] = to_decimal(entry["cost_usd"])
+                except ValueError as exc:
+                    self.add(f"usage[{index}].cost_usd", str(exc))
+            entries.append(clean)
+        return entries
+
+    def check(self, what: str) -> None:
+        if self.errors:
+            summary = "; ".join(f"{k}: {', '.join(v)}" for k, v in self.errors.items())
+            raise ValidationFailed(f"invalid {what}: {summary}", self.errors)
+
+
+async def _long_poll(
+    ctx: ServerContext, request: Request, queue: str, worker_id: str, limit: int, wait: float
+) -> list[dict[str, Any]]:
+    """Claim, and if nothing is there park until work arrives or ``wait`` ends.
+
+    A client that hangs up while parked stops the wait; the claim itself is
+    never interrupted, so claimed work is always returned to the caller.
+    """
+    deadline = trio.current_time() + wait
+    state: dict[str, Any] = {"gone": False, "scope": None}
+
+    async def watch_disconnect() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                state["gone"] = True
+                if state["scope"] is not None:
+                    state["scope"].cancel()
+                return
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_disconnect)
+        try:
+            while True:
+                seen = ctx.dispatcher.sequence(queue)
+                items = await ctx.worker_ops.claim(queue, worker_id, limit)
+                if items or state["gone"] or trio.current_time() >= deadline:
+                    return items
+                state["scope"] = scope = trio.CancelScope()
+                with scope:
+                    woken = await ctx.dispatcher.wait(queue, seen, deadline)
+                state["scope"] = None
+                if state["gone"] or not woken:
+                    return []
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def poll(request: Request) -> JSONResponse:
+    ctx = context_of(request)
+    await ctx.principal(request, "worker")
+    fields = _Fields(await read_object(request))
+    queue = fields.text("worker", pattern=_QUEUE, max_length=100)
+    worker_id = fields.text("worker_id", max_length=256)
+    limit = int(fields.number("max_activities", 1, low=1, high=100, integer=True) or 1)
+    wait = fields.number("wait_seconds", None, low=0, high=ctx.config.max_wait_seconds)
+    fields.check("poll request")
+    if wait:
+        items = await _long_poll(ctx, request, queue, worker_id, limit, float(wait))
+    else:
+        items = await ctx.worker_ops.claim(queue, worker_id, limit)
+    if items:
+        ctx.metrics.claimed.labels(queue).inc(len(items))
+    return JSONResponse({"activities": items, "count": len(items)})
+
+
+async def heartbeat(request: Request) -> JSONResponse:
+    ctx = context_of(request)
+    await ctx.principal(request, "worker")
+    attempt_id = path_uuid(request, "activity_id", "activity")
+    fields = _Fields(await read_object(request))
+    worker_id = fields.text("worker_id")
+    fields.check("heartbeat")
+    answer = await ctx.worker_ops.heartbeat(attempt_id, worker_id, fields.data.get("details"))
+    return JSONResponse(answer)
+
+
+async def complete(request: Request) -> JSONResponse:
+    ctx = context_of(request)
+    await ctx.principal(request, "worker")
+    attempt_id = path_uuid(request, "activity_id", "activity")
+    fields = _Fields(await read_object(request))
+    worker_id = fields.text("worker_id")
+    output = fields.data.get("output", {})
+    if output is None:
+        output = {}
+    if not isinstance(output, dict):
+        fields.add("output", "expected an object mapping output names to values")
+    cost = fields.money("cost_usd")
+    usage = fields.usage()
+    fields.check("completion")
+    answer = await ctx.worker_ops.complete(attempt_id, worker_id, output, cost, usage)
+    ctx.metrics.reports.labels("completed").inc()
+    return JSONResponse(answer)
+
+
+async def fail(request: Request) -> JSONResponse:
+    ctx = context_of(request)
+    await ctx.principal(request, "worker")
+    attempt_id = path_uuid(request, "activity_id", "activity")
+    fields = _Fields(await read_object(request))
+    worker_id = fields.text("worker_id")
+    raw = fields.data.get("error", {})
+    if not isinstance(raw, dict):
+        fields.add("error", "expected an object {code, message, retryable}")
+        raw = {}
+    code = raw.get("code", "EXECUTION_ERROR")
+    message = raw.get("message", "")
+    retryable = raw.get("retryable", True)
+    if not isinstance(code, str) or not code:
+        fields.add("error.code", "expected a non-empty string")
+    if not isinstance(message, str):
+        fields.add("error.message", "expected a string")
+    if not isinstance(retryable, bool):
+        fields.add("error.retryable", "expected true or false")
+    cost = fields.money("cost_usd")
+    usage = fields.usage()
+    fields.check("failure report")
+    error = ErrorInfo(code=str(code), message=str(message)[:8000], retryable=bool(retryable))
+    answer = await ctx.worker_ops.fail(attempt_id, worker_id, error, cost, usage)
+    ctx.metrics.reports.labels("failed").inc()
+    return JSONResponse(answer)
+
+
+routes = [
+    Route("/api/v1/workers/poll", poll, methods=["POST"]),
+    Route("/api/v1/activities/{activity_id}/heartbeat", heartbeat, methods=["POST"]),
+    Route("/api/v1/activities/{activity_id}/complete", complete, methods=["POST"]),
+    Route("/api/v1/activities/{activity_id}/fail", fail, methods=["POST"]),
+]

@@ -1,0 +1,182 @@
+"""Workflow runs: start, list, inspect, outputs, cancel, signal (PROTOCOL §5),
+plus the routes the ``kruxiaflow`` SDK client expects."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.routing import Route
+
+from kflow._types import WorkflowStatus
+from kflow.errors import ValidationFailed
+from kflow.server import views
+from kflow.server.context import ServerContext, context_of
+from kflow.server.engine import StartedWorkflow
+from kflow.server.http import JSONResponse, QueryParams, path_uuid, read_object
+from kflow.server.routes.definitions import deploy_definition
+
+_STATUSES = tuple(s.value for s in WorkflowStatus)
+
+
+def _optional_text(data: dict[str, Any], name: str, errors: dict[str, list[str]]) -> str | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        errors.setdefault(name, []).append("expected a non-empty string")
+        return None
+    return value
+
+
+async def _start(
+    ctx: ServerContext, data: dict[str, Any], name_field: str, input_field: str
+) -> StartedWorkflow:
+    errors: dict[str, list[str]] = {}
+    name = _optional_text(data, name_field, errors)
+    if name is None and name_field not in errors:
+        errors[name_field] = ["is required"]
+    version = _optional_text(data, "version", errors)
+    unique_key = _optional_text(data, "unique_key", errors)
+    inputs = data.get(input_field, {})
+    if inputs is None:
+        inputs = {}
+    if not isinstance(inputs, dict):
+        errors.setdefault(input_field, []).append("expected an object")
+    if errors:
+        summary = "; ".join(f"{k}: {', '.join(v)}" for k, v in errors.items())
+        raise ValidationFailed(f"invalid start request: {summary}", errors)
+    assert name is not None
+    started = await ctx.engine.start(name, version=version, input=inputs, unique_key=unique_key)
+    ctx.metrics.workflows_started.inc()
+    return started
+
+
+def _started_body(started: StartedWorkflow) -> dict[str, Any]:
+    return {
+        "workflow_id": str(started.id),
+        "definition_name": started.definition_name,
+        "definition_version": started.definition_version,
+        "status": started.status.value,
+        "created_at": started.created_at,
+    }
+
+
+async def create(request: Request) -> JSONResponse:
+    """Start a run; a body with ``name`` + ``activities`` is an SDK deploy."""
+    ctx = context_of(request)
+    await ctx.principal(request, "workflows:write")
+    data = await read_object(request)
+    if "definition_name" not in data and "activities" in data and "name" in data:
+        return await deploy_definition(ctx, data)
+    started = await _start(ctx, data, "definition_name", "input")
+    return JSONResponse(_started_body(started), status_code=201)
+
+
+async def start_compat(request: Request) -> JSONResponse:
+    """The SDK's ``start_workflow``: ``{name, inputs, version?}``."""
+    ctx = context_of(request)
+    await ctx.principal(request, "workflows:write")
+    data = await read_object(request)
+    started = await _start(ctx, data, "name", "inputs")
+    body = _started_body(started)
+    body["instance_id"] = body["workflow_id"]
+    return JSONResponse(body, status_code=201)
+
+
+async def list_runs(request: Request) -> JSONResponse:
+    ctx = context_of(request)
+    await ctx.principal(request, "workflows:read")
+    query = QueryParams(request)
+    status = query.text("status", choices=_STATUSES)
+    definition_name = query.text("definition_name")
+    created_after = query.timestamp("created_after")
+    created_before = query.timestamp("created_before")
+    limit = query.integer("limit", 50, low=1, high=1000)
+    offset = query.integer("offset", 0, low=0, high=10**9)
+    query.check()
+    result = await ctx.store.read(
+        lambda tx: views.list_workflows(
+            tx,
+            status=status,
+            definition_name=definition_name,
+            created_after=created_after,
+            created_before=created_before,
+            limit=limit,
+            offset=offset,
+        )
+    )
+    return JSONResponse(result)
+
+
+async def get_run(request: Request) -> JSONResponse:
+    ctx = context_of(request)
+    await ctx.principal(request, "workflows:read")
+    workflow_id = path_uuid(request, "workflow_id", "workflow")
+    return JSONResponse(await ctx.store.read(lambda tx: views.workflow_detail(tx, workflow_id)))
+
+
+async def get_output(request: Request) -> JSONResponse:
+    ctx = context_of(request)
+    await ctx.principal(request, "workflows:read")
+    workflow_id = path_uuid(request, "workflow_id", "workflow")
+    cache = ctx.engine.definitions
+    return JSONResponse(
+        await ctx.store.read(lambda tx: views.workflow_output(tx, cache, workflow_id))
+    )
+
+
+async def get_activity_output(request: Request) -> JSONResponse:
+    ctx = context_of(request)
+    await ctx.principal(request, "workflows:read")
+    workflow_id = path_uuid(request, "workflow_id", "workflow")
+    key = request.path_params["key"]
+    return JSONResponse(
+        await ctx.store.read(lambda tx: views.activity_output(tx, workflow_id, key))
+    )
+
+
+async def cancel(request: Request) -> JSONResponse:
+    ctx = context_of(request)
+    principal = await ctx.principal(request, "workflows:write")
+    workflow_id = path_uuid(request, "workflow_id", "workflow")
+    status = await ctx.engine.cancel(workflow_id, f"cancelled by {principal.client_id}")
+    return JSONResponse({"workflow_id": str(workflow_id), "status": status, "cancelled": True})
+
+
+async def signal(request: Request) -> JSONResponse:
+    ctx = context_of(request)
+    await ctx.principal(request, "workflows:write")
+    workflow_id = path_uuid(request, "workflow_id", "workflow")
+    data = await read_object(request)
+    errors: dict[str, list[str]] = {}
+    key = _optional_text(data, "activity_key", errors)
+    event_name = _optional_text(data, "event_name", errors)
+    for name, value in (("activity_key", key), ("event_name", event_name)):
+        if value is None and name not in errors:
+            errors[name] = ["is required"]
+    payload = data.get("data")
+    if payload is not None and not isinstance(payload, dict):
+        errors["data"] = ["expected an object"]
+    if errors:
+        raise ValidationFailed("invalid signal request", errors)
+    assert key is not None
+    assert event_name is not None
+    signaled, message = await ctx.engine.signal(workflow_id, key, event_name, payload)
+    return JSONResponse({"signaled": signaled, "message": message})
+
+
+routes = [
+    Route("/api/v1/workflows", create, methods=["POST"]),
+    Route("/api/v1/workflows", list_runs, methods=["GET"]),
+    Route("/api/v1/workflows/start", start_compat, methods=["POST"]),
+    Route("/api/v1/workflows/{workflow_id}", get_run, methods=["GET"]),
+    Route("/api/v1/workflows/{workflow_id}/output", get_output, methods=["GET"]),
+    Route(
+        "/api/v1/workflows/{workflow_id}/activities/{key}/output",
+        get_activity_output,
+        methods=["GET"],
+    ),
+    Route("/api/v1/workflows/{workflow_id}/cancel", cancel, methods=["POST"]),
+    Route("/api/v1/workflows/{workflow_id}/signal", signal, methods=["POST"]),
+]

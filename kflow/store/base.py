@@ -1,0 +1,89 @@
+"""The storage seam: a ``Store`` runs units of work, a ``Tx`` runs named queries.
+
+A unit of work is a plain synchronous function ``fn(tx) -> T``. The store runs
+it in a worker thread inside one database transaction (one thread hop per
+unit of work, not per statement) and commits, or rolls back if ``fn`` raises.
+SQL never appears in Python: ``tx.one("claim_activities", queue=...)`` looks
+the statement up among the dialect's named queries (``store/sql/<dialect>``).
+
+Values cross the seam in Python types; each dialect encodes them:
+``tx.time(datetime)``, ``tx.json(obj)``, ``tx.money(Decimal)`` for parameters,
+and :mod:`kflow.store.codec` decodes what rows hold.
+
+Cancellation: a unit of work that has started always runs to commit or
+rollback; cancelling the awaiting task does not interrupt the transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
+
+Row = Mapping[str, Any]
+
+
+class Tx(Protocol):
+    """One open transaction. Only valid inside the unit of work it was given to."""
+
+    dialect: str
+
+    def one(self, query: str, /, **params: Any) -> Row | None:
+        """First row of a named query, or None."""
+        ...
+
+    def all(self, query: str, /, **params: Any) -> list[Row]:
+        """Every row of a named query."""
+        ...
+
+    def run(self, query: str, /, **params: Any) -> int:
+        """Execute a named statement; returns the number of rows it changed."""
+        ...
+
+    def run_many(self, query: str, rows: Iterable[Mapping[str, Any]], /) -> None:
+        """Execute a named statement once per parameter mapping."""
+        ...
+
+    def time(self, value: dt.datetime | None) -> Any:
+        """Encode a timestamp parameter for this dialect."""
+        ...
+
+    def json(self, value: Any) -> Any:
+        """Encode a JSON parameter for this dialect (None stays NULL)."""
+        ...
+
+    def money(self, value: decimal.Decimal) -> Any:
+        """Encode a money parameter for this dialect."""
+        ...
+
+
+class Store(Protocol):
+    """A database holding kflow's state."""
+
+    dialect: str
+
+    async def write(self, fn: Callable[[Tx], T]) -> T:
+        """Run ``fn`` in a read-write transaction and commit.
+
+        Raises:
+            kflow.errors.StoreUnavailableError: the database cannot be reached
+                or stayed locked; nothing was committed.
+            kflow.errors.StoreError: the database failed otherwise.
+            Exception: whatever ``fn`` raised (the transaction is rolled back).
+        """
+        ...
+
+    async def read(self, fn: Callable[[Tx], T]) -> T:
+        """Run ``fn`` against a consistent read-only snapshot."""
+        ...
+
+    async def migrate(self) -> list[str]:
+        """Apply pending schema migrations; returns the names applied."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close every connection. Safe to call twice."""
+        ...

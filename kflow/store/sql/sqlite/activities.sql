@@ -1,0 +1,125 @@
+-- name: insert_activity
+INSERT INTO activities (workflow_id, key, position, queue, activity_name, timeout_seconds,
+                        settings, output_definitions, status, updated_at)
+VALUES (:workflow_id, :key, :position, :queue, :activity_name, :timeout_seconds,
+        :settings, :output_definitions, 'not_scheduled', :now);
+
+-- name: workflow_activities
+SELECT workflow_id, key, position, queue, activity_name, timeout_seconds, settings,
+       output_definitions, status, iteration, attempt, attempt_id, parameters, available_at,
+       wait_signal, wait_timeout_at, signal_data, worker_id, claimed_at, lease_expires_at,
+       heartbeat_details, outputs, error, failure_handled, cost_usd, started_at,
+       completed_at, updated_at
+FROM activities WHERE workflow_id = :workflow_id ORDER BY position;
+
+-- name: activity_by_key
+SELECT workflow_id, key, position, queue, activity_name, timeout_seconds, settings,
+       output_definitions, status, iteration, attempt, attempt_id, parameters, available_at,
+       wait_signal, wait_timeout_at, signal_data, worker_id, claimed_at, lease_expires_at,
+       heartbeat_details, outputs, error, failure_handled, cost_usd, started_at,
+       completed_at, updated_at
+FROM activities WHERE workflow_id = :workflow_id AND key = :key;
+
+-- name: activity_by_attempt
+SELECT workflow_id, key, status, attempt_id, worker_id, attempt, iteration, timeout_seconds,
+       lease_expires_at, claimed_at
+FROM activities WHERE attempt_id = :attempt_id;
+
+-- name: update_activity
+UPDATE activities
+SET status = :status,
+    iteration = :iteration,
+    attempt = :attempt,
+    attempt_id = COALESCE(:new_attempt_id, attempt_id),
+    parameters = :parameters,
+    available_at = :available_at,
+    wait_signal = :wait_signal,
+    wait_timeout_at = :wait_timeout_at,
+    signal_data = :signal_data,
+    outputs = :outputs,
+    error = :error,
+    failure_handled = :failure_handled,
+    cost_usd = :cost_usd,
+    completed_at = :completed_at,
+    worker_id = CASE WHEN :clear_lease THEN NULL ELSE worker_id END,
+    claimed_at = CASE WHEN :clear_lease THEN NULL ELSE claimed_at END,
+    lease_expires_at = CASE WHEN :clear_lease THEN NULL ELSE lease_expires_at END,
+    heartbeat_details = CASE WHEN :clear_details THEN NULL ELSE heartbeat_details END,
+    started_at = CASE WHEN :new_attempt_id IS NOT NULL THEN NULL ELSE started_at END,
+    updated_at = :now
+WHERE workflow_id = :workflow_id AND key = :key;
+
+-- name: claim_activities
+UPDATE activities
+SET status = 'running',
+    worker_id = :worker_id,
+    claimed_at = :now,
+    started_at = :now,
+    lease_expires_at = :now + timeout_seconds * 1000000 + :lease_grace_micros,
+    updated_at = :now
+WHERE rowid IN (
+    SELECT rowid FROM activities
+    WHERE queue = :queue AND status = 'pending' AND available_at <= :now
+    ORDER BY available_at
+    LIMIT :limit)
+RETURNING workflow_id, key, attempt_id, queue, activity_name, timeout_seconds, settings,
+          output_definitions, parameters, signal_data, heartbeat_details, attempt, iteration,
+          lease_expires_at;
+
+-- name: extend_lease
+UPDATE activities
+SET lease_expires_at = MAX(lease_expires_at, :lease_expires_at),
+    heartbeat_details = COALESCE(:details, heartbeat_details),
+    updated_at = :now
+WHERE attempt_id = :attempt_id AND status = 'running' AND worker_id = :worker_id;
+
+-- name: promote_due_activities
+UPDATE activities
+SET status = 'pending', updated_at = :now
+WHERE rowid IN (
+    SELECT rowid FROM activities
+    WHERE status = 'waiting' AND wait_signal IS NULL AND available_at <= :now
+    LIMIT :limit)
+RETURNING workflow_id, key, queue;
+
+-- name: next_due_activity
+SELECT MIN(available_at) AS at FROM activities
+WHERE status = 'waiting' AND wait_signal IS NULL;
+
+-- name: expired_leases
+SELECT workflow_id, key, attempt_id, worker_id, lease_expires_at FROM activities
+WHERE status = 'running' AND lease_expires_at <= :now
+ORDER BY lease_expires_at LIMIT :limit;
+
+-- name: next_lease_expiry
+SELECT MIN(lease_expires_at) AS at FROM activities WHERE status = 'running';
+
+-- name: due_signal_timeouts
+SELECT workflow_id, key, attempt_id FROM activities
+WHERE status = 'waiting' AND wait_signal IS NOT NULL AND wait_timeout_at IS NOT NULL
+  AND wait_timeout_at <= :now
+ORDER BY wait_timeout_at LIMIT :limit;
+
+-- name: next_signal_timeout
+SELECT MIN(wait_timeout_at) AS at FROM activities
+WHERE status = 'waiting' AND wait_signal IS NOT NULL AND wait_timeout_at IS NOT NULL;
+
+-- name: pending_queues
+SELECT DISTINCT queue FROM activities WHERE status = 'pending';
+
+-- name: insert_attempt
+INSERT INTO attempts (id, workflow_id, activity_key, iteration, attempt, worker_id, outcome,
+                      error, cost_usd, usage, started_at, finished_at)
+VALUES (:id, :workflow_id, :activity_key, :iteration, :attempt, :worker_id, :outcome,
+        :error, :cost_usd, :usage, :started_at, :now)
+ON CONFLICT (id) DO NOTHING;
+
+-- name: get_attempt
+SELECT id, workflow_id, activity_key, iteration, attempt, worker_id, outcome, error,
+       cost_usd, finished_at
+FROM attempts WHERE id = :id;
+
+-- name: workflow_attempts
+SELECT id, activity_key, iteration, attempt, worker_id, outcome, error, cost_usd, usage,
+       started_at, finished_at
+FROM attempts WHERE workflow_id = :workflow_id ORDER BY finished_at, id;

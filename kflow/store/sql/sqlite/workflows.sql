@@ -1,0 +1,61 @@
+-- name: insert_workflow
+INSERT INTO workflows (id, definition_name, definition_version, status, input, unique_key,
+                       created_at, updated_at, timeout_at)
+VALUES (:id, :definition_name, :definition_version, 'created', :input, :unique_key,
+        :now, :now, :timeout_at);
+
+-- name: get_workflow
+SELECT id, definition_name, definition_version, status, input, unique_key, error_message,
+       total_cost_usd, created_at, updated_at, completed_at, timeout_at
+FROM workflows WHERE id = :id;
+
+-- name: lock_workflow
+SELECT id, definition_name, definition_version, status, input, unique_key, error_message,
+       total_cost_usd, created_at, updated_at, completed_at, timeout_at
+FROM workflows WHERE id = :id;
+
+-- name: workflow_by_unique_key
+SELECT id, status FROM workflows
+WHERE unique_key = :unique_key AND status <> 'failed';
+
+-- name: set_workflow_status
+UPDATE workflows
+SET status = :status,
+    error_message = COALESCE(:error_message, error_message),
+    completed_at = CASE WHEN :finished THEN :now ELSE completed_at END,
+    updated_at = :now
+WHERE id = :id;
+
+-- name: mark_workflow_running
+UPDATE workflows SET status = 'running', updated_at = :now
+WHERE id = :id AND status = 'created';
+
+-- name: set_workflow_cost
+UPDATE workflows SET total_cost_usd = :total_cost_usd, updated_at = :now WHERE id = :id;
+
+-- name: list_workflows
+SELECT id, status, definition_name, definition_version, created_at, updated_at,
+       completed_at, error_message, total_cost_usd
+FROM workflows
+WHERE (:status IS NULL OR status = :status)
+  AND (:definition_name IS NULL OR definition_name = :definition_name)
+  AND (:created_after IS NULL OR created_at >= :created_after)
+  AND (:created_before IS NULL OR created_at < :created_before)
+ORDER BY created_at DESC, id DESC
+LIMIT :limit OFFSET :offset;
+
+-- name: count_workflows
+SELECT COUNT(*) AS total FROM workflows
+WHERE (:status IS NULL OR status = :status)
+  AND (:definition_name IS NULL OR definition_name = :definition_name)
+  AND (:created_after IS NULL OR created_at >= :created_after)
+  AND (:created_before IS NULL OR created_at < :created_before);
+
+-- name: due_workflow_timeouts
+SELECT id FROM workflows
+WHERE timeout_at IS NOT NULL AND status IN ('created', 'running') AND timeout_at <= :now
+ORDER BY timeout_at LIMIT :limit;
+
+-- name: next_workflow_timeout
+SELECT MIN(timeout_at) AS at FROM workflows
+WHERE timeout_at IS NOT NULL AND status IN ('created', 'running');

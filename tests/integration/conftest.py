@@ -1,0 +1,135 @@
+"""Fixtures for integration tests: a real server context on a real SQLite file,
+reached through httpx's in-process ASGI transport."""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+import trio
+
+from kflow.config import ServerConfig
+from kflow.server.app import build_app
+from kflow.server.context import ServerContext
+from kflow.server.serve import build_context, open_store
+
+
+@attrs.define
+class Api:
+    """A running server context and an HTTP client for it."""
+
+    ctx: ServerContext
+    client: httpx.AsyncClient
+
+    async def deploy(self, source: str) -> dict[str, Any]:
+        response = await self.client.post("/api/v1/workflow_definitions", content=source)
+        assert response.status_code in (200, 201), response.text
+        return dict(response.json())
+
+    async def start(self, name: str, input: dict[str, Any] | None = None, **extra: Any) -> str:
+        response = await self.client.post(
+            "/api/v1/workflows", json={"definition_name": name, "input": input or {}, **extra}
+        )
+        assert response.status_code == 201, response.text
+        return str(response.json()["workflow_id"])
+
+    async def poll(
+        self, worker: str = "std", worker_id: str = "w1", n: int = 10, wait: float | None = None
+    ) -> list[dict[str, Any]]:
+        body: dict[str, Any] = {"worker": worker, "worker_id": worker_id, "max_activities": n}
+        if wait is not None:
+            body["wait_seconds"] = wait
+        response = await self.client.post("/api/v1/workers/poll", json=body)
+        assert response.status_code == 200, response.text
+        return list(response.json()["activities"])
+
+    async def complete(
+        self, item: dict[str, Any], worker_id: str = "w1", **output: Any
+    ) -> httpx.Response:
+        return await self.client.post(
+            f"/api/v1/activities/{item['activity_id']}/complete",
+            json={"worker_id": worker_id, "output": output},
+        )
+
+    async def fail(
+        self,
+        item: dict[str, Any],
+        code: str = "BOOM",
+        retryable: bool = False,
+        worker_id: str = "w1",
+    ) -> httpx.Response:
+        return await self.client.post(
+            f"/api/v1/activities/{item['activity_id']}/fail",
+            json={
+                "worker_id": worker_id,
+                "error": {"code": code, "message": "failed on purpose", "retryable": retryable},
+            },
+        )
+
+    async def run(self, workflow_id: str) -> dict[str, Any]:
+        response = await self.client.get(f"/api/v1/workflows/{workflow_id}")
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    async def wait_status(
+        self, workflow_id: str, *statuses: str, timeout: float = 10
+    ) -> dict[str, Any]:
+        with trio.fail_after(timeout):
+            while True:
+                run = await self.run(workflow_id)
+                if run["status"] in statuses:
+                    return run
+                await self.ctx.hub.wait(trio_uuid(workflow_id), 0.2)
+
+
+def trio_uuid(text: str) -> Any:
+    import uuid
+
+    return uuid.UUID(text)
+
+
+def make_config(tmp_path: pathlib.Path, **overrides: Any) -> ServerConfig:
+    values: dict[str, Any] = {
+        "database_url": f"sqlite:///{tmp_path / 'kflow.db'}",
+        "insecure_dev": True,
+        "run_workers": False,
+        "lease_grace_seconds": 0.5,
+        "scheduler_max_sleep": 0.1,
+        "sqlite_synchronous": "normal",
+    }
+    values.update(overrides)
+    return ServerConfig(**values)
+
+
+@pytest.fixture
+async def api(tmp_path: pathlib.Path) -> AsyncIterator[Api]:
+    """An insecure-dev server on a fresh SQLite file, scheduler running."""
+    async with _api(make_config(tmp_path)) as harness:
+        yield harness
+
+
+class _api:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+
+    async def __aenter__(self) -> Api:
+        self.store = await open_store(self.config)
+        await self.store.migrate()
+        ctx = await build_context(self.config, self.store)
+        self.nursery_manager = trio.open_nursery()
+        self.nursery = await self.nursery_manager.__aenter__()
+        await self.nursery.start(ctx.scheduler.serve)
+        self.client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=build_app(ctx)), base_url="http://kflow.test"
+        )
+        return Api(ctx=ctx, client=self.client)
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.nursery.cancel_scope.cancel()
+        await self.nursery_manager.__aexit__(None, None, None)
+        await self.client.aclose()
+        await self.store.aclose()
