@@ -189,6 +189,12 @@ def server_config(environ: Mapping[str, str] | None = None, **explicit: Any) -> 
     return config
 
 
+def env_log_level(environ: Mapping[str, str] | None = None) -> str:
+    """The log level named by ``KFLOW_LOG_LEVEL`` (default ``info``)."""
+    env = os.environ if environ is None else environ
+    return env.get("KFLOW_LOG_LEVEL") or "info"
+
+
 def secrets_from_env(env: Mapping[str, str]) -> dict[str, str]:
     """``SECRET.NAME`` values from ``KRUXIAFLOW_SECRET_NAME`` / ``KFLOW_SECRET_NAME``."""
     found: dict[str, str] = {}

@@ -141,10 +141,16 @@ class ActivityDefinition:
     outputs: tuple[OutputDefinition, ...] = ()
     settings: ActivitySettings = ActivitySettings()
     iteration_scoped: bool = False
-    #: Bound on the number of runs when the activity is the target of a loop.
-    iteration_limit: int = DEFAULT_ITERATION_LIMIT
+    #: Bound on the number of runs when the activity is the target of a loop
+    #: (None: not given; :attr:`max_iterations` applies the default).
+    iteration_limit: int | None = None
     #: True when the activity lies on a cycle (computed by validation).
     is_loop_activity: bool = False
+
+    @property
+    def max_iterations(self) -> int:
+        """The effective bound on runs of this activity as a loop target."""
+        return DEFAULT_ITERATION_LIMIT if self.iteration_limit is None else self.iteration_limit
 
 
 @attrs.frozen(kw_only=True)

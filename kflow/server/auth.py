@@ -171,7 +171,7 @@ class Authenticator:
         key: str = await store.write(key_tx)
         return key
 
-    def mint(self, client_id: str, scopes: Iterable[str]) -> str:
+    def mint(self, client_id: str, scopes: Iterable[str], *, ttl_seconds: int | None = None) -> str:
         """A signed token for ``client_id`` with ``scopes``."""
         now = int(time.time())
         claims = {
@@ -180,7 +180,7 @@ class Authenticator:
             "iss": ISSUER,
             "aud": AUDIENCE,
             "iat": now,
-            "exp": now + self.token_ttl_seconds,
+            "exp": now + (ttl_seconds or self.token_ttl_seconds),
             "scope": " ".join(sorted(scopes)),
         }
         return jwt.encode(claims, self._key, algorithm="HS256")

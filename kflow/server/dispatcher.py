@@ -20,6 +20,7 @@ class Dispatcher:
     def __init__(self) -> None:
         self._sequence: collections.Counter[str] = collections.Counter()
         self._events: dict[str, trio.Event] = {}
+        self._parked: collections.Counter[str] = collections.Counter()
 
     def sequence(self, queue: str) -> int:
         """A number that changes whenever work is enqueued for ``queue``."""
@@ -41,17 +42,26 @@ class Dispatcher:
         """Park until ``queue``'s sequence moves past ``seen`` or ``deadline`` (trio time).
 
         Returns True if woken by new work, False if the deadline passed.
-        Cancellation propagates (the caller's request was abandoned).
+        Cancellation propagates (the caller's request was abandoned). The last
+        poll to leave a queue drops its wake-up event, so queues nobody waits
+        on any more are forgotten.
         """
-        with trio.move_on_at(deadline):
-            while self._sequence[queue] == seen:
-                event = self._events.get(queue)
-                if event is None:
-                    event = self._events[queue] = trio.Event()
-                await event.wait()
-            return True
-        return False
+        self._parked[queue] += 1
+        try:
+            with trio.move_on_at(deadline):
+                while self._sequence[queue] == seen:
+                    event = self._events.get(queue)
+                    if event is None:
+                        event = self._events[queue] = trio.Event()
+                    await event.wait()
+                return True
+            return False
+        finally:
+            self._parked[queue] -= 1
+            if self._parked[queue] <= 0:
+                del self._parked[queue]
+                self._events.pop(queue, None)
 
     def waiting_queues(self) -> list[str]:
         """Queues that have at least one parked poll right now."""
-        return sorted(self._events)
+        return sorted(self._parked)

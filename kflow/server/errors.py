@@ -38,6 +38,23 @@ _CODE_BY_STATUS = {
 }
 
 
+def _request_id(request: Request) -> str:
+    """The id the middleware echoed or generated for ``request``."""
+    return str(request.scope.get("state", {}).get("request_id", "")) or request.headers.get(
+        "x-request-id", ""
+    )
+
+
+def _internal_error(request: Request, headers: dict[str, str] | None = None) -> Response:
+    """The 500 envelope: names the request id, says nothing about the cause."""
+    return error_response(
+        500,
+        "INTERNAL_ERROR",
+        f"internal error; see the server log for request {_request_id(request)}".strip(),
+        headers=headers,
+    )
+
+
 async def kflow_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, KflowError)
     status = STATUS_BY_CODE.get(exc.code, 500)
@@ -46,6 +63,9 @@ async def kflow_error(request: Request, exc: Exception) -> Response:
         log.error(
             "http.error", code=exc.code, error=exc.message, path=request.url.path, exc_info=exc
         )
+    if status == 500:
+        # Store errors carry database text (table and column names, SQL): log only.
+        return _internal_error(request)
     return error_response(status, exc.code, exc.message, exc.details or None, headers)
 
 
@@ -60,13 +80,10 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:
-    request_id = request.headers.get("x-request-id", "")
     log.error("http.unhandled_error", path=request.url.path, method=request.method, exc_info=exc)
-    return error_response(
-        500,
-        "INTERNAL_ERROR",
-        f"internal error; see the server log for request {request_id}".strip(),
-    )
+    # Answered outside the request-id middleware, so the header is set here.
+    request_id = _request_id(request)
+    return _internal_error(request, {"x-request-id": request_id} if request_id else None)
 
 
 EXCEPTION_HANDLERS = {

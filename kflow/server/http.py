@@ -135,7 +135,7 @@ class QueryParams:
             return None
         try:
             return parse_datetime(raw)
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: out of range once in UTC
             self.errors.setdefault(name, []).append(f"expected an RFC 3339 timestamp, got {raw!r}")
             return None
 

@@ -10,7 +10,7 @@ from starlette.routing import BaseRoute, Route
 
 from kflow._version import __version__
 
-_PUBLIC = ("/health", "/api/v1/info", "/api/v1/openapi.json", "/api/v1/oauth/token", "/metrics")
+_PUBLIC = ("/health", "/api/v1/info", "/api/v1/openapi.json", "/api/v1/oauth/token")
 _PARAM = re.compile(r"{([^}:]+)(?::[^}]+)?}")
 
 _ERROR_SCHEMA = {
@@ -56,16 +56,19 @@ def build_openapi(routes: Iterable[BaseRoute]) -> dict[str, Any]:
     """An OpenAPI 3.1 document describing ``routes``."""
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
-        if not isinstance(route, Route) or route.methods is None:
+        if not isinstance(route, Route) or route.methods is None or not route.include_in_schema:
             continue
         path = _PARAM.sub(r"{\1}", route.path)
         summary, description = _summary(route)
         public = route.path.startswith(_PUBLIC)
+        # Handlers of different modules share names (``create``); operation ids
+        # must be unique in the document, so the module is part of them.
+        tag = route.endpoint.__module__.rsplit(".", 1)[-1]
         for method in sorted(route.methods - {"HEAD"}):
             operation: dict[str, Any] = {
                 "summary": summary,
-                "operationId": f"{method.lower()}_{route.name}",
-                "tags": [route.endpoint.__module__.rsplit(".", 1)[-1]],
+                "operationId": f"{method.lower()}_{tag}_{route.name}",
+                "tags": [tag],
                 "parameters": [
                     {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
                     for p in _PARAM.findall(route.path)

@@ -325,7 +325,7 @@ class _Decider:
                     self.put(attrs.evolve(self.acts[source], failure_handled=True))
                 if not applies or (not dep.conditions and src.status != S.COMPLETED):
                     continue
-                limit = self.definition(target).iteration_limit
+                limit = self.definition(target).max_iterations
                 if tgt.iteration + 1 >= limit:
                     self.emit("activity.loop_limit_reached", target, limit=limit, source=source)
                     continue
@@ -333,7 +333,8 @@ class _Decider:
                 break
 
     def run_loop(self, target: str, source: str) -> None:
-        for member in self.state.graph.loop_body(target, source):
+        body = self.state.graph.loop_body(target, source)
+        for member in (k for k in self.state.definition.keys if k in body):
             act = self.acts[member]
             if member != target and act.status.is_terminal:
                 self.put(attrs.evolve(act, status=S.NOT_SCHEDULED), release_lease=True)

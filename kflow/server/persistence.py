@@ -14,7 +14,8 @@ from typing import Any
 
 from kflow._types import ActivityStatus, WorkflowStatus
 from kflow.ids import new_id
-from kflow.model.definition import WorkflowDefinition
+from kflow.model.definition import ActivitySettings, WorkflowDefinition
+from kflow.model.normalize import settings_dict
 from kflow.server.definitions import LoadedDefinition
 from kflow.server.state import (
     ZERO,
@@ -106,26 +107,19 @@ def insert_activities(
     tx.run_many("insert_activity", rows)
 
 
-def dispatch_settings(settings: Any) -> dict[str, Any]:
-    """The ``settings`` object a worker receives with a claimed activity."""
-    retry = settings.retry
-    out: dict[str, Any] = {
-        "cache": settings.cache.enabled,
-        "timeout_seconds": settings.timeout_seconds,
-        "retry": {
-            "max_attempts": retry.max_attempts,
-            "strategy": retry.strategy,
-            "base_seconds": retry.base_seconds,
-            "factor": retry.factor,
-            "max_seconds": retry.max_seconds,
-        },
-        "budget": {}
-        if settings.budget is None
-        else {"limit": str(settings.budget.limit), "action": settings.budget.action},
-    }
+def dispatch_settings(settings: ActivitySettings) -> dict[str, Any]:
+    """The ``settings`` object a worker receives with a claimed activity.
+
+    The canonical form, with ``cache`` as a flag (plus ``cache_ttl``) and
+    ``budget`` as an object (empty when there is none), as the reference
+    engine sends them; settings that are not set are left out.
+    """
+    form = settings_dict(settings)
+    form["cache"] = settings.cache.enabled
     if settings.cache.ttl_seconds is not None:
-        out["cache_ttl"] = settings.cache.ttl_seconds
-    return out
+        form["cache_ttl"] = settings.cache.ttl_seconds
+    form["budget"] = form["budget"] or {}
+    return {key: value for key, value in form.items() if value is not None}
 
 
 def apply_put(

@@ -237,7 +237,7 @@ async def serve(
         OSError: the address cannot be bound.
     """
     config.check()
-    shutdown = shutdown or trio.Event()
+    shutdown = shutdown if shutdown is not None else trio.Event()
     store = await open_store(config)
     try:
         applied = await store.migrate()

@@ -12,7 +12,7 @@ from typing import Any
 
 from kflow._types import ActivityStatus
 from kflow.errors import InvalidInputError, NotFoundError
-from kflow.server.definitions import DefinitionCache
+from kflow.server.definitions import DefinitionCache, LoadedDefinition
 from kflow.server.persistence import event_row
 from kflow.store.base import Row, Tx
 from kflow.store.codec import load_json, load_money, load_time
@@ -119,6 +119,18 @@ def list_workflows(
     }
 
 
+def _sinks(loaded: LoadedDefinition) -> frozenset[str]:
+    """Activities no other activity depends on through a forward edge.
+
+    A loop's back-edge does not count: the last activity of a loop (or a
+    self-loop) still ends the run and its outputs are terminal outputs.
+    """
+    graph = loaded.graph
+    keys = [a.key for a in loaded.definition.activities]
+    fed = {dep.activity_key for key in keys for dep in graph.forward_dependencies(key)}
+    return frozenset(k for k in keys if k not in fed)
+
+
 def workflow_output(tx: Tx, cache: DefinitionCache, workflow_id: uuid.UUID) -> dict[str, Any]:
     """``GET /workflows/{id}/output`` (completed runs only).
 
@@ -134,10 +146,11 @@ def workflow_output(tx: Tx, cache: DefinitionCache, workflow_id: uuid.UUID) -> d
             details={"status": row["status"]},
         )
     loaded = cache.load(tx, row["definition_name"], row["definition_version"])
+    sinks = _sinks(loaded)
     outputs: dict[str, Any] = {}
     terminal: list[dict[str, Any]] = []
     for act in tx.all("workflow_activities", workflow_id=str(workflow_id)):
-        sink = not loaded.graph.dependents(act["key"])
+        sink = act["key"] in sinks
         entry = {
             "status": act["status"],
             "output": _outputs_array(act),

@@ -81,6 +81,32 @@ class WorkerOps:
         rows: list[Row] = await engine.write(claim_tx)
         return [self._poll_item(row) for row in rows]
 
+    async def release(self, items: list[dict[str, Any]], worker_id: str) -> int:
+        """Put claimed activities back in their queue (the claimer never got them).
+
+        Used when a poll's caller disconnected or was cancelled after the
+        claim committed; the attempt is not counted as used.
+        """
+        engine = self.engine
+        now = engine.clock.now()
+
+        def release_tx(tx: Tx, effects: Effects) -> int:
+            released = 0
+            for item in items:
+                if tx.run("release_claim", attempt_id=item["activity_id"], worker_id=worker_id,
+                          now=tx.time(now)):
+                    released += 1
+                    workflow_id = uuid.UUID(item["workflow_id"])
+                    append_events(tx, workflow_id, [Emit(
+                        type="activity.released", activity_key=item["activity_key"],
+                        data={"worker_id": worker_id, "reason": "the poll was abandoned"})], now)
+                    effects.workflows.add(workflow_id)
+                    effects.queues.add(item["worker"])
+            return released
+
+        count: int = await engine.write(release_tx)
+        return count
+
     def _should_touch(self, worker_id: str, now: dt.datetime) -> bool:
         last = self._last_touch.get(worker_id)
         if last is not None and now - last < self._touch_interval:
@@ -236,6 +262,15 @@ class WorkerOps:
                     details={"status": row["status"]},
                 )
             if row["status"] == "cancelled":
+                past = tx.one("get_attempt", id=str(attempt_id))
+                if past is not None:  # this cancelled attempt was reported already
+                    same_kind = (past["error"] is None) == (error is None)
+                    if past["worker_id"] != worker_id or not same_kind:
+                        raise ConflictError(
+                            f"activity {attempt_id} was already reported differently",
+                            details={"outcome": past["outcome"]})
+                    return {"acknowledged": True, "will_retry": False,
+                            "warnings": ["the workflow was cancelled; this result was discarded"]}
                 record_attempt(
                     tx,
                     attempt_id=str(attempt_id),

@@ -191,7 +191,7 @@ def activity(name: str | None = None) -> Callable[[ActivityHandler], Activity]:
     from kflow.worker.registry import check_identifier
 
     def decorator(func: ActivityHandler) -> Activity:
-        activity_name = name or getattr(func, "__name__", "")
+        activity_name: str = name or str(getattr(func, "__name__", ""))
         check_identifier(activity_name, what="activity name")
         return FunctionActivity(activity_name, func)
 

@@ -133,3 +133,86 @@ class _api:
         await self.nursery_manager.__aexit__(None, None, None)
         await self.client.aclose()
         await self.store.aclose()
+
+
+# ---- helpers for the API tests (tests/integration/api) ---------------------------
+
+#: The wire code of each error status (PROTOCOL §1).
+CODES = {
+    400: "BAD_REQUEST",
+    401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    409: "CONFLICT",
+    413: "PAYLOAD_TOO_LARGE",
+    422: "VALIDATION_ERROR",
+    500: "INTERNAL_ERROR",
+}
+
+
+def assert_error(
+    response: httpx.Response, status: int, *, code: str | None = None, field: str | None = None
+) -> dict[str, Any]:
+    """Check the error envelope ``{"error": {code, message, details?}}`` and return ``error``.
+
+    ``field`` must be a key of ``details.field_errors`` (422 answers).
+    """
+    assert response.status_code == status, (response.status_code, response.text)
+    assert response.headers["content-type"].startswith("application/json"), response.headers
+    body = response.json()
+    assert list(body) == ["error"], body
+    error = body["error"]
+    assert set(error) <= {"code", "message", "details"}, error
+    assert error["code"] == (code or CODES[status]), error
+    assert isinstance(error["message"], str), error
+    assert error["message"], error
+    assert "Traceback" not in error["message"], error
+    if "details" in error:
+        assert isinstance(error["details"], dict), error
+    if field is not None:
+        field_errors = error["details"]["field_errors"]
+        assert field in field_errors, (field, field_errors)
+        assert all(isinstance(m, str) and m for m in field_errors[field]), field_errors
+    return dict(error)
+
+
+@pytest.fixture
+async def secure_api(tmp_path: pathlib.Path) -> AsyncIterator[Api]:
+    """A server that requires bearer tokens (insecure dev mode off)."""
+    async with _api(make_config(tmp_path, insecure_dev=False)) as harness:
+        yield harness
+
+
+async def create_client(
+    harness: Api, scopes: str, *, client_id: str | None = None, secret: str = "s3cret-value"
+) -> tuple[str, str]:
+    """Store an OAuth client with ``scopes`` (a cheap bcrypt hash); returns (id, secret)."""
+    import bcrypt
+
+    from kflow.server.auth import create_client_in_tx, parse_scopes
+
+    hashed = bcrypt.hashpw(secret.encode(), bcrypt.gensalt(rounds=4)).decode()
+    now = harness.ctx.engine.clock.now()
+    created = await harness.ctx.store.write(
+        lambda tx: create_client_in_tx(
+            tx,
+            client_id=client_id,
+            secret=secret,
+            secret_hash=hashed,
+            scopes=parse_scopes(scopes),
+            description="test client",
+            now=now,
+        )
+    )
+    return created.client_id, secret
+
+
+async def wait_ready(harness: Api, timeout: float = 3) -> None:
+    """Until ``/health/ready`` says ok (the scheduler has completed its first pass)."""
+    with trio.fail_after(timeout):
+        while True:
+            response = await harness.client.get("/health/ready")
+            if response.status_code == 200:
+                return
+            await trio.sleep(0.01)

@@ -108,15 +108,15 @@ async def download(request: Request) -> Response:
     return Response(bytes(row["data"]), media_type=row["content_type"], headers=headers)
 
 
+_FILE = "/api/v1/workflows/{workflow_id}/activities/{key}/files/{filename}"
+# A fallback that takes the rest of the (percent-decoded) path, so an encoded
+# separator (``a%2Fb``) reaches check_filename and is refused with 400 instead
+# of falling through to "no such route".
+_FILE_PATH = "/api/v1/workflows/{workflow_id}/activities/{key}/files/{filename:path}"
+
 routes = [
-    Route(
-        "/api/v1/workflows/{workflow_id}/activities/{key}/files/{filename}",
-        upload,
-        methods=["POST", "PUT"],
-    ),
-    Route(
-        "/api/v1/workflows/{workflow_id}/activities/{key}/files/{filename}",
-        download,
-        methods=["GET"],
-    ),
+    Route(_FILE, upload, methods=["POST", "PUT"]),
+    Route(_FILE, download, methods=["GET"]),
+    Route(_FILE_PATH, upload, methods=["POST", "PUT"], include_in_schema=False),
+    Route(_FILE_PATH, download, methods=["GET"], include_in_schema=False),
 ]

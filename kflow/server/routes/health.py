@@ -77,8 +77,10 @@ async def openapi(request: Request) -> JSONResponse:
 
 
 async def metrics(request: Request) -> Response:
-    """Prometheus metrics of this server process."""
-    return Response(context_of(request).metrics.render(), media_type=CONTENT_TYPE)
+    """Prometheus metrics of this server process (needs the ``workflows:read`` scope)."""
+    ctx = context_of(request)
+    await ctx.principal(request, "workflows:read")
+    return Response(ctx.metrics.render(), media_type=CONTENT_TYPE)
 
 
 routes = [

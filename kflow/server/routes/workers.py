@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import decimal
 import re
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -16,6 +18,24 @@ from kflow.server.http import JSONResponse, path_uuid, read_object
 from kflow.server.state import ErrorInfo
 
 _QUEUE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+#: Bounds of an amount a worker reports (USD). Anything outside is a client
+#: bug, and an exponent such as ``1e999999999`` would otherwise expand into a
+#: gigabyte-long decimal string when stored.
+_MONEY_MAX_EXPONENT = 12  # below 10**13
+_MONEY_MIN_EXPONENT = -30
+_MONEY_MAX_DIGITS = 50
+
+
+def _money_problem(amount: decimal.Decimal) -> str | None:
+    """Why ``amount`` cannot be accepted as money, or None."""
+    if amount < 0:
+        return "must not be negative"
+    if amount and not _MONEY_MIN_EXPONENT <= amount.adjusted() <= _MONEY_MAX_EXPONENT:
+        return f"out of range (expected 1e{_MONEY_MIN_EXPONENT} to 1e{_MONEY_MAX_EXPONENT + 1})"
+    if len(amount.as_tuple().digits) > _MONEY_MAX_DIGITS:
+        return f"more than {_MONEY_MAX_DIGITS} significant digits"
+    return None
 
 
 class _Fields:
@@ -76,8 +96,9 @@ class _Fields:
         except ValueError as exc:
             self.add(name, str(exc))
             return None
-        if amount < 0:
-            self.add(name, "must not be negative")
+        problem = _money_problem(amount)
+        if problem is not None:
+            self.add(name, problem)
         return amount
 
     def usage(self) -> list[dict[str, Any]]:
@@ -107,6 +128,10 @@ class _Fields:
                     clean["cost_usd"] = to_decimal(entry["cost_usd"])
                 except ValueError as exc:
                     self.add(f"usage[{index}].cost_usd", str(exc))
+                else:
+                    problem = _money_problem(clean["cost_usd"])
+                    if problem is not None:
+                        self.add(f"usage[{index}].cost_usd", problem)
             entries.append(clean)
         return entries
 
@@ -114,6 +139,30 @@ class _Fields:
         if self.errors:
             summary = "; ".join(f"{k}: {', '.join(v)}" for k, v in self.errors.items())
             raise ValidationFailed(f"invalid {what}: {summary}", self.errors)
+
+
+async def _claim(
+    ctx: ServerContext, queue: str, worker_id: str, limit: int, gone: Callable[[], bool]
+) -> list[dict[str, Any]]:
+    """Claim work, and put it back if the caller went away meanwhile.
+
+    The claim runs shielded; if the request was cancelled (an in-process
+    caller gave up) or the client disconnected while it ran, the claimed
+    activities are released at once instead of waiting for their leases.
+    """
+    with trio.CancelScope(shield=True):
+        items = await ctx.worker_ops.claim(queue, worker_id, limit)
+    abandoned = bool(items) and gone()
+    try:
+        await trio.lowlevel.checkpoint_if_cancelled()
+    except trio.Cancelled:
+        abandoned = bool(items)
+        raise
+    finally:
+        if abandoned:
+            with trio.CancelScope(shield=True):
+                await ctx.worker_ops.release(items, worker_id)
+    return [] if abandoned else items
 
 
 async def _long_poll(
@@ -141,7 +190,7 @@ async def _long_poll(
         try:
             while True:
                 seen = ctx.dispatcher.sequence(queue)
-                items = await ctx.worker_ops.claim(queue, worker_id, limit)
+                items = await _claim(ctx, queue, worker_id, limit, lambda: state["gone"])
                 if items or state["gone"] or trio.current_time() >= deadline:
                     return items
                 state["scope"] = scope = trio.CancelScope()
@@ -166,7 +215,7 @@ async def poll(request: Request) -> JSONResponse:
     if wait:
         items = await _long_poll(ctx, request, queue, worker_id, limit, float(wait))
     else:
-        items = await ctx.worker_ops.claim(queue, worker_id, limit)
+        items = await _claim(ctx, queue, worker_id, limit, lambda: False)
     if items:
         ctx.metrics.claimed.labels(queue).inc(len(items))
     return JSONResponse({"activities": items, "count": len(items)})

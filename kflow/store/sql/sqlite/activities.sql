@@ -123,3 +123,9 @@ FROM attempts WHERE id = :id;
 SELECT id, activity_key, iteration, attempt, worker_id, outcome, error, cost_usd, usage,
        started_at, finished_at
 FROM attempts WHERE workflow_id = :workflow_id ORDER BY finished_at, id;
+
+-- name: release_claim
+UPDATE activities
+SET status = 'pending', worker_id = NULL, claimed_at = NULL, lease_expires_at = NULL,
+    started_at = NULL, updated_at = :now
+WHERE attempt_id = :attempt_id AND status = 'running' AND worker_id = :worker_id;

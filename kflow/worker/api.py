@@ -1,0 +1,322 @@
+"""``WorkerApi``: the HTTP client of the worker protocol (PROTOCOL §2 and §3).
+
+Every call goes through the injected :class:`httpx.AsyncClient`. Bodies are
+JSON written by :func:`kflow._serde.dumps` (money as decimal strings).
+
+Authentication: a static bearer token, OAuth client credentials (a token from
+``POST /api/v1/oauth/token``, cached, refreshed shortly before ``expires_in``
+runs out), or none at all (insecure mode). A 401 makes an OAuth client fetch a
+new token once and repeat that request once; a second 401 is an error.
+
+Retries (tenacity, exponential backoff with jitter) cover network errors and
+408/429/5xx answers only; other 4xx answers are final. Polls and reports
+retry until the server answers; a caller bounds them with a cancel scope.
+Non-2xx answers become :class:`~kflow.errors.ApiError` built from the error
+envelope ``{"error": {"code", "message", "details"}}``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeGuard, TypeVar
+from urllib.parse import quote
+
+import httpx
+import structlog
+import trio
+
+from kflow._serde import dumps, loads
+from kflow.errors import (
+    ActivityCancelled,
+    ApiError,
+    InvalidInputError,
+    NotFoundError,
+    UnauthorizedError,
+)
+from kflow.worker.config import WorkerConfig
+from kflow.worker.wire import (
+    POLL_BACKOFF_CAP,
+    REPORT_BACKOFF_CAP,
+    ClaimedActivity,
+    Report,
+    ReportOutcome,
+    error_from_response,
+    is_transient,
+    retrying,
+)
+
+T = TypeVar("T")
+
+log = structlog.get_logger("kflow.worker.api")
+
+
+class WorkerApi:
+    """Client of the worker protocol; also the :class:`~kflow.worker.context.ActivityApi`.
+
+    Methods are cancel points; cancellation abandons the request in flight.
+    """
+
+    def __init__(self, http: httpx.AsyncClient, config: WorkerConfig) -> None:
+        self._http = http
+        self.config = config
+        self._base = f"{config.api_url}/api/v1"
+        self._token: str | None = None
+        self._token_expires_at: float | None = None
+        self._token_lock = trio.Lock()
+
+    # -- calls ------------------------------------------------------------------
+
+    async def info(self) -> dict[str, Any]:
+        """``GET /api/v1/info`` (public). ``{}`` from a server without the route (404).
+
+        Retries transient failures forever (a worker waits for its server).
+
+        Raises:
+            ApiError: another non-2xx answer.
+        """
+        try:
+            response: httpx.Response = await retrying(cap=POLL_BACKOFF_CAP, what="info")(
+                self._send, "GET", "/info", auth=False)
+        except ApiError as exc:
+            if exc.status == 404:
+                return {}
+            raise
+        data = self._json(response)
+        return data if isinstance(data, dict) else {}
+
+    async def poll(
+        self, max_activities: int, wait_seconds: float | None = None
+    ) -> list[ClaimedActivity]:
+        """Claim up to ``max_activities`` activities of this worker's queue.
+
+        ``wait_seconds`` (kflow long-poll) holds the request until work arrives;
+        ``None`` asks for an immediate answer. Transient failures are retried
+        forever with backoff; items that do not parse are logged and skipped.
+
+        Raises:
+            ApiError: a non-transient error answer (4xx).
+            UnauthorizedError: the token endpoint refused the credentials.
+        """
+        body: dict[str, Any] = {"worker": self.config.worker, "worker_id": self.config.worker_id,
+                                "max_activities": max_activities}
+        if wait_seconds is not None:
+            body["wait_seconds"] = wait_seconds
+        timeout = httpx.Timeout(self.config.http_timeout,
+                                read=self.config.http_timeout + (wait_seconds or 0))
+        response: httpx.Response = await retrying(cap=POLL_BACKOFF_CAP, what="poll")(
+            self._send, "POST", "/workers/poll", body=dumps(body), limits=timeout)
+        data = self._json(response)
+        raw_items = data.get("activities") if isinstance(data, dict) else None
+        if not isinstance(raw_items, list):
+            raise ApiError("poll answer has no 'activities' array", status=response.status_code,
+                           code="INVALID_RESPONSE")
+        claimed: list[ClaimedActivity] = []
+        for raw in raw_items:
+            try:
+                claimed.append(ClaimedActivity.from_wire(raw))
+            except (TypeError, ValueError) as exc:
+                log.error("worker.poll.bad_item", error=str(exc),  # noqa: TRY400 (no traceback)
+                          activity_id=raw.get("activity_id") if isinstance(raw, dict) else None)
+        return claimed
+
+    async def heartbeat(
+        self, activity_id: uuid.UUID, worker_id: str, details: Any | None = None
+    ) -> float | None:
+        """Extend the lease (one attempt, no retry); returns ``next_heartbeat_seconds``.
+
+        Raises:
+            ActivityCancelled: 409 — the lease is held elsewhere or the run was cancelled.
+            ApiError: another error answer. httpx.TransportError: network failure.
+        """
+        body: dict[str, Any] = {"worker_id": worker_id}
+        if details is not None:
+            body["details"] = details
+        try:
+            response = await self._send("POST", f"/activities/{activity_id}/heartbeat",
+                                        body=dumps(body))
+        except ApiError as exc:
+            if exc.status == 409:
+                raise ActivityCancelled(exc.message) from exc
+            raise
+        data = self._json(response)
+        nxt = data.get("next_heartbeat_seconds") if isinstance(data, dict) else None
+        return float(nxt) if _positive_number(nxt) else None
+
+    async def complete(
+        self, activity_id: uuid.UUID, worker_id: str, output: Mapping[str, Any],
+        cost_usd: Any = None, usage: Any = (),
+    ) -> ReportOutcome:
+        """Report success; retries until the server answers (see :meth:`report`).
+
+        Raises:
+            TypeError: ``output`` is not JSON-serialisable.
+        """
+        return await self.report(Report.complete(activity_id, worker_id, output, cost_usd, usage))
+
+    async def fail(
+        self, activity_id: uuid.UUID, worker_id: str, failure: Any,
+        cost_usd: Any = None, usage: Any = (),
+    ) -> ReportOutcome:
+        """Report failure (a :class:`~kflow.worker.activity.Failure`); see :meth:`report`."""
+        return await self.report(Report.fail(activity_id, worker_id, failure, cost_usd, usage))
+
+    async def report(self, report: Report, *, retry: bool = True) -> ReportOutcome:
+        """Deliver a complete/fail report and classify the server's answer.
+
+        200 → ACKNOWLEDGED; 409 → LEASE_LOST (warning); 404 → UNKNOWN_ACTIVITY
+        (error); other 4xx or refused credentials → REJECTED (error). With
+        ``retry`` transient failures are retried until the server answers.
+
+        Raises:
+            httpx.TransportError, ApiError: a transient failure, only with ``retry=False``.
+        """
+        bound = log.bind(activity_id=str(report.activity_id), kind=report.kind,
+                         worker_id=report.worker_id)
+        send = retrying(cap=REPORT_BACKOFF_CAP, what=report.kind) if retry else _once
+        try:
+            response = await send(self._send, "POST", report.path, body=report.body)
+        except UnauthorizedError as exc:
+            bound.error("worker.report.rejected", status=401, message=exc.message)
+            return ReportOutcome.REJECTED
+        except ApiError as exc:
+            if is_transient(exc):
+                raise
+            if exc.status == 409:
+                bound.warning("worker.report.lease_lost", message=exc.message)
+                return ReportOutcome.LEASE_LOST
+            if exc.status == 404:
+                bound.error("worker.report.unknown_activity", message=exc.message)
+                return ReportOutcome.UNKNOWN_ACTIVITY
+            bound.error("worker.report.rejected", status=exc.status, code=exc.code,
+                        message=exc.message)
+            return ReportOutcome.REJECTED
+        try:
+            data = loads(response.content) if response.content else {}
+        except InvalidInputError:
+            data = {}  # acknowledged all the same: the status says so
+        if isinstance(data, dict) and data.get("warnings"):
+            bound.warning("worker.report.warnings", warnings=data["warnings"])
+        bound.debug("worker.report.acknowledged")
+        return ReportOutcome.ACKNOWLEDGED
+
+    async def upload_file(
+        self, workflow_id: uuid.UUID, activity_key: str, filename: str, data: bytes,
+        content_type: str | None,
+    ) -> Mapping[str, Any]:
+        """Store a file under (workflow, activity); returns the server's metadata.
+
+        Raises:
+            ApiError: the server refused it (e.g. 400 bad filename, 413 too large).
+        """
+        response: httpx.Response = await retrying(
+            cap=POLL_BACKOFF_CAP, attempts=5, what="upload_file")(
+            self._send, "POST", _file_path(workflow_id, activity_key, filename), body=data,
+            content_type=content_type or "application/octet-stream")
+        result = self._json(response)
+        return result if isinstance(result, dict) else {}
+
+    async def download_file(
+        self, workflow_id: uuid.UUID, activity_key: str, filename: str
+    ) -> bytes:
+        """Fetch a stored file's bytes.
+
+        Raises:
+            NotFoundError: no such file. ApiError: another error answer.
+        """
+        try:
+            response: httpx.Response = await retrying(
+                cap=POLL_BACKOFF_CAP, attempts=5, what="download_file")(
+                self._send, "GET", _file_path(workflow_id, activity_key, filename))
+        except ApiError as exc:
+            if exc.status == 404:
+                raise NotFoundError(
+                    f"file {filename!r} of {workflow_id}/{activity_key} not found") from exc
+            raise
+        return response.content
+
+    # -- plumbing ---------------------------------------------------------------
+
+    async def _send(
+        self, method: str, path: str, *, body: bytes | None = None,
+        content_type: str = "application/json", limits: httpx.Timeout | None = None,
+        auth: bool = True,
+    ) -> httpx.Response:
+        """One request (plus one repeat after a token refresh on 401)."""
+        token = await self._current_token() if auth else None
+        response = await self._request(method, path, body, content_type, limits, token)
+        if response.status_code == 401 and auth and self.config.uses_oauth:
+            log.info("worker.api.token_refresh", reason="401")
+            await self._refresh_token(stale=token)
+            token = await self._current_token()
+            response = await self._request(method, path, body, content_type, limits, token)
+        if response.is_error:
+            raise error_from_response(response)
+        return response
+
+    async def _request(
+        self, method: str, path: str, body: bytes | None, content_type: str,
+        limits: httpx.Timeout | None, token: str | None,
+    ) -> httpx.Response:
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        return await self._http.request(
+            method, self._base + path, content=body, headers=headers,
+            timeout=limits or httpx.Timeout(self.config.http_timeout))
+
+    async def _current_token(self) -> str | None:
+        if not self.config.uses_oauth:
+            return self.config.access_token
+        expires = self._token_expires_at
+        if self._token is None or (expires is not None and trio.current_time() >= expires):
+            await self._refresh_token(stale=self._token)
+        return self._token
+
+    async def _refresh_token(self, *, stale: str | None) -> None:
+        async with self._token_lock:
+            if self._token is not None and self._token != stale:
+                return  # another task refreshed it while we waited
+            self._token, self._token_expires_at = await self._fetch_token()
+
+    async def _fetch_token(self) -> tuple[str, float | None]:
+        body = dumps({"grant_type": "client_credentials", "client_id": self.config.client_id,
+                      "client_secret": self.config.client_secret})
+        response = await self._request("POST", "/oauth/token", body, "application/json", None, None)
+        if response.status_code in (400, 401, 403):
+            exc = error_from_response(response)
+            raise UnauthorizedError(f"the server refused the worker's client credentials: "
+                                    f"{exc.message}", details={"status": exc.status}) from exc
+        if response.is_error:
+            raise error_from_response(response)
+        data = self._json(response)
+        token = data.get("access_token") if isinstance(data, dict) else None
+        if not isinstance(token, str) or not token:
+            raise ApiError("token answer has no access_token", status=response.status_code,
+                           code="INVALID_RESPONSE")
+        expires_in = data.get("expires_in")
+        if _positive_number(expires_in):
+            return token, trio.current_time() + expires_in - min(60.0, expires_in / 10)
+        return token, None
+
+    @staticmethod
+    def _json(response: httpx.Response) -> Any:
+        try:
+            return loads(response.content)
+        except InvalidInputError as exc:
+            raise ApiError(f"invalid JSON in answer: {exc.message}", status=response.status_code,
+                           code="INVALID_RESPONSE") from exc
+
+
+async def _once(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+    return await fn(*args, **kwargs)
+
+
+def _file_path(workflow_id: uuid.UUID, activity_key: str, filename: str) -> str:
+    return f"/workflows/{workflow_id}/activities/{activity_key}/files/{quote(filename, safe='')}"
+
+
+def _positive_number(value: Any) -> TypeGuard[float]:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0

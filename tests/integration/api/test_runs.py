@@ -1,0 +1,357 @@
+"""Workflow runs through the API: start, list, inspect, outputs, cancel, SDK routes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import pytest
+import trio
+
+from tests.integration.conftest import Api, assert_error
+
+TWO_STEPS = """
+name: two-steps
+activities:
+  - key: first
+    activity_name: echo
+    parameters: {who: "{{ INPUT.who }}"}
+    outputs: [echo]
+  - key: second
+    activity_name: echo
+    parameters: {got: "{{ first.echo.who }}"}
+    outputs:
+      - {name: report, type: file}
+      - echo
+    depends_on: [first]
+"""
+
+
+async def _finish_two_steps(api: Api, workflow_id: str) -> None:
+    [first] = await api.poll()
+    assert first["workflow_id"] == workflow_id
+    assert (await api.complete(first, echo={"who": "ada"})).status_code == 200
+    [second] = await api.poll()
+    assert second["parameters"] == {"got": "ada"}
+    response = await api.complete(second, echo={"got": "ada"}, report="postgres://x/y/z")
+    assert response.status_code == 200, response.text
+
+
+async def test_start_returns_201_created(api: Api) -> None:
+    deployed = await api.deploy(TWO_STEPS)
+    response = await api.client.post(
+        "/api/v1/workflows", json={"definition_name": "two-steps", "input": {"who": "ada"}}
+    )
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["status"] == "created"
+    assert body["definition_name"] == "two-steps"
+    assert body["definition_version"] == deployed["version"]
+    assert body["created_at"].endswith("Z")
+    workflow_id = uuid.UUID(body["workflow_id"])
+    assert workflow_id.version == 7
+    assert str(workflow_id) == body["workflow_id"]
+
+
+async def test_start_a_given_version(api: Api) -> None:
+    v1 = (await api.deploy(TWO_STEPS))["version"]
+    await api.deploy(TWO_STEPS.replace("{{ INPUT.who }}", "{{ INPUT.who | upper }}"))
+    workflow_id = await api.start("two-steps", {"who": "ada"}, version=v1)
+    run = await api.run(workflow_id)
+    assert run["definition_version"] == v1
+    [item] = await api.poll()
+    assert item["parameters"] == {"who": "ada"}
+
+
+async def test_start_errors(api: Api) -> None:
+    url = "/api/v1/workflows"
+    assert_error(await api.client.post(url, json={"definition_name": "nope"}), 404)
+    await api.deploy(TWO_STEPS)
+    assert_error(
+        await api.client.post(url, json={"definition_name": "two-steps", "version": "1"}), 404
+    )
+    for bad_input in ([1, 2], "text", 5):
+        response = await api.client.post(
+            url, json={"definition_name": "two-steps", "input": bad_input}
+        )
+        assert_error(response, 422, field="input")
+    assert_error(await api.client.post(url, json={"input": {}}), 422, field="definition_name")
+    assert_error(
+        await api.client.post(url, json={"definition_name": 12}), 422, field="definition_name"
+    )
+    assert_error(await api.client.post(url, json=[1]), 422, field="body")
+    assert_error(await api.client.post(url, content=b"{not json"), 400)
+    assert (await api.client.get(url)).json()["total"] == 0
+
+
+async def test_unique_key_conflicts_while_alive_and_frees_after_failure(api: Api) -> None:
+    await api.deploy(TWO_STEPS)
+    first = await api.start("two-steps", {"who": "a"}, unique_key="order-42")
+    response = await api.client.post(
+        "/api/v1/workflows",
+        json={"definition_name": "two-steps", "input": {}, "unique_key": "order-42"},
+    )
+    error = assert_error(response, 409)
+    assert error["details"]["workflow_id"] == first
+
+    [item] = await api.poll()
+    assert (await api.fail(item, retryable=False)).status_code == 200
+    await api.wait_status(first, "failed")
+
+    second = await api.start("two-steps", {"who": "b"}, unique_key="order-42")
+    assert second != first
+    # ...and the new holder blocks the key again.
+    again = await api.client.post(
+        "/api/v1/workflows", json={"definition_name": "two-steps", "unique_key": "order-42"}
+    )
+    assert assert_error(again, 409)["details"]["workflow_id"] == second
+
+
+async def test_list_with_filters(api: Api) -> None:
+    await api.deploy(TWO_STEPS)
+    await api.deploy(
+        "name: solo\nactivities:\n  - {key: only, activity_name: echo, worker: solo}\n"
+    )
+    before = dt.datetime.now(dt.UTC)
+    ids = [await api.start("two-steps", {"who": str(i)}) for i in range(3)]
+    await trio.sleep(0.01)
+    middle = dt.datetime.now(dt.UTC)
+    await trio.sleep(0.01)
+    solo = await api.start("solo")
+    [item] = await api.poll(worker="solo")
+    await api.complete(item)
+    await api.wait_status(solo, "completed")
+
+    async def listed(**params: object) -> dict:
+        response = await api.client.get("/api/v1/workflows", params=params)
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    everything = await listed()
+    assert everything["total"] == 4
+    assert everything["count"] == 4
+    assert everything["limit"] == 50
+    assert everything["offset"] == 0
+    # newest first
+    assert [w["id"] for w in everything["workflows"]] == [solo, *reversed(ids)]
+    for row in everything["workflows"]:
+        assert {
+            "id",
+            "status",
+            "definition_name",
+            "created_at",
+            "updated_at",
+            "error_message",
+        } <= set(row)
+
+    assert [w["id"] for w in (await listed(status="completed"))["workflows"]] == [solo]
+    assert (await listed(status="created"))["total"] == 3
+    assert (await listed(definition_name="two-steps"))["total"] == 3
+    assert (await listed(definition_name="solo", status="created"))["total"] == 0
+    stamp = middle.isoformat().replace("+00:00", "Z")
+    assert [w["id"] for w in (await listed(created_after=stamp))["workflows"]] == [solo]
+    assert (await listed(created_before=stamp))["total"] == 3
+    assert (await listed(created_after=before.isoformat()))["total"] == 4
+
+    page = await listed(limit=2, offset=1)
+    assert page["total"] == 4
+    assert page["count"] == 2
+    assert (page["limit"], page["offset"]) == (2, 1)
+    assert [w["id"] for w in page["workflows"]] == [ids[2], ids[1]]
+
+
+@pytest.mark.parametrize(
+    ("param", "value"),
+    [
+        ("status", "sleeping"),
+        ("created_after", "yesterday"),
+        ("created_before", "2024-13-45"),
+        ("created_after", "9999-12-31T23:59:59-23:00"),
+        ("created_before", "0001-01-01T00:00:00+01:00"),
+        ("limit", "0"),
+        ("limit", "1001"),
+        ("limit", "ten"),
+        ("offset", "-1"),
+    ],
+)
+async def test_list_rejects_bad_parameters(api: Api, param: str, value: str) -> None:
+    response = await api.client.get("/api/v1/workflows", params={param: value})
+    assert_error(response, 422, field=param)
+
+
+async def test_get_run_has_activities_with_array_outputs(api: Api) -> None:
+    await api.deploy(TWO_STEPS)
+    workflow_id = await api.start("two-steps", {"who": "ada"})
+    run = await api.run(workflow_id)
+    assert run["id"] == workflow_id
+    assert run["workflow_id"] == workflow_id
+    assert run["status"] == "created"
+    assert run["error_message"] is None
+    assert "state_data" in run
+    assert [a["activity_key"] for a in run["activities"]] == ["first", "second"]
+    assert [a["status"] for a in run["activities"]] == ["pending", "not_scheduled"]
+
+    await _finish_two_steps(api, workflow_id)
+    run = await api.wait_status(workflow_id, "completed")
+    first, second = run["activities"]
+    for act in run["activities"]:
+        assert {"activity_key", "status", "outputs", "error", "started_at", "completed_at"} <= set(
+            act
+        )
+        assert act["status"] == "completed"
+        assert act["error"] is None
+        assert act["started_at"].endswith("Z")
+        assert act["completed_at"].endswith("Z")
+    assert first["outputs"] == [{"name": "echo", "type": "value", "value": {"who": "ada"}}]
+    assert sorted(second["outputs"], key=lambda o: o["name"]) == [
+        {"name": "echo", "type": "value", "value": {"got": "ada"}},
+        {"name": "report", "type": "file", "value": "postgres://x/y/z"},
+    ]
+
+    assert_error(await api.client.get(f"/api/v1/workflows/{uuid.uuid4()}"), 404)
+    assert_error(await api.client.get("/api/v1/workflows/not-a-uuid"), 404)
+
+
+async def test_output_is_400_until_completed(api: Api) -> None:
+    await api.deploy(TWO_STEPS)
+    workflow_id = await api.start("two-steps", {"who": "ada"})
+    url = f"/api/v1/workflows/{workflow_id}/output"
+    error = assert_error(await api.client.get(url), 400)
+    assert error["details"]["status"] == "created"
+    assert_error(await api.client.get(f"/api/v1/workflows/{uuid.uuid4()}/output"), 404)
+
+    await _finish_two_steps(api, workflow_id)
+    await api.wait_status(workflow_id, "completed")
+    response = await api.client.get(url)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["workflow_id"] == workflow_id
+    assert body["status"] == "completed"
+    assert body["total_cost_usd"] == "0"
+    assert body["completed_at"].endswith("Z")
+    assert set(body["outputs"]) == {"first", "second"}
+    first = body["outputs"]["first"]
+    assert set(first) >= {"status", "output", "cost_usd", "completed_at", "is_terminal"}
+    assert first["status"] == "completed"
+    assert first["is_terminal"] is False
+    assert first["output"] == [{"name": "echo", "type": "value", "value": {"who": "ada"}}]
+    assert body["outputs"]["second"]["is_terminal"] is True
+    assert [t["activity_key"] for t in body["terminal_outputs"]] == ["second"]
+
+
+async def test_activity_output(api: Api) -> None:
+    await api.deploy(TWO_STEPS)
+    workflow_id = await api.start("two-steps", {"who": "ada"})
+    url = f"/api/v1/workflows/{workflow_id}/activities/first/output"
+    pending = (await api.client.get(url)).json()
+    assert pending["status"] == "pending"
+    assert pending["output"] == []
+
+    await _finish_two_steps(api, workflow_id)
+    response = await api.client.get(url)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["workflow_id"] == workflow_id
+    assert body["activity_key"] == "first"
+    assert body["status"] == "completed"
+    assert body["output"] == [{"name": "echo", "type": "value", "value": {"who": "ada"}}]
+    assert body["cost_usd"] == "0"
+    assert body["completed_at"].endswith("Z")
+    assert body["files"] == []
+
+    missing = f"/api/v1/workflows/{workflow_id}/activities/nope/output"
+    assert_error(await api.client.get(missing), 404)
+    assert_error(
+        await api.client.get(f"/api/v1/workflows/{uuid.uuid4()}/activities/first/output"), 404
+    )
+
+
+async def test_cancel_a_running_run(api: Api) -> None:
+    await api.deploy(TWO_STEPS)
+    workflow_id = await api.start("two-steps", {"who": "ada"})
+    [item] = await api.poll()
+    url = f"/api/v1/workflows/{workflow_id}/cancel"
+
+    response = await api.client.post(url)
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "cancelled"
+    run = await api.run(workflow_id)
+    assert run["status"] == "cancelled"
+    assert {a["status"] for a in run["activities"]} == {"cancelled"}
+
+    # The lease holder is told to stop at its next heartbeat...
+    beat = await api.client.post(
+        f"/api/v1/activities/{item['activity_id']}/heartbeat", json={"worker_id": "w1"}
+    )
+    assert_error(beat, 409)
+    # ...and its late report is acknowledged, with a warning, and changes nothing.
+    late = await api.complete(item, echo={"who": "late"})
+    assert late.status_code == 200, late.text
+    assert late.json()["acknowledged"] is True
+    assert late.json()["warnings"]
+    run = await api.run(workflow_id)
+    assert run["status"] == "cancelled"
+    assert run["activities"][0]["outputs"] == []
+    assert await api.poll() == []
+
+    again = await api.client.post(url)
+    assert again.status_code == 200, again.text
+    assert again.json()["status"] == "cancelled"
+
+
+async def test_cancel_a_finished_or_unknown_run(api: Api) -> None:
+    await api.deploy(TWO_STEPS)
+    workflow_id = await api.start("two-steps", {"who": "ada"})
+    await _finish_two_steps(api, workflow_id)
+    await api.wait_status(workflow_id, "completed")
+    assert_error(await api.client.post(f"/api/v1/workflows/{workflow_id}/cancel"), 409)
+    assert (await api.run(workflow_id))["status"] == "completed"
+    assert_error(await api.client.post(f"/api/v1/workflows/{uuid.uuid4()}/cancel"), 404)
+
+
+async def test_sdk_compatibility_routes(api: Api) -> None:
+    definition = {
+        "name": "sdk-flow",
+        "activities": [
+            {
+                "key": "hello",
+                "worker": "py-std",
+                "activity_name": "script",
+                "parameters": {"script": "OUTPUT = INPUT", "inputs": {"n": "{{ INPUT.n }}"}},
+                "settings": {
+                    "cache": {"enabled": False},
+                    "retry": {"max_attempts": 2, "base_seconds": 0.5},
+                },
+            }
+        ],
+    }
+    deployed = await api.client.post("/api/v1/workflows", json=definition)
+    assert deployed.status_code == 201, deployed.text
+    assert deployed.json()["name"] == "sdk-flow"
+    again = await api.client.post("/api/v1/workflows", json=definition)
+    assert again.status_code == 200, again.text
+    assert again.json()["unchanged"] is True
+
+    started = await api.client.post(
+        "/api/v1/workflows/start", json={"name": "sdk-flow", "inputs": {"n": 3}}
+    )
+    assert started.status_code == 201, started.text
+    body = started.json()
+    assert body["workflow_id"] == body["instance_id"]
+    assert body["status"] == "created"
+
+    fetched = await api.client.get(f"/api/v1/workflows/{body['workflow_id']}")
+    assert fetched.json()["workflow_id"] == body["workflow_id"]
+    assert fetched.json()["id"] == body["workflow_id"]
+    [item] = await api.poll(worker="py-std")
+    assert item["parameters"]["inputs"] == {"n": 3}
+
+    assert_error(
+        await api.client.post("/api/v1/workflows/start", json={"inputs": {}}), 422, field="name"
+    )
+    assert_error(
+        await api.client.post("/api/v1/workflows/start", json={"name": "sdk-flow", "inputs": [1]}),
+        422,
+        field="inputs",
+    )
+    assert_error(await api.client.post("/api/v1/workflows/start", json={"name": "missing"}), 404)

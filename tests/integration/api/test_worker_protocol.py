@@ -1,0 +1,506 @@
+"""The worker protocol through the API: poll, long-poll, heartbeat, complete, fail, leases."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import pytest
+import trio
+import trio.lowlevel
+
+from tests.integration.conftest import Api, assert_error
+
+POLL = "/api/v1/workers/poll"
+
+SHAPES = """
+name: shapes
+activities:
+  - key: plain
+    activity_name: echo
+    parameters:
+      text: "hello {{ INPUT.who }}"
+      count: "{{ INPUT.count }}"
+      nested: {list: ["{{ INPUT.count + 1 }}", "{{ WORKFLOW.id }}"]}
+    settings: {timeout_seconds: 45}
+  - key: typed
+    worker: custom-q
+    activity_name: do_it
+    outputs: [result, {name: report, type: file}]
+"""
+
+CHAIN = """
+name: chain
+activities:
+  - key: a
+    activity_name: echo
+    parameters: {x: 1}
+  - key: b
+    activity_name: echo
+    parameters: {from_a: "{{ a.value }}"}
+    depends_on: [a]
+"""
+
+RETRYING = """
+name: retrying
+activities:
+  - key: flaky
+    activity_name: echo
+    settings:
+      timeout_seconds: 30
+      retry: {max_attempts: 2, base_seconds: 0.2}
+"""
+
+
+def _activity(run: dict[str, Any], key: str) -> dict[str, Any]:
+    return next(a for a in run["activities"] if a["activity_key"] == key)
+
+
+async def _events(api: Api, workflow_id: str) -> list[dict[str, Any]]:
+    response = await api.client.get(
+        f"/api/v1/workflows/{workflow_id}/events", headers={"accept": "application/json"}
+    )
+    assert response.status_code == 200, response.text
+    return list(response.json())
+
+
+async def test_poll_item_shape(api: Api) -> None:
+    await api.deploy(SHAPES)
+    workflow_id = await api.start("shapes", {"who": "ada", "count": 2})
+    response = await api.client.post(
+        POLL, json={"worker": "std", "worker_id": "w1", "max_activities": 5}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["count"] == 1
+    [item] = body["activities"]
+    uuid.UUID(item["activity_id"])
+    assert item["workflow_id"] == workflow_id
+    assert item["activity_key"] == "plain"
+    assert item["worker"] == "std"
+    assert item["activity_name"] == "echo"
+    assert item["parameters"] == {
+        "text": "hello ada",
+        "count": 2,
+        "nested": {"list": [3, workflow_id]},
+    }
+    assert isinstance(item["settings"], dict)
+    assert item["settings"]["timeout_seconds"] == 45
+    assert {"cache", "retry", "budget"} <= set(item["settings"])
+    assert item["timeout_seconds"] == 45
+    assert type(item["timeout_seconds"]) is int
+    assert item["attempt"] == 1
+    assert "output_definitions" not in item
+    assert "signal_data" not in item
+    assert "heartbeat_details" not in item
+    lease = dt.datetime.fromisoformat(item["lease_expires_at"].replace("Z", "+00:00"))
+    remaining = (lease - dt.datetime.now(dt.UTC)).total_seconds()
+    assert 44 < remaining <= 46
+
+    [typed] = await api.poll(worker="custom-q")
+    assert typed["parameters"] == {}
+    assert typed["output_definitions"] == [
+        {"name": "result", "type": "value"},
+        {"name": "report", "type": "file"},
+    ]
+    assert typed["timeout_seconds"] == 60
+    run = await api.run(workflow_id)
+    assert run["status"] == "running"
+    assert {a["status"] for a in run["activities"]} == {"running"}
+    # Nothing is handed out twice.
+    assert await api.poll() == []
+    assert await api.poll(worker="custom-q") == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_activities", 0),
+        ("max_activities", 101),
+        ("max_activities", "5"),
+        ("max_activities", 2.5),
+        ("max_activities", True),
+        ("wait_seconds", 61),
+        ("wait_seconds", -1),
+        ("wait_seconds", "1"),
+        ("worker", ""),
+        ("worker", "bad queue!"),
+        ("worker", None),
+        ("worker_id", None),
+        ("worker_id", 7),
+    ],
+)
+async def test_poll_rejects_bad_fields(api: Api, field: str, value: Any) -> None:
+    body: dict[str, Any] = {"worker": "std", "worker_id": "w1", "max_activities": 1}
+    if value is None:
+        del body[field]
+    else:
+        body[field] = value
+    assert_error(await api.client.post(POLL, json=body), 422, field=field)
+
+
+async def test_poll_body_errors(api: Api) -> None:
+    assert_error(await api.client.post(POLL, content=b"{"), 400)
+    assert_error(await api.client.post(POLL, content=b""), 400)
+    assert_error(await api.client.post(POLL, json=["std"]), 422, field="body")
+
+
+async def test_concurrent_pollers_never_share_an_activity(api: Api) -> None:
+    await api.deploy("name: many\nactivities:\n  - {key: only, activity_name: echo}\n")
+    ids = {await api.start("many", {"i": i}) for i in range(30)}
+    claimed: list[tuple[str, dict[str, Any]]] = []
+
+    async def poller(worker_id: str) -> None:
+        empty = 0
+        while empty < 3:
+            items = await api.poll(worker_id=worker_id, n=3)
+            claimed.extend((worker_id, item) for item in items)
+            empty = 0 if items else empty + 1
+            await trio.lowlevel.checkpoint()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            for n in range(5):
+                nursery.start_soon(poller, f"w{n}")
+
+    activity_ids = [item["activity_id"] for _, item in claimed]
+    assert len(activity_ids) == len(set(activity_ids)) == 30
+    assert {item["workflow_id"] for _, item in claimed} == ids
+    # Each claim belongs to the worker that received it.
+    for worker_id, item in claimed[:5]:
+        run = await api.run(item["workflow_id"])
+        assert run["activities"][0]["worker_id"] == worker_id
+
+
+async def test_concurrent_long_polls_never_share_an_activity(api: Api) -> None:
+    await api.deploy("name: many\nactivities:\n  - {key: only, activity_name: echo}\n")
+    claimed: list[str] = []
+
+    async def poller(worker_id: str) -> None:
+        while len(claimed) < 20:
+            items = await api.poll(worker_id=worker_id, n=2, wait=0.5)
+            claimed.extend(item["activity_id"] for item in items)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            for n in range(5):
+                nursery.start_soon(poller, f"w{n}")
+            await trio.sleep(0.1)  # every poller is parked now
+            for i in range(20):
+                await api.start("many", {"i": i})
+    assert len(claimed) == len(set(claimed)) == 20
+
+
+async def test_long_poll_returns_as_soon_as_work_arrives(api: Api) -> None:
+    await api.deploy(CHAIN)
+    result: dict[str, Any] = {}
+
+    async def parked() -> None:
+        started = trio.current_time()
+        result["items"] = await api.poll(wait=5)
+        result["elapsed"] = trio.current_time() - started
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(parked)
+            await trio.sleep(0.3)
+            assert "items" not in result  # still parked on the empty queue
+            assert api.ctx.dispatcher.waiting_queues() == ["std"]
+            workflow_id = await api.start("chain")
+    assert [i["workflow_id"] for i in result["items"]] == [workflow_id]
+    assert 0.25 < result["elapsed"] < 1.5
+
+
+async def test_long_poll_returns_empty_after_the_wait(api: Api) -> None:
+    await api.deploy(CHAIN)
+    await api.start("chain")  # work for another queue does not wake "other"
+    with trio.fail_after(3):
+        started = trio.current_time()
+        items = await api.poll(worker="other", wait=0.5)
+        elapsed = trio.current_time() - started
+    assert items == []
+    assert 0.45 < elapsed < 1.5
+    assert api.ctx.dispatcher.waiting_queues() == []
+
+
+async def test_complete_is_idempotent_for_the_same_worker(api: Api) -> None:
+    await api.deploy(CHAIN)
+    workflow_id = await api.start("chain")
+    [a] = await api.poll()
+    first = await api.complete(a, value=41)
+    assert first.status_code == 200, first.text
+    assert first.json()["acknowledged"] is True
+    assert first.json()["warnings"] == []
+    second = await api.complete(a, value=41)
+    assert second.status_code == 200, second.text
+    assert second.json()["acknowledged"] is True
+
+    run = await api.run(workflow_id)
+    assert _activity(run, "a")["status"] == "completed"
+    assert _activity(run, "a")["outputs"] == [{"name": "value", "type": "value", "value": 41}]
+    items = await api.poll(n=10)
+    assert [(i["activity_key"], i["parameters"]) for i in items] == [("b", {"from_a": 41})]
+    events = await _events(api, workflow_id)
+    completed = [e for e in events if e["type"] == "activity.completed"]
+    scheduled_b = [
+        e for e in events if e["type"] == "activity.scheduled" and e["activity_key"] == "b"
+    ]
+    assert [e["activity_key"] for e in completed] == ["a"]
+    assert len(scheduled_b) == 1
+    attempts = await api.ctx.store.read(
+        lambda tx: tx.all("workflow_attempts", workflow_id=workflow_id)
+    )
+    assert [(r["activity_key"], r["outcome"], r["worker_id"]) for r in attempts] == [
+        ("a", "completed", "w1")
+    ]
+
+
+async def test_reports_from_the_wrong_worker_or_for_unknown_ids(api: Api) -> None:
+    await api.deploy(CHAIN)
+    workflow_id = await api.start("chain")
+    [a] = await api.poll(worker_id="w1")
+    url = f"/api/v1/activities/{a['activity_id']}"
+
+    assert_error(await api.complete(a, worker_id="intruder", value=1), 409)
+    assert_error(await api.fail(a, worker_id="intruder"), 409)
+    assert_error(await api.client.post(f"{url}/heartbeat", json={"worker_id": "intruder"}), 409)
+    assert _activity(await api.run(workflow_id), "a")["status"] == "running"
+
+    assert (await api.complete(a, worker_id="w1", value=1)).status_code == 200
+    # Finished: another worker, or the same worker reporting a different outcome, conflicts.
+    assert_error(await api.complete(a, worker_id="intruder", value=2), 409)
+    assert_error(await api.fail(a, worker_id="w1"), 409)
+
+    for action in ("complete", "fail", "heartbeat"):
+        unknown = await api.client.post(
+            f"/api/v1/activities/{uuid.uuid4()}/{action}", json={"worker_id": "w1"}
+        )
+        assert_error(unknown, 404)
+        malformed = await api.client.post(
+            f"/api/v1/activities/not-a-uuid/{action}", json={"worker_id": "w1"}
+        )
+        assert_error(malformed, 404)
+
+
+async def test_report_body_validation(api: Api) -> None:
+    await api.deploy(CHAIN)
+    await api.start("chain")
+    [a] = await api.poll()
+    url = f"/api/v1/activities/{a['activity_id']}"
+    for output in ([1, 2], "text", 3):
+        response = await api.client.post(
+            f"{url}/complete", json={"worker_id": "w1", "output": output}
+        )
+        assert_error(response, 422, field="output")
+    assert_error(
+        await api.client.post(f"{url}/complete", json={"output": {}}), 422, field="worker_id"
+    )
+    assert_error(
+        await api.client.post(
+            f"{url}/complete", json={"worker_id": "w1", "output": {}, "cost_usd": "lots"}
+        ),
+        422,
+        field="cost_usd",
+    )
+    for cost in ("1e999999999", "1e-999999999", 1e308, "-0.01", "NaN", "1" * 60):
+        response = await api.client.post(
+            f"{url}/complete", json={"worker_id": "w1", "output": {}, "cost_usd": cost}
+        )
+        assert_error(response, 422, field="cost_usd")
+    response = await api.client.post(
+        f"{url}/complete",
+        json={"worker_id": "w1", "output": {}, "usage": [{"model": "m", "cost_usd": "9e99999"}]},
+    )
+    assert_error(response, 422, field="usage[0].cost_usd")
+    assert_error(
+        await api.client.post(f"{url}/fail", json={"worker_id": "w1", "error": "boom"}),
+        422,
+        field="error",
+    )
+    assert_error(
+        await api.client.post(
+            f"{url}/fail", json={"worker_id": "w1", "error": {"retryable": "yes"}}
+        ),
+        422,
+        field="error.retryable",
+    )
+    assert_error(await api.client.post(f"{url}/heartbeat", json={}), 422, field="worker_id")
+    # Nothing above changed the attempt.
+    response = await api.client.post(
+        f"{url}/complete",
+        json={
+            "worker_id": "w1",
+            "output": {"value": 1},
+            "cost_usd": "1E-7",
+            "usage": [{"provider": "p", "model": "m", "input_tokens": 3, "cost_usd": 0.25}],
+        },
+    )
+    assert response.status_code == 200, response.text
+    run = await api.run(a["workflow_id"])
+    assert run["total_cost_usd"] == "0.2500001"
+
+
+async def test_retryable_failure_comes_back_after_the_backoff(api: Api) -> None:
+    await api.deploy(RETRYING)
+    workflow_id = await api.start("retrying")
+    [first] = await api.poll()
+    assert first["attempt"] == 1
+    response = await api.client.post(
+        f"/api/v1/activities/{first['activity_id']}/fail",
+        json={"worker_id": "w1", "error": {"code": "TIMEOUT", "message": "", "retryable": True}},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["acknowledged"] is True
+    assert response.json()["will_retry"] is True
+    failed_at = trio.current_time()
+
+    flaky = _activity(await api.run(workflow_id), "flaky")
+    assert flaky["status"] == "waiting"
+    assert flaky["error"]["code"] == "TIMEOUT"
+    assert await api.poll() == []  # not before the backoff
+    with trio.fail_after(3):
+        [second] = await api.poll(worker_id="w2", wait=3)
+    assert trio.current_time() - failed_at >= 0.15
+    assert second["activity_key"] == "flaky"
+    assert second["attempt"] == 2
+    assert second["activity_id"] != first["activity_id"]
+
+    last = await api.fail(second, worker_id="w2", retryable=True)
+    assert last.status_code == 200, last.text
+    assert last.json()["will_retry"] is False  # max_attempts reached
+    run = await api.wait_status(workflow_id, "failed")
+    assert "flaky" in run["error_message"]
+
+
+async def test_non_retryable_failure_fails_the_run(api: Api) -> None:
+    await api.deploy(CHAIN)
+    workflow_id = await api.start("chain")
+    [a] = await api.poll()
+    response = await api.fail(a, code="BAD_INPUT", retryable=False)
+    assert response.status_code == 200, response.text
+    assert response.json()["will_retry"] is False
+    run = await api.wait_status(workflow_id, "failed")
+    assert "'a'" in run["error_message"]
+    assert "BAD_INPUT" in run["error_message"]
+    assert _activity(run, "a")["status"] == "failed"
+    assert _activity(run, "a")["error"]["code"] == "BAD_INPUT"
+    assert _activity(run, "b")["status"] == "skipped"
+    # The report is idempotent too.
+    assert (await api.fail(a, code="BAD_INPUT")).status_code == 200
+
+
+async def test_heartbeat_extends_and_hands_details_to_the_next_attempt(api: Api) -> None:
+    await api.deploy(RETRYING)
+    workflow_id = await api.start("retrying")
+    [first] = await api.poll()
+    url = f"/api/v1/activities/{first['activity_id']}/heartbeat"
+    response = await api.client.post(
+        url, json={"worker_id": "w1", "details": {"page": 7, "cursor": "abc"}}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["acknowledged"] is True
+    assert response.json()["next_heartbeat_seconds"] > 0
+    assert_error(await api.client.post(url, json={"worker_id": "w2"}), 409)
+    # A heartbeat without details keeps the last ones.
+    assert (await api.client.post(url, json={"worker_id": "w1"})).status_code == 200
+
+    assert (await api.fail(first, retryable=True)).json()["will_retry"] is True
+    with trio.fail_after(3):
+        [second] = await api.poll(worker_id="w2", wait=3)
+    assert second["attempt"] == 2
+    assert second["heartbeat_details"] == {"page": 7, "cursor": "abc"}
+    # A heartbeat on the finished attempt is acknowledged (ignored) for its worker.
+    assert (await api.client.post(url, json={"worker_id": "w1"})).status_code == 200
+    assert (await api.complete(second, worker_id="w2")).status_code == 200
+    await api.wait_status(workflow_id, "completed")
+
+
+async def test_expired_lease_is_redispatched_and_late_reports_conflict(api: Api) -> None:
+    await api.deploy(
+        """
+name: short-lease
+activities:
+  - key: slow
+    activity_name: echo
+    settings:
+      timeout_seconds: 1
+      retry: {max_attempts: 2, base_seconds: 0.1}
+"""
+    )
+    workflow_id = await api.start("short-lease")
+    [first] = await api.poll(worker_id="w1")
+    assert first["timeout_seconds"] == 1
+    claimed_at = trio.current_time()
+    with trio.fail_after(5):
+        [second] = await api.poll(worker_id="w2", wait=4)
+    waited = trio.current_time() - claimed_at
+    assert waited >= 1.0  # never before timeout_seconds
+    assert waited < 3.5
+    assert second["activity_key"] == "slow"
+    assert second["attempt"] == 2
+    assert second["activity_id"] != first["activity_id"]
+
+    late = await api.complete(first, worker_id="w1", value="late")
+    error = assert_error(late, 409)
+    assert "expired" in error["message"]
+    assert_error(
+        await api.client.post(
+            f"/api/v1/activities/{first['activity_id']}/heartbeat", json={"worker_id": "w1"}
+        ),
+        409,
+    )
+    events = await _events(api, workflow_id)
+    retry = [e for e in events if e["type"] == "activity.retry_scheduled"]
+    assert retry[0]["data"]["error"]["code"] == "LEASE_EXPIRED"
+
+    assert (await api.complete(second, worker_id="w2", value="on time")).status_code == 200
+    run = await api.wait_status(workflow_id, "completed")
+    assert _activity(run, "slow")["outputs"] == [
+        {"name": "value", "type": "value", "value": "on time"}
+    ]
+
+
+async def _pending(api: Api, workflow_id: str) -> dict[str, Any]:
+    run = await api.run(workflow_id)
+    return {a["activity_key"]: a["status"] for a in run["activities"]}
+
+
+async def test_claim_is_released_when_the_poller_went_away(api: Api) -> None:
+    from kflow.server.routes.workers import _claim
+
+    await api.deploy(CHAIN)
+    workflow_id = await api.start("chain")
+    items = await _claim(api.ctx, "std", "gone-worker", 5, lambda: True)
+    assert items == []
+    assert (await _pending(api, workflow_id))["a"] == "pending"
+    again = await api.poll(worker_id="w2")
+    assert [i["activity_key"] for i in again] == ["a"]
+    assert again[0]["attempt"] == 1  # releasing does not use up an attempt
+    events = (await api.client.get(f"/api/v1/workflows/{workflow_id}/events",
+                                   headers={"accept": "application/json"})).json()
+    assert "activity.released" in [e["type"] for e in events]
+
+
+async def test_claim_is_released_when_the_poll_is_cancelled(api: Api) -> None:
+    from kflow.server.routes.workers import _claim
+
+    await api.deploy(CHAIN)
+    workflow_id = await api.start("chain")
+    with trio.CancelScope() as scope:
+        scope.cancel()  # the caller gave up before the claim could answer
+        await _claim(api.ctx, "std", "cancelled-worker", 5, lambda: False)
+    assert scope.cancelled_caught
+    assert (await _pending(api, workflow_id))["a"] == "pending"
+
+
+async def test_a_cancelled_attempt_refuses_a_conflicting_second_report(api: Api) -> None:
+    await api.deploy(CHAIN)
+    workflow_id = await api.start("chain")
+    [item] = await api.poll()
+    await api.client.post(f"/api/v1/workflows/{workflow_id}/cancel")
+    first = await api.fail(item)
+    assert first.status_code == 200
+    assert first.json()["warnings"]
+    assert (await api.fail(item)).status_code == 200  # the same report again: idempotent
+    assert_error(await api.complete(item, value=1), 409)
