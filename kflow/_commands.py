@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import signal
 from typing import Any
 
-import httpx
 import trio
 from rich.console import Console
 from rich.table import Table
 
 from kflow._progress import follow_run
-from kflow.cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, parse_input
+from kflow.activities.hardening import protect_process_memory
+from kflow.cli import EXIT_FAILED, EXIT_OK, parse_input
 from kflow.client import AsyncClient, ClientConfig
-from kflow.config import ServerConfig, server_config
+from kflow.config import ServerConfig, script_pool_settings, server_config
 from kflow.errors import ConfigError
 from kflow.worker.config import WorkerConfig
 from kflow.worker.manager import WorkerManager
@@ -53,6 +54,8 @@ async def cmd_serve(args: argparse.Namespace, console: Console) -> int:
         deploy_paths=tuple(args.deploy) or None,
     )
     run_input = parse_input(args.input) if args.run else {}
+    if config.run_workers:
+        protect_process_memory()  # scripts must not read the server's secrets
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_signals_to, shutdown, nursery.cancel_scope)
@@ -204,8 +207,11 @@ def load_registry(spec: str) -> ActivityRegistry:
     except ImportError as exc:
         raise ConfigError(f"cannot import {module_name!r}: {exc}") from exc
     target = getattr(module, attribute, None)
-    if callable(target) and not isinstance(target, ActivityRegistry):
-        target = target()
+    if inspect.isroutine(target):
+        try:
+            target = target()
+        except Exception as exc:
+            raise ConfigError(f"{spec}() failed: {type(exc).__name__}: {exc}") from exc
     if not isinstance(target, ActivityRegistry):
         raise ConfigError(f"{spec} is not an ActivityRegistry (got {type(target).__name__})")
     return target
@@ -228,7 +234,8 @@ async def cmd_worker(args: argparse.Namespace, console: Console) -> int:
         registry, queue = std_registry(), queue or "std"
         load_plugins(registry, queue)
     elif args.py_std:
-        pool = ScriptPool()
+        settings = script_pool_settings()
+        pool = ScriptPool(size=settings.size, memory_limit_mb=settings.memory_mb or None)
         registry, queue = py_std_registry(pool), queue or "py-std"
     else:
         registry = load_registry(args.registry)
@@ -237,6 +244,7 @@ async def cmd_worker(args: argparse.Namespace, console: Console) -> int:
     config = WorkerConfig.from_env(
         api_url=args.api_url, worker=queue, max_activities=args.concurrency
     )
+    protect_process_memory()  # activities (and scripts) must not read our credentials
     if not registry.names(config.worker):
         raise ConfigError(
             f"the registry serves no activity for worker {config.worker!r}; it "
@@ -272,16 +280,14 @@ async def _run_file(kf: AsyncClient, path: Any, inputs: dict[str, Any], console:
 
 
 async def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    """Deploy, start and follow a run.
+
+    Raises:
+        httpx.TransportError: the server cannot be reached (``main`` exits 3).
+    """
     inputs = parse_input(args.input)
     async with _client(args) as kf:
-        try:
-            return await _run_file(kf, args.file, inputs, console)
-        except httpx.TransportError as exc:
-            console.print(
-                f"[bold red]cannot reach {kf.config.api_url}:[/] {exc}. Is `kflow serve` running?",
-                highlight=False,
-            )
-            return EXIT_UNREACHABLE
+        return await _run_file(kf, args.file, inputs, console)
 
 
 async def cmd_deploy(args: argparse.Namespace, console: Console) -> int:

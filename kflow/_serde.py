@@ -155,11 +155,17 @@ converter.register_structure_hook(bool, _structure_bool)
 
 def _flatten(exc: BaseException, path: str, out: dict[str, list[str]]) -> None:
     if isinstance(exc, ClassValidationError):
-        for sub, note in exc.group_exceptions():
-            _flatten(sub, _join(path, note.name), out)
+        with_attr_notes, others = exc.group_exceptions()
+        for attr_exc, attr_note in with_attr_notes:
+            _flatten(attr_exc, _join(path, attr_note.name), out)
+        for other in others:
+            _flatten(other, path, out)
     elif isinstance(exc, IterableValidationError):
-        for sub, note in exc.group_exceptions():
-            _flatten(sub, f"{path}[{note.index}]", out)
+        with_item_notes, others = exc.group_exceptions()
+        for item_exc, item_note in with_item_notes:
+            _flatten(item_exc, f"{path}[{item_note.index}]", out)
+        for other in others:
+            _flatten(other, path, out)
     elif isinstance(exc, cattrs.BaseValidationError):
         for sub in exc.exceptions:
             _flatten(sub, path, out)

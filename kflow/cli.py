@@ -24,12 +24,14 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import httpx
 import trio
 from rich.console import Console
+from rich.markup import escape
 
 from kflow import log as kflog
 from kflow._version import __version__
-from kflow.config import env_log_level
+from kflow.config import LOG_FORMATS, env_log_format, env_log_level
 from kflow.errors import ApiError, ConfigError, KflowError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -178,25 +180,65 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kflow", description="kflow: durable workflows for AI work, on Trio."
     )
     parser.add_argument("--version", action="version", version=f"kflow {__version__}")
-    parser.add_argument("--log-level", default=None, help="debug, info, warning, error")
-    parser.add_argument("--log-format", choices=("auto", "json", "console"), default=None)
+    parser.add_argument(
+        "--log-level", default=None, help="debug, info, warning, error (KFLOW_LOG_LEVEL)"
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=None,
+        help="auto (JSON unless on a terminal), json or console (KFLOW_LOG_FORMAT)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _server_args(sub)
     _client_args(sub)
     return parser
 
 
+def _configure_logging(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--log-level``/``--log-format``, else ``KFLOW_LOG_LEVEL``/``KFLOW_LOG_FORMAT``.
+
+    Raises:
+        SystemExit: a bad level or format (usage error, status 2).
+    """
+    try:
+        level = kflog.level_from_name(args.log_level or env_log_level())
+        fmt = args.log_format or env_log_format()
+    except ValueError as exc:  # ConfigError is a ValueError too
+        parser.error(str(exc))
+    kflog.configure(level=level, fmt=fmt)
+
+
+def unreachable_message(exc: httpx.TransportError, api_url: str | None = None) -> str:
+    """``cannot reach URL: reason. Is 'kflow serve' running?`` for a network failure.
+
+    ``api_url`` is the URL the command was given; without it the origin of the
+    failed request is named.
+    """
+    url = api_url or "the server"
+    if api_url is None:
+        try:
+            request = exc.request
+        except RuntimeError:  # raised outside of a request: there is none
+            pass
+        else:
+            url = f"{request.url.scheme}://{request.url.netloc.decode('ascii')}"
+    reason = str(exc) or type(exc).__name__
+    return f"cannot reach {url}: {reason}. Is 'kflow serve' running?"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``kflow`` console script; returns the exit status."""
+    """Entry point of the ``kflow`` console script; returns the exit status.
+
+    Errors become a one-line message on stderr and an exit status (module
+    docstring), never a traceback: configuration and usage problems exit 2,
+    a server that cannot be reached (connection refused, DNS, timeout) 3.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     console = Console(stderr=False)
-    errors = Console(stderr=True)
-    try:
-        level = kflog.level_from_name(args.log_level or env_log_level())
-    except ValueError as exc:
-        parser.error(str(exc))
-    kflog.configure(level=level, fmt=args.log_format or "auto")
+    errors = Console(stderr=True, soft_wrap=True)
+    _configure_logging(parser, args)
     from kflow import _commands
 
     handler = getattr(_commands, f"cmd_{args.command}")
@@ -206,18 +248,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         errors.print("interrupted")
         return EXIT_INTERRUPTED
     except ConfigError as exc:
-        errors.print(f"[bold red]error:[/] {exc}", highlight=False)
+        errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         return EXIT_USAGE
     except ApiError as exc:
-        errors.print(f"[bold red]error:[/] {exc.code}: {exc.message}", highlight=False)
+        errors.print(f"[bold red]error:[/] {exc.code}: {escape(exc.message)}", highlight=False)
         for field, messages in exc.details.get("field_errors", {}).items():
-            errors.print(f"  {field}: {'; '.join(messages)}", highlight=False)
+            errors.print(f"  {escape(field)}: {escape('; '.join(messages))}", highlight=False)
         return EXIT_USAGE if exc.status < 500 else EXIT_FAILED
     except KflowError as exc:
-        errors.print(f"[bold red]error:[/] {exc}", highlight=False)
+        errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         return EXIT_USAGE
+    except httpx.TransportError as exc:  # also the single leaf of a group (_unwrapped)
+        message = unreachable_message(exc, getattr(args, "api_url", None))
+        errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+        return EXIT_UNREACHABLE
     except OSError as exc:
-        errors.print(f"[bold red]error:[/] {exc}", highlight=False)
+        errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         return EXIT_UNREACHABLE
     return code
 

@@ -13,7 +13,10 @@
 Credentials: client credentials (``client_id``/``client_secret``, exchanged
 for a token at ``/api/v1/oauth/token`` and refreshed once on a 401), a static
 ``token``, or none for a server in insecure dev mode. Errors of the API
-raise :class:`kflow.errors.ApiError` carrying the envelope's code.
+raise :class:`kflow.errors.ApiError` carrying the envelope's code; network
+failures raise ``httpx.TransportError``. Event streams (``events``, ``wait``)
+survive dropped connections, resuming after the last event received, until
+the server has been unreachable for ``reconnect_seconds``.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
-from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any
+import time
+from collections.abc import AsyncGenerator, Generator, Mapping
+from typing import Any, cast
 
 import attrs
 import httpx
@@ -46,14 +50,19 @@ class ClientConfig:
     client_secret: str | None = attrs.field(default=None, repr=False)
     token: str | None = attrs.field(default=None, repr=False)
     timeout: float = 30.0
+    #: How long :meth:`AsyncClient.events` / :meth:`Client.events` keep trying to
+    #: reconnect to a server that cannot be reached before they give up (seconds).
+    reconnect_seconds: float = 60.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ClientConfig:
         """``KRUXIAFLOW_API_URL``, ``KRUXIAFLOW_CLIENT_ID``/``_SECRET``, ``KRUXIAFLOW_TOKEN``
-        (or ``KFLOW_TOKEN``); ``overrides`` that are not None win.
+        (or ``KFLOW_TOKEN``), ``KFLOW_CLIENT_RECONNECT_SECONDS``; ``overrides``
+        that are not None win.
 
         Raises:
-            ConfigError: only one of client id and secret is set.
+            ConfigError: only one of client id and secret is set, or
+                ``KFLOW_CLIENT_RECONNECT_SECONDS`` is not a number >= 0.
         """
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {
@@ -61,6 +70,7 @@ class ClientConfig:
             "client_id": env.get("KRUXIAFLOW_CLIENT_ID") or None,
             "client_secret": env.get("KRUXIAFLOW_CLIENT_SECRET") or None,
             "token": env.get("KRUXIAFLOW_TOKEN") or env.get("KFLOW_TOKEN") or None,
+            "reconnect_seconds": _seconds(env, "KFLOW_CLIENT_RECONNECT_SECONDS"),
         }
         values.update(overrides)
         config = cls(**{k: v for k, v in values.items() if v is not None})
@@ -71,6 +81,54 @@ class ClientConfig:
     @property
     def base(self) -> str:
         return self.api_url.rstrip("/") + "/api/v1"
+
+
+def _seconds(env: Mapping[str, str], name: str) -> float | None:
+    """A non-negative number of seconds from ``env[name]``, None when unset.
+
+    Raises:
+        ConfigError: not a finite number >= 0 (the message names the variable).
+    """
+    raw = env.get(name)
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not 0 <= value < float("inf"):
+        raise ConfigError(f"{name} must be a number of seconds >= 0, got {raw!r}")
+    return value
+
+
+@attrs.define
+class _Reconnect:
+    """When an event stream reconnects, and when it gives up.
+
+    ``limit`` seconds after the first failure with no successful connection
+    since, the stream gives up; a connection resets that clock, a received
+    event resets the backoff.
+    """
+
+    limit: float
+    failures: int = 0
+    down_since: float | None = None
+
+    def connected(self) -> None:
+        self.down_since = None
+
+    def received(self) -> None:
+        self.failures = 0
+
+    def pause(self, now: float) -> float | None:
+        """Seconds to wait before the next attempt, or None: give up now."""
+        if self.down_since is None:
+            self.down_since = now
+        remaining = self.down_since + self.limit - now
+        if remaining <= 0:
+            return None
+        self.failures += 1
+        return min(5.0, 0.2 * 2.0**self.failures, remaining)
 
 
 def _definition_body(source: str | pathlib.Path | Mapping[str, Any]) -> tuple[bytes, str]:
@@ -250,14 +308,19 @@ class AsyncClient:
 
     async def events(
         self, workflow_id: str, from_event_id: int = 0
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """The run's history events, replayed then live; ends after the final event.
 
         A dropped connection is resumed from the last event received. If you
         stop early, close the generator (``contextlib.aclosing``).
+
+        Raises:
+            httpx.TransportError: the server stayed unreachable for
+                ``config.reconnect_seconds`` (the last error is re-raised).
+            ApiError: an error answer (unknown run, refused token...).
         """
         after = from_event_id
-        failures = 0
+        retry = _Reconnect(limit=self.config.reconnect_seconds)
         while True:
             try:
                 async with httpx_sse.aconnect_sse(
@@ -271,6 +334,7 @@ class AsyncClient:
                     if source.response.is_error:
                         await source.response.aread()
                         raise error_from_response(source.response)
+                    retry.connected()
                     finished = False
                     # Read to the end of the stream (the server closes it after the
                     # final event) so no inner httpx iterator is left half-read.
@@ -280,7 +344,7 @@ class AsyncClient:
                                 continue  # a keep-alive comment
                             event = loads(message.data)
                             after = int(event["event_id"])
-                            failures = 0
+                            retry.received()
                             finished = finished or event["type"] in FINAL_EVENTS
                             yield event
                     if finished:
@@ -288,8 +352,10 @@ class AsyncClient:
                 if (await self.status(workflow_id))["status"] in FINAL_STATUSES:
                     return
             except (httpx.TransportError, httpx_sse.SSEError):
-                failures += 1
-                await trio.sleep(min(5.0, 0.2 * 2**failures))
+                pause = retry.pause(trio.current_time())
+                if pause is None:
+                    raise
+                await trio.sleep(pause)
 
     async def wait(self, workflow_id: str, *, timeout: float | None = None) -> dict[str, Any]:
         """Wait for the run to finish; returns its final state.
@@ -401,22 +467,59 @@ class Client:
         )
         return result
 
-    def events(self, workflow_id: str, from_event_id: int = 0) -> Iterator[dict[str, Any]]:
-        """The run's events, replayed then live; ends after the final event."""
+    def events(
+        self, workflow_id: str, from_event_id: int = 0
+    ) -> Generator[dict[str, Any], None, None]:
+        """The run's events, replayed then live; ends after the final event.
+
+        A dropped connection is resumed from the last event received. If you
+        stop early, close the generator.
+
+        Raises:
+            httpx.TransportError: the server stayed unreachable for
+                ``config.reconnect_seconds`` (the last error is re-raised).
+            ApiError: an error answer (unknown run, refused token...).
+        """
+        after = from_event_id
+        retry = _Reconnect(limit=self.config.reconnect_seconds)
+        while True:
+            try:
+                finished = False
+                with contextlib.closing(self._stream(workflow_id, after, retry)) as stream:
+                    for event in stream:
+                        after = int(event["event_id"])
+                        finished = finished or event["type"] in FINAL_EVENTS
+                        yield event
+                if finished or self.status(workflow_id)["status"] in FINAL_STATUSES:
+                    return
+            except (httpx.TransportError, httpx_sse.SSEError):
+                pause = retry.pause(time.monotonic())
+                if pause is None:
+                    raise
+                time.sleep(pause)
+
+    def _stream(
+        self, workflow_id: str, after: int, retry: _Reconnect
+    ) -> Generator[dict[str, Any], None, None]:
+        """One connection of :meth:`events`: the events after ``after`` until it closes."""
         with httpx_sse.connect_sse(
             self._http,
             "GET",
             f"{self.config.base}/workflows/{workflow_id}/events",
-            params={"from_event_id": from_event_id},
+            params={"from_event_id": after},
             headers=self._headers(),
             timeout=httpx.Timeout(self.config.timeout, read=None),
         ) as source:
             if source.response.is_error:
                 source.response.read()
                 raise error_from_response(source.response)
-            with contextlib.closing(source.iter_sse()) as messages:
+            retry.connected()
+            # httpx_sse annotates iter_sse() as a plain Iterator, but it is a generator.
+            sse = cast(Generator[httpx_sse.ServerSentEvent, None, None], source.iter_sse())
+            with contextlib.closing(sse) as messages:
                 for message in messages:
                     if message.data:
+                        retry.received()
                         yield loads(message.data)
 
     def wait(self, workflow_id: str) -> dict[str, Any]:
@@ -424,3 +527,6 @@ class Client:
         for _ in self.events(workflow_id):
             pass
         return self.status(workflow_id)
+
+
+__all__ = ["FINAL_EVENTS", "FINAL_STATUSES", "AsyncClient", "Client", "ClientConfig"]

@@ -13,14 +13,17 @@ import ipaddress
 import os
 import pathlib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import platformdirs
 
-from kflow.errors import ConfigError
+from kflow.errors import ConfigError, InvalidInputError
 
 DEFAULT_PORT = 8080
+
+#: Every API scope (``kflow.server.auth.ALL_SCOPES``): what a seed client gets by default.
+ALL_SCOPES = frozenset({"admin", "worker", "workflows:read", "workflows:write"})
 
 
 def default_data_dir() -> pathlib.Path:
@@ -43,6 +46,8 @@ class ServerConfig:
     insecure_dev: bool = False
     seed_client_id: str | None = None
     seed_client_secret: str | None = None
+    #: Scopes of the client ``--seed-client`` creates (``KFLOW_SEED_CLIENT_SCOPES``).
+    seed_client_scopes: frozenset[str] = ALL_SCOPES
     jwt_secret: str | None = None
     token_ttl_seconds: int = 86_400
     lease_grace_seconds: float = 10.0
@@ -177,6 +182,8 @@ def server_config(environ: Mapping[str, str] | None = None, **explicit: Any) -> 
                 "--seed-client needs KRUXIAFLOW_CLIENT_ID and "
                 "KRUXIAFLOW_CLIENT_SECRET in the environment"
             )
+    if env.get("KFLOW_SEED_CLIENT_SCOPES"):
+        values["seed_client_scopes"] = seed_scopes(env["KFLOW_SEED_CLIENT_SCOPES"])
     values["secrets"] = secrets_from_env(env)
     values.update({k: v for k, v in explicit.items() if v is not None})
     if values.get("sqlite_synchronous", "full") not in ("full", "normal"):
@@ -189,10 +196,74 @@ def server_config(environ: Mapping[str, str] | None = None, **explicit: Any) -> 
     return config
 
 
+def seed_scopes(raw: str) -> frozenset[str]:
+    """``KFLOW_SEED_CLIENT_SCOPES``: scopes separated by commas or spaces.
+
+    Raises:
+        ConfigError: an unknown scope, or none at all (names the variable).
+    """
+    from kflow.server.auth import parse_scopes  # the server's own check, loaded only if needed
+
+    try:
+        scopes = parse_scopes(raw)
+    except InvalidInputError as exc:
+        raise ConfigError(f"KFLOW_SEED_CLIENT_SCOPES: {exc}") from exc
+    if not scopes:
+        raise ConfigError(
+            f"KFLOW_SEED_CLIENT_SCOPES names no scope; use some of {', '.join(sorted(ALL_SCOPES))}"
+        )
+    return scopes
+
+
+@attrs.frozen(kw_only=True)
+class ScriptPoolSettings:
+    """Size and memory limit of the ``script`` interpreter pool of a py-std worker."""
+
+    size: int = 2
+    memory_mb: int = 1024
+
+
+def script_pool_settings(environ: Mapping[str, str] | None = None) -> ScriptPoolSettings:
+    """``KFLOW_SCRIPT_POOL_SIZE`` and ``KFLOW_SCRIPT_MEMORY_MB`` (0 = no limit).
+
+    Raises:
+        ConfigError: a value is not a number in range.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    if env.get("KFLOW_SCRIPT_POOL_SIZE"):
+        values["size"] = _number("KFLOW_SCRIPT_POOL_SIZE", env["KFLOW_SCRIPT_POOL_SIZE"], int, 1)
+    if env.get("KFLOW_SCRIPT_MEMORY_MB"):
+        values["memory_mb"] = _number(
+            "KFLOW_SCRIPT_MEMORY_MB", env["KFLOW_SCRIPT_MEMORY_MB"], int, 0
+        )
+    return ScriptPoolSettings(**values)
+
+
 def env_log_level(environ: Mapping[str, str] | None = None) -> str:
     """The log level named by ``KFLOW_LOG_LEVEL`` (default ``info``)."""
     env = os.environ if environ is None else environ
     return env.get("KFLOW_LOG_LEVEL") or "info"
+
+
+LogFormat = Literal["auto", "json", "console"]
+
+#: Values of ``--log-format`` and ``KFLOW_LOG_FORMAT``.
+LOG_FORMATS: tuple[LogFormat, ...] = ("auto", "json", "console")
+
+
+def env_log_format(environ: Mapping[str, str] | None = None) -> LogFormat:
+    """The log format named by ``KFLOW_LOG_FORMAT`` (default ``auto``).
+
+    Raises:
+        ConfigError: not one of ``auto``, ``json``, ``console`` (names the variable).
+    """
+    env = os.environ if environ is None else environ
+    raw = env.get("KFLOW_LOG_FORMAT") or "auto"
+    for value in LOG_FORMATS:
+        if raw.strip().lower() == value:
+            return value
+    raise ConfigError(f"KFLOW_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, got {raw!r}")
 
 
 def secrets_from_env(env: Mapping[str, str]) -> dict[str, str]:

@@ -90,7 +90,28 @@ class _Undefined(jinja2.ChainableUndefined, jinja2.StrictUndefined):
     __slots__ = ()
 
 
+#: Largest string or list a template may build with ``*`` (items or characters).
+MAX_REPEAT = 1_000_000
+#: Largest integer exponent a template may use with ``**`` (on integers above 1).
+MAX_EXPONENT = 1024
+
+
 class _Environment(SandboxedEnvironment):
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        """Refuse ``*`` and ``**`` whose result would exhaust memory or time."""
+        if operator == "**" and isinstance(left, int) and isinstance(right, int) \
+                and abs(left) > 1 and right > MAX_EXPONENT:
+            raise SecurityError(f"the exponent {right} is above the limit of {MAX_EXPONENT}")
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, str | list | tuple) and isinstance(times, int) \
+                        and len(seq) * times > MAX_REPEAT:
+                    raise SecurityError(f"repeating a sequence would build more than "
+                                        f"{MAX_REPEAT} items")
+        return super().call_binop(context, operator, left, right)
+
     def getattr(self, obj: Any, attribute: str) -> Any:
         if isinstance(obj, dict):  # keys before methods: ``{{ search.items }}`` is the output
             return self.getitem(obj, attribute)

@@ -136,6 +136,7 @@ __all__ = [
     "ScriptPool",
     "aclose_registry",
     "load_plugins",
+    "new_http_client",
     "open_std_registry",
     "py_std_registry",
     "std_registry",

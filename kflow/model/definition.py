@@ -57,7 +57,11 @@ class RetryPolicy:
         """Seconds to wait after failed attempt ``attempt`` (1-based)."""
         if self.strategy == "fixed":
             return min(self.base_seconds, self.max_seconds)
-        return min(self.base_seconds * self.factor ** (attempt - 1), self.max_seconds)
+        try:
+            delay = self.base_seconds * self.factor ** (attempt - 1)
+        except OverflowError:  # a huge factor or many attempts: the cap applies
+            return self.max_seconds
+        return min(delay, self.max_seconds)
 
     def allows_another(self, attempt: int) -> bool:
         """Whether attempt ``attempt`` (1-based, just failed) may be followed by one more."""

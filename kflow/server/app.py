@@ -8,7 +8,16 @@ from starlette.middleware import Middleware
 from kflow.server.context import ServerContext
 from kflow.server.errors import EXCEPTION_HANDLERS
 from kflow.server.middleware import RequestContextMiddleware
-from kflow.server.routes import definitions, events, files, health, oauth, workers, workflows
+from kflow.server.routes import (
+    definitions,
+    events,
+    events_ws,
+    files,
+    health,
+    oauth,
+    workers,
+    workflows,
+)
 
 
 def build_app(ctx: ServerContext) -> Starlette:
@@ -19,15 +28,16 @@ def build_app(ctx: ServerContext) -> Starlette:
         *definitions.routes,
         *workflows.routes,
         *events.routes,
+        *events_ws.routes,
         *workers.routes,
         *files.routes,
     ]
     app = Starlette(
         routes=routes,
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        exception_handlers=EXCEPTION_HANDLERS,
         middleware=[
             Middleware(
-                RequestContextMiddleware,  # type: ignore[arg-type]
+                RequestContextMiddleware,
                 json_limit=ctx.config.json_body_limit,
                 file_limit=ctx.config.file_body_limit,
                 observe=ctx.metrics.observe_request,

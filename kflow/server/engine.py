@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import attrs
+import structlog
 
 from kflow._types import ActivityStatus, WorkflowStatus
 from kflow.clock import Clock
@@ -49,6 +50,8 @@ from kflow.server.state import (
 )
 from kflow.store.base import Row, Store, Tx
 from kflow.templates import TemplateEngine
+
+log = structlog.get_logger("kflow.engine")
 
 
 class EngineHooks(Protocol):
@@ -233,6 +236,39 @@ class Engine:
         if append_events(tx, state.id, emits, now):
             effects.workflows.add(state.id)
         return Transition(state=state, commands=commands, attempt_ids=attempt_ids, status=status)
+
+    async def fail_run_directly(self, workflow_id: uuid.UUID | str, reason: str) -> None:
+        """Fail a run without the orchestrator, after a transition of it broke.
+
+        The last resort that keeps one bad run from blocking the engine: the
+        run becomes ``failed`` with ``reason``, its open activities
+        ``cancelled`` (running attempts keep their lease fields, so their
+        workers are told to stop). Plain SQL, no templates: it cannot fail the
+        way the broken transition did.
+        """
+        now = self.clock.now()
+        workflow = uuid.UUID(str(workflow_id))
+
+        def fail_tx(tx: Tx, effects: Effects) -> None:
+            if not tx.run(
+                "fail_workflow_directly", id=str(workflow), error_message=reason, now=tx.time(now)
+            ):
+                return
+            tx.run("cancel_open_activities", workflow_id=str(workflow), now=tx.time(now))
+            append_events(
+                tx,
+                workflow,
+                [
+                    Emit(
+                        type="workflow.failed", data={"error_message": reason, "engine_error": True}
+                    )
+                ],
+                now,
+            )
+            effects.workflows.add(workflow)
+
+        log.error("engine.run_failed_directly", workflow_id=str(workflow), reason=reason)
+        await self.write(fail_tx)
 
     def transition_row(
         self,

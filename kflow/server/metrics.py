@@ -11,6 +11,15 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
+#: Request methods that get their own label value; any other is counted as ``OTHER``
+#: (a client inventing methods must not create new time series).
+KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    """The ``method`` label of a request: the method if it is a known one, else ``OTHER``."""
+    return method if method in KNOWN_METHODS else "OTHER"
+
 
 class Metrics:
     """Counters and histograms the server updates."""
@@ -62,7 +71,12 @@ class Metrics:
         )
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(method, route, str(status)).inc()
+        """Count one answered request (and time it, long-polls apart).
+
+        ``route`` must be a route template or a fixed name such as
+        ``unmatched``, never a raw path: labels stay a bounded set.
+        """
+        self.requests.labels(method_label(method), route, str(status)).inc()
         if "/workers/poll" not in route:  # long-polls would swamp the histogram
             self.latency.labels(route).observe(seconds)
 

@@ -95,7 +95,8 @@ class RequestContextMiddleware:
             finally:
                 if self.observe is not None:
                     route = scope.get("route")
-                    name = getattr(route, "path", scope["path"]) if route else "unmatched"
+                    path: str = scope["path"]
+                    name = getattr(route, "path", path) if route else "unmatched"
                     self.observe(
                         scope["method"],
                         name,

@@ -21,7 +21,7 @@ from typing import Any
 
 import attrs
 
-from kflow._serde import parse_datetime
+from kflow._serde import dumps, parse_datetime
 from kflow._types import ActivityStatus, WorkflowStatus
 from kflow.errors import TemplateError
 from kflow.model.definition import ActivityDefinition, Dependency
@@ -60,6 +60,13 @@ class DecideContext:
     now: dt.datetime
     templates: TemplateEngine
     secret_names: frozenset[str] = frozenset()
+
+
+#: Failure code of an attempt that its worker gave back while shutting down.
+INTERRUPTED = "WORKER_SHUTDOWN"
+
+#: Largest JSON form of an activity's resolved parameters.
+MAX_PARAMETERS_BYTES = 8 * 1024 * 1024
 
 
 class _Verdict(enum.Enum):
@@ -202,6 +209,15 @@ class _Decider:
         act = self.acts[key]
         policy = self.definition(key).settings.retry
         spent = act.cost_usd + cost
+        if error.code == INTERRUPTED and error.retryable:
+            # A worker stopped in an orderly way before finishing: the attempt
+            # did not fail, so hand it out again at once without using up a retry.
+            again = attrs.evolve(act, status=S.PENDING, available_at=self.ctx.now,
+                                 cost_usd=spent)
+            self.put(again, new_attempt=True)
+            self.emit("activity.interrupted", key, attempt=act.attempt, error=error.as_dict())
+            self._after_schedule(again)
+            return
         if error.retryable and policy.allows_another(act.attempt):
             delay = policy.delay_after(act.attempt)
             at = self.ctx.now + dt.timedelta(seconds=delay)
@@ -463,7 +479,7 @@ class _Decider:
         try:
             available_at = self._start_time(settings.delay, settings.scheduled_for, context)
             parameters = None if wait_signal else self._parameters(key, context)
-        except (TemplateError, ValueError) as exc:
+        except (TemplateError, ValueError, TypeError, OverflowError) as exc:
             self._fail_scheduling(key, iteration, exc)
             return
         due = available_at or self.ctx.now
@@ -494,9 +510,24 @@ class _Decider:
         self._after_schedule(scheduled)
 
     def _parameters(self, key: str, context: Mapping[str, Any]) -> Any:
-        return self.ctx.templates.render(
+        """Rendered parameters, checked to be storable JSON of a sane size.
+
+        Raises:
+            TemplateError: rendering failed, or the result is not JSON (an
+                integer beyond 64 bits, an object) or is too large.
+        """
+        rendered = self.ctx.templates.render(
             dict(self.definition(key).parameters), context, path="parameters"
         )
+        try:
+            size = len(dumps(rendered))
+        except (TypeError, ValueError) as exc:
+            raise TemplateError(f"parameters: the rendered value cannot be stored as JSON: {exc}"
+                                ) from exc
+        if size > MAX_PARAMETERS_BYTES:
+            raise TemplateError(f"parameters: the rendered value is {size} bytes, above the "
+                                f"limit of {MAX_PARAMETERS_BYTES}")
+        return rendered
 
     def _fail_scheduling(self, key: str, iteration: int, exc: Exception) -> None:
         code = "TEMPLATE_ERROR" if isinstance(exc, TemplateError) else "INVALID_SCHEDULE"
@@ -517,10 +548,21 @@ class _Decider:
     ) -> dt.datetime | None:
         if delay is not None:
             text = str(self.ctx.templates.render(delay, context, path="settings.delay"))
-            return self.ctx.now + parse_duration(text)
+            try:
+                return self.ctx.now + parse_duration(text)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"settings.delay: {exc}") from exc
+            except OverflowError:
+                raise ValueError(f"settings.delay: {text!r} is beyond the year 9999") from None
         if scheduled_for is not None:
             value = self.ctx.templates.render(scheduled_for, context, path="settings.scheduled_for")
-            return value if isinstance(value, dt.datetime) else parse_datetime(str(value))
+            if isinstance(value, dt.datetime):
+                return value
+            try:
+                return parse_datetime(str(value))
+            except (ValueError, OverflowError) as exc:
+                raise ValueError(f"settings.scheduled_for: {value!r} is not a usable "
+                                 f"RFC 3339 time ({exc})") from exc
         return None
 
     def skip(self, key: str, reason: str) -> None:

@@ -40,6 +40,10 @@ class Scheduler:
             self._next = at
             self._wakeup.set()
 
+    def _armed(self) -> dt.datetime | None:
+        """The earliest deadline passed to :meth:`arm` since the last reset."""
+        return self._next
+
     async def run_due(self) -> int:
         """Process everything due now; returns the number of items handled."""
         total = 0
@@ -58,7 +62,8 @@ class Scheduler:
         return total
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run until cancelled. Store errors are logged and retried after a pause."""
+        """Run until cancelled. Errors of a pass are logged and the pass retried after a
+        pause; they never end the scheduler (or the server)."""
         task_status.started()
         while True:
             self._wakeup = trio.Event()
@@ -74,11 +79,18 @@ class Scheduler:
                 log.warning("scheduler.store_error", error=str(exc))
                 await trio.sleep(1.0)
                 continue
+            except Exception:
+                # Never let one bad pass take the server down; the next pass retries.
+                self.healthy = False
+                log.exception("scheduler.pass_failed")
+                await trio.sleep(1.0)
+                continue
             delay = self.max_sleep
             if upcoming is not None:
                 delay = min(delay, max(0.0, (upcoming - self.clock.now()).total_seconds()))
-            if self._next is not None:
-                delay = min(delay, max(0.0, (self._next - self.clock.now()).total_seconds()))
+            armed = self._armed()  # arm() may have run while we awaited above
+            if armed is not None:
+                delay = min(delay, max(0.0, (armed - self.clock.now()).total_seconds()))
             with trio.move_on_after(delay):
                 await self._wakeup.wait()
                 # Let a burst of arms settle into one pass.

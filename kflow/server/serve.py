@@ -66,7 +66,7 @@ async def open_store(config: ServerConfig) -> Store:
         synchronous = "normal" if config.sqlite_synchronous == "normal" else "full"
         return await SqliteStore.open(path, synchronous=synchronous)
     try:
-        from kflow.store.postgres import PostgresStore  # type: ignore[import-not-found]
+        from kflow.store.postgres import PostgresStore
     except ImportError as exc:
         raise ConfigError(
             "PostgreSQL storage is not available in this build; use a sqlite:/// URL"
@@ -134,8 +134,15 @@ async def build_context(
     )
 
 
-async def seed_client(ctx: ServerContext, client_id: str, secret: str) -> bool:
-    """Create the seed client (all scopes) unless it exists; returns True if created."""
+async def seed_client(
+    ctx: ServerContext, client_id: str, secret: str, scopes: Iterable[str] = ("admin",)
+) -> bool:
+    """Create the seed client with ``scopes`` unless it exists; returns True if created.
+
+    Implied scopes are stored too (``admin``, the default, is every scope;
+    ``workflows:write`` adds ``workflows:read``). An existing client is left
+    as it is, scopes included.
+    """
     hashed = await trio.to_thread.run_sync(hash_secret, secret)
     now = ctx.engine.clock.now()
 
@@ -147,7 +154,7 @@ async def seed_client(ctx: ServerContext, client_id: str, secret: str) -> bool:
             client_id=client_id,
             secret=secret,
             secret_hash=hashed,
-            scopes=expand({"admin"}),
+            scopes=expand(scopes),
             description="seeded by kflow serve",
             now=now,
         )
@@ -245,8 +252,9 @@ async def serve(
             log.info("store.migrated", applied=applied, dialect=store.dialect)
         ctx = await build_context(config, store, clock=clock)
         seed = (config.seed_client_id, config.seed_client_secret)
-        if seed[0] and seed[1] and await seed_client(ctx, seed[0], seed[1]):
-            log.info("client.seeded", client_id=config.seed_client_id)
+        scopes = config.seed_client_scopes
+        if seed[0] and seed[1] and await seed_client(ctx, seed[0], seed[1], scopes):
+            log.info("client.seeded", client_id=seed[0], scopes=sorted(scopes))
         if config.deploy_paths:
             await deploy_files(ctx, config.deploy_paths)
         app = build_app(ctx)
@@ -256,7 +264,9 @@ async def serve(
                 binds = await front.start(
                     functools.partial(
                         hypercorn_serve,
-                        app,
+                        # hypercorn's Framework type wants its own Scope/event TypedDicts;
+                        # Starlette types the same ASGI callable with plain mappings.
+                        app,  # type: ignore[arg-type]
                         hypercorn_config(config),
                         shutdown_trigger=shutdown.wait,
                     )

@@ -14,13 +14,22 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from kflow.errors import ConflictError, NotFoundError
+import structlog
+
+from kflow.errors import ConflictError, KflowError, NotFoundError, TemplateError
 from kflow.server.engine import Effects, Engine
 from kflow.server.persistence import append_events, record_attempt
 from kflow.server.state import ZERO, ActivityCompleted, ActivityFailed, Emit, ErrorInfo
 from kflow.store.base import Row, Tx
 from kflow.store.codec import load_json, load_time
 from kflow.templates import reveal_secrets
+
+log = structlog.get_logger("kflow.engine")
+
+
+def holds_lease(row: Row, worker_id: str, client_id: str) -> bool:
+    """Whether ``worker_id`` of ``client_id`` holds the lease recorded in ``row``."""
+    return row["worker_id"] == worker_id and row["lease_client"] in (None, client_id)
 
 
 def total_cost(
@@ -45,41 +54,79 @@ class WorkerOps:
 
     # ---- poll --------------------------------------------------------------------
 
-    async def claim(self, queue: str, worker_id: str, limit: int) -> list[dict[str, Any]]:
-        """Claim up to ``limit`` ready activities of ``queue`` for ``worker_id``."""
+    async def claim(
+        self, queue: str, worker_id: str, limit: int, client_id: str = "dev"
+    ) -> list[dict[str, Any]]:
+        """Claim up to ``limit`` ready activities of ``queue`` for ``worker_id``.
+
+        The lease belongs to ``worker_id`` *and* the authenticated ``client_id``.
+        Secrets are substituted inside the claim's transaction: an activity
+        naming a secret the server does not know fails (``TEMPLATE_ERROR``)
+        instead of being handed out or left leased.
+        """
         engine = self.engine
         now = engine.clock.now()
         grace = int(engine.settings.lease_grace_seconds * 1_000_000)
         touch = self._should_touch(worker_id, now)
 
-        def claim_tx(tx: Tx, effects: Effects) -> list[Row]:
+        def claim_tx(tx: Tx, effects: Effects) -> list[dict[str, Any]]:
             rows = tx.all(
                 "claim_activities",
                 queue=queue,
                 worker_id=worker_id,
+                client_id=client_id,
                 now=tx.time(now),
                 limit=limit,
                 lease_grace_micros=grace,
             )
             if touch:
                 tx.run("touch_worker", worker_id=worker_id, queue=queue, now=tx.time(now))
-            for workflow_id in {r["workflow_id"] for r in rows}:
+            items: list[dict[str, Any]] = []
+            for row in rows:
+                try:
+                    items.append(self._poll_item(row))
+                except TemplateError as exc:
+                    self._fail_unsendable(tx, effects, row, now, str(exc))
+            for workflow_id in {item["workflow_id"] for item in items}:
                 tx.run("mark_workflow_running", id=workflow_id, now=tx.time(now))
                 events = [
                     Emit(
                         type="activity.started",
-                        activity_key=r["key"],
-                        data={"attempt": r["attempt"], "worker_id": worker_id},
+                        activity_key=i["activity_key"],
+                        data={"attempt": i["attempt"], "worker_id": worker_id},
                     )
-                    for r in rows
-                    if r["workflow_id"] == workflow_id
+                    for i in items
+                    if i["workflow_id"] == workflow_id
                 ]
-                append_events(tx, uuid.UUID(str(workflow_id)), events, now)
-                effects.workflows.add(uuid.UUID(str(workflow_id)))
-            return rows
+                append_events(tx, uuid.UUID(workflow_id), events, now)
+                effects.workflows.add(uuid.UUID(workflow_id))
+            return items
 
-        rows: list[Row] = await engine.write(claim_tx)
-        return [self._poll_item(row) for row in rows]
+        claimed: list[dict[str, Any]] = await engine.write(claim_tx)
+        return claimed
+
+    def _fail_unsendable(
+        self, tx: Tx, effects: Effects, row: Row, now: dt.datetime, message: str
+    ) -> None:
+        """Fail a just-claimed activity whose parameters cannot be completed."""
+        error = ErrorInfo(code="TEMPLATE_ERROR", message=message, retryable=False)
+        current = tx.one("activity_by_attempt", attempt_id=str(row["attempt_id"]))
+        if current is not None:
+            record_attempt(
+                tx,
+                attempt_id=str(row["attempt_id"]),
+                row=current,
+                outcome="failed",
+                now=now,
+                error=error,
+            )
+        self.engine.transition_row(
+            tx,
+            effects,
+            row["workflow_id"],
+            lambda _: ActivityFailed(key=row["key"], error=error),
+            now,
+        )
 
     async def release(self, items: list[dict[str, Any]], worker_id: str) -> int:
         """Put claimed activities back in their queue (the claimer never got them).
@@ -93,13 +140,26 @@ class WorkerOps:
         def release_tx(tx: Tx, effects: Effects) -> int:
             released = 0
             for item in items:
-                if tx.run("release_claim", attempt_id=item["activity_id"], worker_id=worker_id,
-                          now=tx.time(now)):
+                if tx.run(
+                    "release_claim",
+                    attempt_id=item["activity_id"],
+                    worker_id=worker_id,
+                    now=tx.time(now),
+                ):
                     released += 1
                     workflow_id = uuid.UUID(item["workflow_id"])
-                    append_events(tx, workflow_id, [Emit(
-                        type="activity.released", activity_key=item["activity_key"],
-                        data={"worker_id": worker_id, "reason": "the poll was abandoned"})], now)
+                    append_events(
+                        tx,
+                        workflow_id,
+                        [
+                            Emit(
+                                type="activity.released",
+                                activity_key=item["activity_key"],
+                                data={"worker_id": worker_id, "reason": "the poll was abandoned"},
+                            )
+                        ],
+                        now,
+                    )
                     effects.workflows.add(workflow_id)
                     effects.queues.add(item["worker"])
             return released
@@ -117,9 +177,9 @@ class WorkerOps:
         return True
 
     def _poll_item(self, row: Row) -> dict[str, Any]:
-        parameters = load_json(row["parameters"]) or {}
-        if self.engine.settings.secrets:
-            parameters = reveal_secrets(parameters, self.engine.settings.secrets)
+        parameters = reveal_secrets(
+            load_json(row["parameters"]) or {}, self.engine.settings.secrets
+        )
         item: dict[str, Any] = {
             "activity_id": str(row["attempt_id"]),
             "workflow_id": str(row["workflow_id"]),
@@ -147,7 +207,7 @@ class WorkerOps:
     # ---- heartbeat ---------------------------------------------------------------------
 
     async def heartbeat(
-        self, attempt_id: uuid.UUID, worker_id: str, details: Any | None
+        self, attempt_id: uuid.UUID, worker_id: str, details: Any | None, client_id: str = "dev"
     ) -> dict[str, Any]:
         """Extend the lease of a running attempt and keep ``details``.
 
@@ -168,7 +228,7 @@ class WorkerOps:
                 return {"acknowledged": True, "next_heartbeat_seconds": interval}
             status = row["status"]
             if status == "running":
-                if row["worker_id"] != worker_id:
+                if not holds_lease(row, worker_id, client_id):
                     raise ConflictError(f"activity {attempt_id} is leased by another worker")
                 tx.run(
                     "extend_lease",
@@ -197,6 +257,7 @@ class WorkerOps:
         output: Mapping[str, Any],
         cost_usd: decimal.Decimal | None,
         usage: Sequence[Mapping[str, Any]],
+        client_id: str = "dev",
     ) -> dict[str, Any]:
         """Record a finished attempt's outputs and move the run forward.
 
@@ -210,7 +271,7 @@ class WorkerOps:
         def event(key: str) -> ActivityCompleted:
             return ActivityCompleted(key=key, outputs=dict(output), cost_usd=cost)
 
-        return await self._report(attempt_id, worker_id, "completed", event, cost, usage)
+        return await self._report(attempt_id, worker_id, client_id, "completed", event, cost, usage)
 
     async def fail(
         self,
@@ -219,6 +280,7 @@ class WorkerOps:
         error: ErrorInfo,
         cost_usd: decimal.Decimal | None,
         usage: Sequence[Mapping[str, Any]],
+        client_id: str = "dev",
     ) -> dict[str, Any]:
         """Record a failed attempt; the engine retries it if policy allows.
 
@@ -232,12 +294,15 @@ class WorkerOps:
         def event(key: str) -> ActivityFailed:
             return ActivityFailed(key=key, error=error, cost_usd=cost)
 
-        return await self._report(attempt_id, worker_id, "failed", event, cost, usage, error=error)
+        return await self._report(
+            attempt_id, worker_id, client_id, "failed", event, cost, usage, error=error
+        )
 
     async def _report(
         self,
         attempt_id: uuid.UUID,
         worker_id: str,
+        client_id: str,
         outcome: str,
         make_event: Any,
         cost: decimal.Decimal,
@@ -256,7 +321,7 @@ class WorkerOps:
                     "will_retry": False,
                     "warnings": [f"attempt already reported as {outcome}"],
                 }
-            if row["worker_id"] != worker_id:
+            if not holds_lease(row, worker_id, client_id):
                 raise ConflictError(
                     f"activity {attempt_id} is leased by another worker",
                     details={"status": row["status"]},
@@ -268,9 +333,13 @@ class WorkerOps:
                     if past["worker_id"] != worker_id or not same_kind:
                         raise ConflictError(
                             f"activity {attempt_id} was already reported differently",
-                            details={"outcome": past["outcome"]})
-                    return {"acknowledged": True, "will_retry": False,
-                            "warnings": ["the workflow was cancelled; this result was discarded"]}
+                            details={"outcome": past["outcome"]},
+                        )
+                    return {
+                        "acknowledged": True,
+                        "will_retry": False,
+                        "warnings": ["the workflow was cancelled; this result was discarded"],
+                    }
                 record_attempt(
                     tx,
                     attempt_id=str(attempt_id),
@@ -306,10 +375,70 @@ class WorkerOps:
             will_retry = bool(put is not None and put.new_attempt)
             return {"acknowledged": True, "will_retry": will_retry, "warnings": []}
 
-        answer: dict[str, Any] = await engine.write(report_tx)
+        try:
+            answer: dict[str, Any] = await engine.write(report_tx)
+        except KflowError:
+            raise
+        except Exception as exc:
+            answer = await self._report_after_engine_error(
+                attempt_id, worker_id, client_id, outcome, error, cost, usage, exc
+            )
         if outcome == "completed":
             answer.pop("will_retry", None)
         return answer
+
+    async def _report_after_engine_error(
+        self,
+        attempt_id: uuid.UUID,
+        worker_id: str,
+        client_id: str,
+        outcome: str,
+        error: ErrorInfo | None,
+        cost: decimal.Decimal,
+        usage: Sequence[Mapping[str, Any]],
+        exc: Exception,
+    ) -> dict[str, Any]:
+        """The transition after a report broke: keep the result, fail the run, acknowledge.
+
+        Acknowledging matters: a worker that got an error would report again
+        (or, after its lease expired, the work would run again) for ever.
+        """
+        engine = self.engine
+        now = engine.clock.now()
+        log.exception("engine.report_failed", activity_id=str(attempt_id), outcome=outcome)
+
+        def keep_tx(tx: Tx, effects: Effects) -> str | None:
+            row = tx.one("activity_by_attempt", attempt_id=str(attempt_id))
+            if row is None or not holds_lease(row, worker_id, client_id):
+                return None
+            record_attempt(
+                tx,
+                attempt_id=str(attempt_id),
+                row=row,
+                outcome=outcome,
+                now=now,
+                error=error,
+                cost=cost,
+                usage=list(usage),
+            )
+            return str(row["workflow_id"])
+
+        workflow_id = await engine.write(keep_tx)
+        if workflow_id is None:
+            raise exc
+        reason = (
+            f"internal error while recording the result of activity {attempt_id}: "
+            f"{type(exc).__name__}: {exc}"
+        )[:2000]
+        await engine.fail_run_directly(workflow_id, reason)
+        return {
+            "acknowledged": True,
+            "will_retry": False,
+            "warnings": [
+                "the engine could not apply this result; the workflow was failed "
+                "(see its error_message)"
+            ],
+        }
 
     @staticmethod
     def _finished_attempt(tx: Tx, attempt_id: uuid.UUID, worker_id: str, action: str) -> None:

@@ -31,21 +31,15 @@ import structlog
 import trio
 
 from kflow._version import __version__
-from kflow.errors import ApiError, KflowError
+from kflow.errors import KflowError
 from kflow.worker.api import WorkerApi
 from kflow.worker.config import WorkerConfig
 from kflow.worker.outbox import Outbox, Reporter
 from kflow.worker.registry import ActivityRegistry
 from kflow.worker.runner import ActivityRunner
-from kflow.worker.wire import POLL_BACKOFF_CAP, ClaimedActivity, retrying
+from kflow.worker.wire import ClaimedActivity
 
 log = structlog.get_logger("kflow.worker")
-
-
-def _repoll_worthy(exc: BaseException) -> bool:
-    """Poll failures that back off and poll again: every error answer except refused auth."""
-    return isinstance(exc, ApiError | httpx.TransportError) and not (
-        isinstance(exc, ApiError) and exc.status in (401, 403))
 
 
 class WorkerManager:
@@ -125,11 +119,14 @@ class WorkerManager:
         """Serve until shut down (or, in burst mode, until idle).
 
         Readiness (``task_status.started()``) follows the first answer of the
-        server. Unreachable servers and 5xx answers are waited out with backoff.
+        server. Unreachable servers and 408/429/5xx answers are waited out with
+        backoff; a 401 is retried once with a fresh token.
 
         Raises:
             UnauthorizedError: the server refused the client credentials.
-            ApiError: a poll was refused with 401/403 (bad or missing token).
+            ApiError: a poll got any other error answer (401 again after the
+                token refresh, 403, 404, 422, ...) or an answer that is no poll
+                answer (``INVALID_RESPONSE``): such a worker fails loudly.
             sqlite3.Error, OSError: the outbox in ``state_dir`` cannot be used.
         """
         burst = self._burst if burst is None else burst
@@ -255,9 +252,14 @@ class WorkerManager:
         return tokens
 
     async def _poll(self, api: WorkerApi, count: int, wait: float | None) -> list[ClaimedActivity]:
-        policy = retrying(cap=POLL_BACKOFF_CAP, what="poll", when=_repoll_worthy)
-        items: list[ClaimedActivity] = await policy(api.poll, count, wait)
-        return items
+        """One poll. :meth:`WorkerApi.poll` waits out network errors and 408/429/5xx
+        answers with backoff (forever) and refreshes the token once on a 401.
+
+        Raises:
+            ApiError: any other error answer, or an answer that is no poll answer.
+            UnauthorizedError: the token endpoint refused the credentials.
+        """
+        return await api.poll(count, wait)
 
     async def _slot(self, runner: ActivityRunner, slots: trio.CapacityLimiter,
                     item: ClaimedActivity, token: object) -> None:

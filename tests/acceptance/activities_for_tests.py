@@ -45,3 +45,10 @@ async def classify(params: dict[str, Any], ctx: ActivityContext) -> ActivityResu
 
 registry.register(add)
 registry.register(classify)
+
+
+def make_registry() -> ActivityRegistry:
+    """A factory form, as ``kflow worker module:function`` accepts."""
+    fresh = ActivityRegistry(default_worker="acceptance")
+    fresh.register(add)
+    return fresh

@@ -80,10 +80,11 @@ class Api:
     ) -> dict[str, Any]:
         with trio.fail_after(timeout):
             while True:
+                seen = self.ctx.hub.version(trio_uuid(workflow_id))
                 run = await self.run(workflow_id)
                 if run["status"] in statuses:
                     return run
-                await self.ctx.hub.wait(trio_uuid(workflow_id), 0.2)
+                await self.ctx.hub.wait(trio_uuid(workflow_id), seen, 1.0)
 
 
 def trio_uuid(text: str) -> Any:

@@ -1,22 +1,65 @@
-"""Workflow definitions: deploy (YAML or JSON), list, fetch (PROTOCOL §4)."""
+"""Workflow definitions: deploy (YAML or JSON), list, fetch (PROTOCOL §4).
+
+Parsing and validating a definition is CPU work whose cost the sender
+controls (a small YAML document with nested aliases expands enormously), so
+it runs in a worker thread: the event loop keeps answering other requests.
+At most :data:`PARSE_THREADS` parses run at once per server (a per-run
+:class:`trio.CapacityLimiter`); further deploys wait their turn.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import trio
 from starlette.requests import Request
 from starlette.routing import Route
 
 from kflow.errors import DefinitionError, NotFoundError
+from kflow.model.definition import WorkflowDefinition
 from kflow.model.loader import load_definition
 from kflow.server.context import ServerContext, context_of
 from kflow.server.http import JSONResponse, QueryParams
 from kflow.store.codec import load_json, load_time
 
+#: Definitions parsed at the same time, per server (each in its own thread).
+PARSE_THREADS = 2
+
+# A limiter belongs to one Trio run; a RunVar gives each run (server, test) its own.
+_parse_limiter: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar(
+    "kflow_definition_parse_limiter"
+)
+
+
+def parse_limiter() -> trio.CapacityLimiter:
+    """The limiter of definition parsing threads of the current Trio run (made on first use)."""
+    try:
+        return _parse_limiter.get()
+    except LookupError:
+        limiter = trio.CapacityLimiter(PARSE_THREADS)
+        _parse_limiter.set(limiter)
+        return limiter
+
+
+async def parse_definition(source: str | dict[str, Any]) -> WorkflowDefinition:
+    """:func:`~kflow.model.loader.load_definition` in a worker thread.
+
+    Not cancellable once the thread runs (the parse finishes, its result is
+    dropped); waiting for a free thread is.
+
+    Raises:
+        DefinitionError: the definition is invalid (``field_errors`` by path).
+    """
+    return await trio.to_thread.run_sync(load_definition, source, limiter=parse_limiter())
+
 
 async def deploy_definition(ctx: ServerContext, source: str | dict[str, Any]) -> JSONResponse:
-    """Validate and store a definition; 201 when new, 200 ``unchanged`` otherwise."""
-    definition = load_definition(source)
+    """Validate and store a definition; 201 when new, 200 ``unchanged`` otherwise.
+
+    Raises:
+        DefinitionError: the definition is invalid (a 422 answer).
+    """
+    definition = await parse_definition(source)
     loaded, created = await ctx.engine.deploy(definition)
     body: dict[str, Any] = {
         "name": loaded.name,
@@ -74,6 +117,13 @@ async def list_definitions(request: Request) -> JSONResponse:
 
 
 async def get_definition(request: Request) -> JSONResponse:
+    """The normalized definition (PROTOCOL §4: ``name``, ``description``, ``settings``,
+    ``activities``) plus kflow's ``version``, ``created_at``, ``content_hash`` and
+    ``versions`` (every deployed version of the name, newest first).
+
+    Raises:
+        NotFoundError: no such definition or version (404).
+    """
     ctx = context_of(request)
     await ctx.principal(request, "workflows:read")
     name = request.path_params["name"]
@@ -89,13 +139,13 @@ async def get_definition(request: Request) -> JSONResponse:
             suffix = f" version {version!r}" if version else ""
             raise NotFoundError(f"workflow definition {name!r}{suffix} not found")
         versions = [r["version"] for r in tx.all("list_definition_versions", name=name)]
+        normalized: dict[str, Any] = load_json(row["body"])  # stored as normalized_dict()
         return {
-            "name": row["name"],
+            **normalized,
             "version": row["version"],
             "created_at": load_time(row["created_at"]),
             "content_hash": row["content_hash"],
             "versions": versions,
-            "definition": load_json(row["body"]),
         }
 
     return JSONResponse(await ctx.store.read(read))

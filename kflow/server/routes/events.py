@@ -25,12 +25,17 @@ _FINAL = {"workflow.completed", "workflow.failed", "workflow.cancelled"}
 KEEPALIVE_SECONDS = 15.0
 
 
+def _snapshot(tx: Any, *, workflow_id: Any, after: int) -> tuple[str, list[dict[str, Any]]]:
+    """The run's status and its events after ``after``, from one consistent read."""
+    return views.run_status(tx, workflow_id), views.run_events(tx, workflow_id, after)
+
+
 async def _stream(ctx: ServerContext, workflow_id: Any, after: int) -> AsyncIterator[bytes]:
     yield b": kflow event stream\n\n"
     while True:
-        since = after
-        events = await ctx.store.read(
-            functools.partial(views.run_events, workflow_id=workflow_id, after_id=since)
+        seen = ctx.hub.version(workflow_id)
+        status, events = await ctx.store.read(
+            functools.partial(_snapshot, workflow_id=workflow_id, after=after)
         )
         for event in events:
             after = event["event_id"]
@@ -44,15 +49,9 @@ async def _stream(ctx: ServerContext, workflow_id: Any, after: int) -> AsyncIter
                 return
         if events:
             continue
-        status = await ctx.store.read(lambda tx: views.run_status(tx, workflow_id))
         if status in ("completed", "failed", "cancelled"):
-            more = await ctx.store.read(
-                functools.partial(views.run_events, workflow_id=workflow_id, after_id=since)
-            )
-            if not more:
-                return
-            continue
-        if not await ctx.hub.wait(workflow_id, KEEPALIVE_SECONDS):
+            return  # its final event lies before from_event_id
+        if not await ctx.hub.wait(workflow_id, seen, KEEPALIVE_SECONDS):
             yield b": keep-alive\n\n"
 
 

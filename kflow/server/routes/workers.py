@@ -142,7 +142,12 @@ class _Fields:
 
 
 async def _claim(
-    ctx: ServerContext, queue: str, worker_id: str, limit: int, gone: Callable[[], bool]
+    ctx: ServerContext,
+    queue: str,
+    worker_id: str,
+    limit: int,
+    gone: Callable[[], bool],
+    client_id: str = "dev",
 ) -> list[dict[str, Any]]:
     """Claim work, and put it back if the caller went away meanwhile.
 
@@ -151,7 +156,7 @@ async def _claim(
     activities are released at once instead of waiting for their leases.
     """
     with trio.CancelScope(shield=True):
-        items = await ctx.worker_ops.claim(queue, worker_id, limit)
+        items = await ctx.worker_ops.claim(queue, worker_id, limit, client_id)
     abandoned = bool(items) and gone()
     try:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -166,7 +171,13 @@ async def _claim(
 
 
 async def _long_poll(
-    ctx: ServerContext, request: Request, queue: str, worker_id: str, limit: int, wait: float
+    ctx: ServerContext,
+    request: Request,
+    queue: str,
+    worker_id: str,
+    limit: int,
+    wait: float,
+    client_id: str,
 ) -> list[dict[str, Any]]:
     """Claim, and if nothing is there park until work arrives or ``wait`` ends.
 
@@ -190,7 +201,7 @@ async def _long_poll(
         try:
             while True:
                 seen = ctx.dispatcher.sequence(queue)
-                items = await _claim(ctx, queue, worker_id, limit, lambda: state["gone"])
+                items = await _claim(ctx, queue, worker_id, limit, lambda: state["gone"], client_id)
                 if items or state["gone"] or trio.current_time() >= deadline:
                     return items
                 state["scope"] = scope = trio.CancelScope()
@@ -205,7 +216,7 @@ async def _long_poll(
 
 async def poll(request: Request) -> JSONResponse:
     ctx = context_of(request)
-    await ctx.principal(request, "worker")
+    principal = await ctx.principal(request, "worker")
     fields = _Fields(await read_object(request))
     queue = fields.text("worker", pattern=_QUEUE, max_length=100)
     worker_id = fields.text("worker_id", max_length=256)
@@ -213,9 +224,11 @@ async def poll(request: Request) -> JSONResponse:
     wait = fields.number("wait_seconds", None, low=0, high=ctx.config.max_wait_seconds)
     fields.check("poll request")
     if wait:
-        items = await _long_poll(ctx, request, queue, worker_id, limit, float(wait))
+        items = await _long_poll(
+            ctx, request, queue, worker_id, limit, float(wait), principal.client_id
+        )
     else:
-        items = await _claim(ctx, queue, worker_id, limit, lambda: False)
+        items = await _claim(ctx, queue, worker_id, limit, lambda: False, principal.client_id)
     if items:
         ctx.metrics.claimed.labels(queue).inc(len(items))
     return JSONResponse({"activities": items, "count": len(items)})
@@ -223,18 +236,20 @@ async def poll(request: Request) -> JSONResponse:
 
 async def heartbeat(request: Request) -> JSONResponse:
     ctx = context_of(request)
-    await ctx.principal(request, "worker")
+    principal = await ctx.principal(request, "worker")
     attempt_id = path_uuid(request, "activity_id", "activity")
     fields = _Fields(await read_object(request))
     worker_id = fields.text("worker_id")
     fields.check("heartbeat")
-    answer = await ctx.worker_ops.heartbeat(attempt_id, worker_id, fields.data.get("details"))
+    answer = await ctx.worker_ops.heartbeat(
+        attempt_id, worker_id, fields.data.get("details"), principal.client_id
+    )
     return JSONResponse(answer)
 
 
 async def complete(request: Request) -> JSONResponse:
     ctx = context_of(request)
-    await ctx.principal(request, "worker")
+    principal = await ctx.principal(request, "worker")
     attempt_id = path_uuid(request, "activity_id", "activity")
     fields = _Fields(await read_object(request))
     worker_id = fields.text("worker_id")
@@ -246,14 +261,16 @@ async def complete(request: Request) -> JSONResponse:
     cost = fields.money("cost_usd")
     usage = fields.usage()
     fields.check("completion")
-    answer = await ctx.worker_ops.complete(attempt_id, worker_id, output, cost, usage)
+    answer = await ctx.worker_ops.complete(
+        attempt_id, worker_id, output, cost, usage, principal.client_id
+    )
     ctx.metrics.reports.labels("completed").inc()
     return JSONResponse(answer)
 
 
 async def fail(request: Request) -> JSONResponse:
     ctx = context_of(request)
-    await ctx.principal(request, "worker")
+    principal = await ctx.principal(request, "worker")
     attempt_id = path_uuid(request, "activity_id", "activity")
     fields = _Fields(await read_object(request))
     worker_id = fields.text("worker_id")
@@ -274,7 +291,9 @@ async def fail(request: Request) -> JSONResponse:
     usage = fields.usage()
     fields.check("failure report")
     error = ErrorInfo(code=str(code), message=str(message)[:8000], retryable=bool(retryable))
-    answer = await ctx.worker_ops.fail(attempt_id, worker_id, error, cost, usage)
+    answer = await ctx.worker_ops.fail(
+        attempt_id, worker_id, error, cost, usage, principal.client_id
+    )
     ctx.metrics.reports.labels("failed").inc()
     return JSONResponse(answer)
 

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+from typing import Any
 
 import pytest
+import trio
+import trio.testing
+import yaml
 
+from kflow.model.loader import load_definition
+from kflow.model.normalize import content_hash, normalized_dict
+from kflow.server.routes import definitions as definition_routes
 from tests.integration.conftest import Api, assert_error
 
 VERSION = re.compile(r"^\d{8}\.\d{6}\.\d{6}$")
@@ -67,16 +75,33 @@ async def test_changed_content_is_a_new_version_and_old_versions_stay(api: Api) 
     latest = await api.client.get(f"{URL}/hello")
     assert latest.status_code == 200, latest.text
     assert latest.json()["version"] == v2
-    assert (
-        latest.json()["definition"]["activities"][0]["parameters"]["text"]
-        == "hello {{ INPUT.who }}"
-    )
-    assert set(latest.json()["versions"]) == {v1, v2}
+    assert latest.json()["activities"][0]["parameters"]["text"] == "hello {{ INPUT.who }}"
+    assert latest.json()["versions"] == [v2, v1]  # newest first
 
     old = await api.client.get(f"{URL}/hello", params={"version": v1})
     assert old.status_code == 200, old.text
     assert old.json()["version"] == v1
-    assert old.json()["definition"]["activities"][0]["parameters"]["text"] == "hi {{ INPUT.who }}"
+    assert old.json()["activities"][0]["parameters"]["text"] == "hi {{ INPUT.who }}"
+
+
+async def test_get_returns_the_normalized_definition_with_kflow_extras(api: Api) -> None:
+    deployed = await api.deploy(HELLO)
+    response = await api.client.get(f"{URL}/hello")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    normalized = normalized_dict(load_definition(HELLO))
+    extras = {"version", "created_at", "content_hash", "versions"}
+    assert set(body) == set(normalized) | extras
+    assert {k: v for k, v in body.items() if k not in extras} == json.loads(json.dumps(normalized))
+    assert body["name"] == "hello"
+    assert body["activities"][0]["worker"] == "std"  # defaults are filled in
+    assert body["version"] == deployed["version"]
+    assert body["created_at"] == deployed["created_at"]
+    assert body["content_hash"] == content_hash(load_definition(HELLO))
+    assert body["versions"] == [deployed["version"]]
+    assert "definition" not in body
+    # The answer is a definition again: loading it gives the same content.
+    assert content_hash(load_definition(body)) == body["content_hash"]
 
 
 async def test_list_definitions(api: Api) -> None:
@@ -193,3 +218,67 @@ async def test_duplicate_yaml_mapping_keys_are_422(api: Api) -> None:
 async def test_duplicate_json_keys_are_422(api: Api) -> None:
     source = '{"name": "dup", "name": "other", "activities": []}'
     assert_error(await api.client.post(URL, content=source), 422, field="definition")
+
+
+@pytest.mark.parametrize(
+    ("url", "body"),
+    [
+        (URL, {"content": HELLO}),
+        ("/api/v1/workflows", {"json": yaml.safe_load(HELLO)}),  # the SDK's deploy
+    ],
+)
+async def test_a_slow_parse_does_not_block_the_server(
+    api: Api, monkeypatch: pytest.MonkeyPatch, url: str, body: dict[str, Any]
+) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def slow_load(source: Any) -> Any:
+        started.set()
+        assert release.wait(10), "the test never released the parse"
+        return load_definition(source)
+
+    monkeypatch.setattr(definition_routes, "load_definition", slow_load)
+    answers: list[int] = []
+
+    async def deploy() -> None:
+        answers.append((await api.client.post(url, **body)).status_code)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(deploy)
+        # Were the parse on the event loop, this wait (and /health) would never get a turn.
+        assert await trio.to_thread.run_sync(started.wait, 10)
+        with trio.fail_after(5):
+            health = await api.client.get("/health")
+        assert health.status_code == 200
+        assert answers == []  # the deploy is still parsing
+        release.set()
+    assert answers == [201]
+
+
+async def test_parsing_threads_are_bounded(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    release = threading.Event()
+    parsing = threading.Semaphore(0)
+
+    def slow_load(source: Any) -> Any:
+        parsing.release()
+        assert release.wait(10), "the test never released the parse"
+        return load_definition(source)
+
+    monkeypatch.setattr(definition_routes, "load_definition", slow_load)
+    sources = [HELLO.replace("hi ", f"hi {n} ").replace("hello", f"hello{n}") for n in range(3)]
+    answers: list[int] = []
+
+    async def deploy(source: str) -> None:
+        answers.append((await api.client.post(URL, content=source)).status_code)
+
+    async with trio.open_nursery() as nursery:
+        for source in sources:
+            nursery.start_soon(deploy, source)
+        for _ in range(definition_routes.PARSE_THREADS):
+            assert await trio.to_thread.run_sync(parsing.acquire, True, 10)
+        await trio.testing.wait_all_tasks_blocked()
+        limiter = definition_routes.parse_limiter()
+        assert limiter.borrowed_tokens == definition_routes.PARSE_THREADS == 2
+        assert limiter.statistics().tasks_waiting == 1
+        release.set()
+    assert answers == [201, 201, 201]

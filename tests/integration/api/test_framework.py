@@ -233,6 +233,20 @@ async def test_metrics_are_prometheus_text(api: Api) -> None:
     assert "kflow_http_request_seconds" in families
 
 
+async def test_unknown_request_methods_share_one_metrics_label(api: Api) -> None:
+    for method in ("ZZZ1", "ZZZ2", "BREW"):
+        await api.client.request(method, "/health")
+    await api.client.request("DELETE", "/health")
+    response = await api.client.get("/metrics")
+    families = {f.name: f for f in text_string_to_metric_families(response.text)}
+    samples = [s for s in families["kflow_http_requests"].samples if s.name.endswith("_total")]
+    methods = {s.labels["method"] for s in samples}
+    assert methods <= {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "OTHER"}
+    other = [s for s in samples if s.labels["method"] == "OTHER"]
+    assert sum(s.value for s in other) == 3  # ZZZ1, ZZZ2 and BREW
+    assert any(s.labels["method"] == "DELETE" for s in samples)
+
+
 async def test_store_errors_are_a_500_envelope_without_database_text(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -92,6 +92,15 @@ def test_env_example_lists_the_settings_and_marks_secrets() -> None:
     assert "CHANGE ME" in text
 
 
+def test_env_example_gives_the_shared_worker_credential_only_the_worker_scope() -> None:
+    from kflow.config import server_config
+
+    env = parse_env(DEPLOY / "kflow.env.example")
+    config = server_config(env, seed_client=True)
+    assert config.seed_client_scopes == {"worker"}
+    assert (config.seed_client_id, config.host) == ("kflow-worker", "127.0.0.1")
+
+
 @pytest.mark.parametrize("name", UNITS)
 def test_stop_timeout_exceeds_the_worker_drain_timeout(name: str) -> None:
     drain = float(parse_env(DEPLOY / "kflow.env.example")["KRUXIAFLOW_WORKER_SHUTDOWN_TIMEOUT"])

@@ -311,3 +311,72 @@ def test_events_after_terminal_run_only_add_cost() -> None:
     assert run.state.total_cost_usd == decimal.Decimal("1")
     assert run.status == W.CANCELLED
     assert all(type(c).__name__ == "AddCost" for c in commands)
+
+
+def _one(parameters: str = "{}", settings: str = "{}") -> str:
+    return f"""
+name: odd
+activities:
+  - {{key: a, activity_name: echo, parameters: {parameters}, settings: {settings}}}
+  - {{key: b, activity_name: echo, depends_on: [a]}}
+"""
+
+
+def test_values_that_cannot_be_stored_fail_the_activity_not_the_engine() -> None:
+    cases = {
+        '{x: "{{ 2 ** 70 }}"}': "cannot be stored as JSON",
+        '{x: "{{ lipsum }}"}': "cannot be stored as JSON",
+        "{x: \"{{ 'x' * 300000000 }}\"}": "repeating a sequence",
+        '{x: "{{ 2 ** 100000 }}"}': "exponent",
+    }
+    for parameters, message in cases.items():
+        run = Run(_one(parameters=parameters))
+        act = run.act("a")
+        assert act.status == S.FAILED, parameters
+        assert act.error is not None
+        assert act.error.code == "TEMPLATE_ERROR"
+        assert message in act.error.message, act.error.message
+        assert run.status_of("b") == S.SKIPPED
+        assert run.status == W.FAILED
+
+
+def test_schedules_beyond_the_calendar_are_invalid_schedules() -> None:
+    for settings in ('{delay: "3000000d"}', '{scheduled_for: "{{ INPUT.when }}"}'):
+        run = Run(_one(settings=settings), {"when": "9999-12-31T23:00:00-05:00"})
+        act = run.act("a")
+        assert act.status == S.FAILED, settings
+        assert act.error is not None
+        assert act.error.code == "INVALID_SCHEDULE"
+        assert "settings." in act.error.message
+
+
+def test_backoff_with_a_huge_factor_uses_the_cap() -> None:
+    source = """
+name: huge
+activities:
+  - key: a
+    activity_name: echo
+    settings: {retry: {max_attempts: 100, base_seconds: 0.01, factor: 1000000, max_seconds: 7}}
+"""
+    run = Run(source)
+    for _ in range(60):
+        run.fail("a")
+        run.advance(7)
+    assert run.act("a").attempt == 61
+    assert run.status_of("a") == S.PENDING
+
+
+def test_a_worker_shutdown_hands_the_attempt_back_without_using_a_retry() -> None:
+    source = """
+name: once
+activities:
+  - {key: a, activity_name: echo, settings: {retry: {max_attempts: 1}}}
+"""
+    run = Run(source)
+    run.fail("a", "WORKER_SHUTDOWN", retryable=True)
+    act = run.act("a")
+    assert act.status == S.PENDING
+    assert act.attempt == 1
+    assert "activity.interrupted" in run.event_types("a")
+    run.fail("a", "BOOM", retryable=True)  # a real failure still uses the only attempt
+    assert run.status_of("a") == S.FAILED

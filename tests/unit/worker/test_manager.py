@@ -144,9 +144,11 @@ async def test_readiness_waits_for_the_server(make_manager: MakeManager, fake: A
         manager.request_shutdown()
 
 
-async def test_poll_errors_back_off(make_manager: MakeManager, fake: Any,
-                                    autojump_clock: trio.abc.Clock) -> None:
-    fake.fault("POST", "/workers/poll", 400, times=4)
+@pytest.mark.parametrize("status", [None, 408, 429, 500, 503])
+async def test_transient_poll_errors_back_off(make_manager: MakeManager, fake: Any,
+                                              autojump_clock: trio.abc.Clock,
+                                              status: int | None) -> None:
+    fake.fault("POST", "/workers/poll", status, times=4)  # None: connection refused
     manager = make_manager(registry(), burst=True)
     with capture_logs() as logs:
         await manager.run()
@@ -156,11 +158,48 @@ async def test_poll_errors_back_off(make_manager: MakeManager, fake: Any,
     assert [e["event"] for e in logs].count("worker.api.retry") == 4
 
 
+@pytest.mark.parametrize("status", [400, 403, 404, 405, 409, 413, 422])
+async def test_other_4xx_poll_answers_stop_the_worker(
+    make_manager: MakeManager, fake: Any, autojump_clock: trio.abc.Clock, status: int
+) -> None:
+    fake.fault("POST", "/workers/poll", status, times=100)
+    with capture_logs() as logs, pytest.raises(ApiError) as info:
+        await make_manager(registry()).run()  # not burst: it would otherwise poll forever
+    assert info.value.status == status
+    assert len(fake.calls("POST", "/workers/poll")) == 1  # no retry, no spinning
+    assert "worker.api.retry" not in [e["event"] for e in logs]
+
+
+async def test_an_answer_that_is_no_poll_answer_stops_the_worker(
+    make_manager: MakeManager, fake: Any, autojump_clock: trio.abc.Clock
+) -> None:
+    async def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/workers/poll"):
+            return httpx.Response(200, json={"items": []})  # some other protocol
+        return await fake.handle(request)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as client:
+        with pytest.raises(ApiError) as info:
+            await make_manager(registry(), client=client).run()
+    assert info.value.code == "INVALID_RESPONSE"
+    assert len(fake.calls("POST", "/workers/poll")) == 0  # the fake never saw the polls
+
+
 async def test_refused_credentials_stop_the_worker(make_manager: MakeManager, fake: Any) -> None:
     fake.fault("POST", "/workers/poll", 401, times=2)
     with pytest.raises(ApiError) as info:
         await make_manager(registry(), burst=True).run()
     assert info.value.status == 401
+    assert fake.tokens_issued == 2  # the one refresh after the first 401, then it stops
+
+
+async def test_one_401_refreshes_the_token_and_goes_on(
+    make_manager: MakeManager, fake: Any, autojump_clock: trio.abc.Clock
+) -> None:
+    fake.fault("POST", "/workers/poll", 401, times=1)
+    await make_manager(registry(), burst=True).run()
+    assert fake.tokens_issued == 2
+    assert len(fake.calls("POST", "/workers/poll")) == 2
 
 
 async def test_graceful_shutdown_waits_for_in_flight_work(

@@ -21,8 +21,8 @@ SELECT workflow_id, key, position, queue, activity_name, timeout_seconds, settin
 FROM activities WHERE workflow_id = :workflow_id AND key = :key;
 
 -- name: activity_by_attempt
-SELECT workflow_id, key, status, attempt_id, worker_id, attempt, iteration, timeout_seconds,
-       lease_expires_at, claimed_at
+SELECT workflow_id, key, status, attempt_id, worker_id, lease_client, attempt, iteration,
+       timeout_seconds, lease_expires_at, claimed_at
 FROM activities WHERE attempt_id = :attempt_id;
 
 -- name: update_activity
@@ -42,6 +42,7 @@ SET status = :status,
     cost_usd = :cost_usd,
     completed_at = :completed_at,
     worker_id = CASE WHEN :clear_lease THEN NULL ELSE worker_id END,
+    lease_client = CASE WHEN :clear_lease THEN NULL ELSE lease_client END,
     claimed_at = CASE WHEN :clear_lease THEN NULL ELSE claimed_at END,
     lease_expires_at = CASE WHEN :clear_lease THEN NULL ELSE lease_expires_at END,
     heartbeat_details = CASE WHEN :clear_details THEN NULL ELSE heartbeat_details END,
@@ -53,6 +54,7 @@ WHERE workflow_id = :workflow_id AND key = :key;
 UPDATE activities
 SET status = 'running',
     worker_id = :worker_id,
+    lease_client = :client_id,
     claimed_at = :now,
     started_at = :now,
     lease_expires_at = :now + timeout_seconds * 1000000 + :lease_grace_micros,
@@ -126,6 +128,14 @@ FROM attempts WHERE workflow_id = :workflow_id ORDER BY finished_at, id;
 
 -- name: release_claim
 UPDATE activities
-SET status = 'pending', worker_id = NULL, claimed_at = NULL, lease_expires_at = NULL,
+SET status = 'pending', worker_id = NULL, lease_client = NULL, claimed_at = NULL,
+    lease_expires_at = NULL,
     started_at = NULL, updated_at = :now
 WHERE attempt_id = :attempt_id AND status = 'running' AND worker_id = :worker_id;
+
+-- name: cancel_open_activities
+UPDATE activities
+SET status = 'cancelled', completed_at = :now, wait_signal = NULL, wait_timeout_at = NULL,
+    updated_at = :now
+WHERE workflow_id = :workflow_id
+  AND status IN ('not_scheduled', 'waiting', 'pending', 'running');

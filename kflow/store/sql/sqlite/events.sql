@@ -12,3 +12,6 @@ SELECT id, workflow_id, type, activity_key, data, created_at FROM events
 WHERE id > :after_id AND (:workflow_id IS NULL OR workflow_id = :workflow_id)
   AND (:type IS NULL OR type = :type)
 ORDER BY id LIMIT :limit;
+
+-- name: last_event_id
+SELECT COALESCE(MAX(id), 0) AS id FROM events;

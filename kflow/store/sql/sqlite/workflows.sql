@@ -59,3 +59,8 @@ ORDER BY timeout_at LIMIT :limit;
 -- name: next_workflow_timeout
 SELECT MIN(timeout_at) AS at FROM workflows
 WHERE timeout_at IS NOT NULL AND status IN ('created', 'running');
+
+-- name: fail_workflow_directly
+UPDATE workflows
+SET status = 'failed', error_message = :error_message, completed_at = :now, updated_at = :now
+WHERE id = :id AND status IN ('created', 'running');

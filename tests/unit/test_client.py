@@ -1,0 +1,221 @@
+"""The workflow clients' event streams: resume after a drop, give up on a dead server."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import trio
+
+from kflow import client as client_module
+from kflow.client import AsyncClient, Client, ClientConfig
+from kflow.errors import ConfigError
+
+WORKFLOW = "01900000-0000-7000-8000-000000000001"
+API = "http://kflow.test"
+
+
+@pytest.fixture
+def dead_url() -> Iterator[str]:
+    """A loopback URL whose port refuses connections: bound, never listening."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_reconnect_seconds_from_the_environment() -> None:
+    assert ClientConfig.from_env({}).reconnect_seconds == 60
+    env = {"KFLOW_CLIENT_RECONNECT_SECONDS": "2.5"}
+    assert ClientConfig.from_env(env).reconnect_seconds == 2.5
+    assert ClientConfig.from_env(env, reconnect_seconds=7).reconnect_seconds == 7
+    assert ClientConfig.from_env({"KFLOW_CLIENT_RECONNECT_SECONDS": "0"}).reconnect_seconds == 0
+
+
+@pytest.mark.parametrize("raw", ["soon", "-1", "inf", "nan"])
+def test_a_bad_reconnect_seconds_names_the_variable(raw: str) -> None:
+    with pytest.raises(ConfigError, match="KFLOW_CLIENT_RECONNECT_SECONDS"):
+        ClientConfig.from_env({"KFLOW_CLIENT_RECONNECT_SECONDS": raw})
+
+
+# ---- a dead server: real sockets on loopback -----------------------------------------
+
+
+async def test_async_events_give_up_after_reconnect_seconds(dead_url: str) -> None:
+    attempts: list[float] = []
+
+    async def count(request: httpx.Request) -> None:
+        attempts.append(trio.current_time())
+
+    http = httpx.AsyncClient(event_hooks={"request": [count]})
+    config = ClientConfig(api_url=dead_url, reconnect_seconds=0.5)
+    async with http, AsyncClient(config=config, http=http) as kf:
+        began = trio.current_time()
+        with trio.fail_after(10), pytest.raises(httpx.ConnectError):
+            async for _ in kf.events(WORKFLOW):
+                pass
+    elapsed = trio.current_time() - began
+    assert 0.5 <= elapsed < 5
+    assert len(attempts) >= 2  # it did try to reconnect
+
+
+def test_sync_events_give_up_after_reconnect_seconds(dead_url: str) -> None:
+    config = ClientConfig(api_url=dead_url, reconnect_seconds=0.3)
+    began = time.monotonic()
+    with Client(config=config) as kf, pytest.raises(httpx.ConnectError):
+        kf.wait(WORKFLOW)
+    assert 0.3 <= time.monotonic() - began < 5
+
+
+async def test_reconnect_seconds_0_gives_up_at_once(dead_url: str) -> None:
+    async with AsyncClient(config=ClientConfig(api_url=dead_url, reconnect_seconds=0)) as kf:
+        began = trio.current_time()
+        with pytest.raises(httpx.ConnectError):
+            await kf.wait(WORKFLOW)
+    assert trio.current_time() - began < 1
+
+
+# ---- drops and reconnects: a scripted server through a mock transport -----------------
+
+
+def sse(*events: tuple[int, str]) -> bytes:
+    """SSE frames of history events ``(event_id, type)``."""
+    frames = [
+        b"data: " + orjson.dumps({"event_id": n, "type": kind, "workflow_id": WORKFLOW}) + b"\n\n"
+        for n, kind in events
+    ]
+    return b": keep-alive\n\n" + b"".join(frames)
+
+
+class Dropped(httpx.AsyncByteStream, httpx.SyncByteStream):
+    """A response body that breaks off after ``body`` (a reset connection)."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self.body
+        raise httpx.ReadError("connection reset by peer")
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.body
+        raise httpx.ReadError("connection reset by peer")
+
+
+class Script:
+    """Answers the event-stream requests in order: a body, a dropped body, or refused."""
+
+    def __init__(self, *steps: Any, now: Any) -> None:
+        self.steps = list(steps)
+        self.now = now
+        self.requests: list[tuple[float, int]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        assert request.url.path == f"/api/v1/workflows/{WORKFLOW}/events"
+        self.requests.append((self.now(), int(request.url.params["from_event_id"])))
+        step = self.steps.pop(0)
+        if step == "refused":
+            raise httpx.ConnectError("connection refused", request=request)
+        headers = {"content-type": "text/event-stream"}
+        if isinstance(step, Dropped):
+            return httpx.Response(200, headers=headers, stream=step)
+        return httpx.Response(200, headers=headers, content=step)
+
+
+def async_http(script: Script) -> httpx.AsyncClient:
+    async def handle(request: httpx.Request) -> httpx.Response:
+        return script(request)
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(handle))
+
+
+async def test_async_events_resume_after_the_last_event(autojump_clock: trio.abc.Clock) -> None:
+    script = Script(
+        Dropped(sse((1, "workflow.started"), (2, "activity.completed"))),
+        "refused",
+        "refused",
+        sse((3, "workflow.completed")),
+        now=trio.current_time,
+    )
+    config = ClientConfig(api_url=API, reconnect_seconds=60)
+    async with async_http(script) as http, AsyncClient(config=config, http=http) as kf:
+        events = [e["event_id"] async for e in kf.events(WORKFLOW)]
+    assert events == [1, 2, 3]
+    assert [after for _, after in script.requests] == [0, 2, 2, 2]
+    times = [at for at, _ in script.requests]
+    assert times == pytest.approx([0, 0.4, 1.2, 2.8])  # backoff 0.4 (the drop), 0.8, 1.6
+
+
+async def test_async_events_deadline_restarts_after_a_successful_reconnect(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # Down for 1 s twice (2 s in all) with one good connection between: no give-up.
+    script = Script(
+        "refused",
+        "refused",
+        Dropped(sse((1, "workflow.started"))),
+        "refused",
+        sse((2, "workflow.completed")),
+        now=trio.current_time,
+    )
+    config = ClientConfig(api_url=API, reconnect_seconds=1.0)
+    async with async_http(script) as http, AsyncClient(config=config, http=http) as kf:
+        events = [e["event_id"] async for e in kf.events(WORKFLOW)]
+    assert events == [1, 2]
+    assert [at for at, _ in script.requests] == pytest.approx([0, 0.4, 1.0, 1.4, 2.0])
+
+
+async def test_async_events_give_up_when_no_reconnect_succeeds(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    script = Script(*["refused"] * 10, now=trio.current_time)
+    config = ClientConfig(api_url=API, reconnect_seconds=1.0)
+    async with async_http(script) as http, AsyncClient(config=config, http=http) as kf:
+        with pytest.raises(httpx.ConnectError):
+            await kf.wait(WORKFLOW)
+    assert [at for at, _ in script.requests] == pytest.approx([0, 0.4, 1.0])
+
+
+class FakeTime:
+    """``time.monotonic`` and ``time.sleep`` of a clock that only moves when slept."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_sync_events_resume_after_the_last_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeTime()
+    monkeypatch.setattr(client_module, "time", clock)
+    script = Script(
+        Dropped(sse((1, "workflow.started"), (2, "activity.completed"))),
+        "refused",
+        sse((3, "workflow.completed")),
+        now=clock.monotonic,
+    )
+    config = ClientConfig(api_url=API, reconnect_seconds=60)
+    with httpx.Client(transport=httpx.MockTransport(script)) as http:
+        kf = Client(config=config, http=http)
+        assert [e["event_id"] for e in kf.events(WORKFLOW)] == [1, 2, 3]
+    assert script.requests == [(0, 0), (0.4, 2), pytest.approx((1.2, 2))]
+
+
+def test_sync_events_give_up_when_no_reconnect_succeeds(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeTime()
+    monkeypatch.setattr(client_module, "time", clock)
+    script = Script(*["refused"] * 10, now=clock.monotonic)
+    config = ClientConfig(api_url=API, reconnect_seconds=1.0)
+    with httpx.Client(transport=httpx.MockTransport(script)) as http:
+        kf = Client(config=config, http=http)
+        with pytest.raises(httpx.ConnectError):
+            list(kf.events(WORKFLOW))
+    assert [at for at, _ in script.requests] == pytest.approx([0, 0.4, 1.0])

@@ -1,0 +1,48 @@
+"""Server settings from the environment: the seed client's scopes, the log format."""
+
+from __future__ import annotations
+
+import pytest
+
+from kflow.config import ALL_SCOPES, env_log_format, server_config
+from kflow.errors import ConfigError
+from kflow.server import auth
+
+SEED = {"KRUXIAFLOW_CLIENT_ID": "shared", "KRUXIAFLOW_CLIENT_SECRET": "a-long-secret"}
+
+
+def test_the_seed_client_gets_every_scope_by_default() -> None:
+    config = server_config(SEED, seed_client=True)
+    assert config.seed_client_scopes == ALL_SCOPES == frozenset(auth.ALL_SCOPES)
+    assert server_config({**SEED, "KFLOW_SEED_CLIENT_SCOPES": ""}).seed_client_scopes == ALL_SCOPES
+
+
+@pytest.mark.parametrize(
+    ("raw", "scopes"),
+    [
+        ("worker", {"worker"}),
+        ("worker,workflows:read", {"worker", "workflows:read"}),
+        ("  workflows:write  worker ", {"worker", "workflows:write"}),
+        ("worker, worker", {"worker"}),
+    ],
+)
+def test_seed_client_scopes_from_the_environment(raw: str, scopes: set[str]) -> None:
+    env = {**SEED, "KFLOW_SEED_CLIENT_SCOPES": raw}
+    config = server_config(env, seed_client=True)
+    assert config.seed_client_scopes == frozenset(scopes)
+    assert config.seed_client_id == "shared"
+
+
+@pytest.mark.parametrize(("raw", "message"), [("root", "unknown scope"), (" , ", "names no scope")])
+def test_bad_seed_client_scopes_name_the_variable(raw: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"KFLOW_SEED_CLIENT_SCOPES.*{message}"):
+        server_config({**SEED, "KFLOW_SEED_CLIENT_SCOPES": raw}, seed_client=True)
+
+
+def test_env_log_format() -> None:
+    assert env_log_format({}) == "auto"
+    assert env_log_format({"KFLOW_LOG_FORMAT": ""}) == "auto"
+    assert env_log_format({"KFLOW_LOG_FORMAT": " JSON "}) == "json"
+    assert env_log_format({"KFLOW_LOG_FORMAT": "console"}) == "console"
+    with pytest.raises(ConfigError, match="KFLOW_LOG_FORMAT must be one of auto, json, console"):
+        env_log_format({"KFLOW_LOG_FORMAT": "yaml"})
