@@ -54,7 +54,7 @@ async def cmd_serve(args: argparse.Namespace, console: Console) -> int:
         deploy_paths=tuple(args.deploy) or None,
     )
     run_input = parse_input(args.input) if args.run else {}
-    if config.run_workers:
+    if "py-std" in config.builtin_workers:
         protect_process_memory()  # scripts must not read the server's secrets
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
@@ -62,10 +62,10 @@ async def cmd_serve(args: argparse.Namespace, console: Console) -> int:
         async with trio.open_nursery() as server:
             running: RunningServer = await server.start(_serve_task, serve, config, shutdown)
             server.start_soon(_announce_stop, shutdown, console)
+            workers = ", ".join(config.builtin_workers) or "none built in"
             console.print(
                 f"[bold green]kflow {running.url}[/]  database {_db_label(config)}  "
-                f"workers {'std, py-std (built in)' if config.run_workers else 'external'}"
-                "  — Ctrl-C to stop",
+                f"workers {workers}  — Ctrl-C to stop",
                 highlight=False,
             )
             if args.run:

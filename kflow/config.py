@@ -43,6 +43,8 @@ class ServerConfig:
     port: int = DEFAULT_PORT
     database_url: str = attrs.field(factory=default_database_url)
     run_workers: bool = True
+    #: Which built-in workers ``kflow serve`` runs in-process (when ``run_workers``).
+    inprocess_workers: tuple[str, ...] = ("std", "py-std")
     insecure_dev: bool = False
     seed_client_id: str | None = None
     seed_client_secret: str | None = None
@@ -64,6 +66,11 @@ class ServerConfig:
     secrets: Mapping[str, str] = attrs.field(factory=dict, repr=False)
     log_level: str = "info"
     log_format: str = "auto"
+
+    @property
+    def builtin_workers(self) -> tuple[str, ...]:
+        """The built-in workers that actually run in-process (none with ``--no-worker``)."""
+        return self.inprocess_workers if self.run_workers else ()
 
     @property
     def is_loopback(self) -> bool:
@@ -184,6 +191,8 @@ def server_config(environ: Mapping[str, str] | None = None, **explicit: Any) -> 
             )
     if env.get("KFLOW_SEED_CLIENT_SCOPES"):
         values["seed_client_scopes"] = seed_scopes(env["KFLOW_SEED_CLIENT_SCOPES"])
+    if env.get("KFLOW_INPROCESS_WORKERS") is not None:
+        values["inprocess_workers"] = inprocess_workers(env["KFLOW_INPROCESS_WORKERS"])
     values["secrets"] = secrets_from_env(env)
     values.update({k: v for k, v in explicit.items() if v is not None})
     if values.get("sqlite_synchronous", "full") not in ("full", "normal"):
@@ -264,6 +273,25 @@ def env_log_format(environ: Mapping[str, str] | None = None) -> LogFormat:
         if raw.strip().lower() == value:
             return value
     raise ConfigError(f"KFLOW_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, got {raw!r}")
+
+
+BUILT_IN_WORKERS = ("std", "py-std")
+
+
+def inprocess_workers(text: str) -> tuple[str, ...]:
+    """``KFLOW_INPROCESS_WORKERS``: a comma/space separated subset of ``std, py-std``.
+
+    Raises:
+        ConfigError: an unknown worker name.
+    """
+    names = tuple(dict.fromkeys(text.replace(",", " ").split()))
+    unknown = [n for n in names if n not in BUILT_IN_WORKERS]
+    if unknown:
+        raise ConfigError(
+            f"KFLOW_INPROCESS_WORKERS: unknown worker(s) {', '.join(unknown)}; "
+            f"the built-in workers are {', '.join(BUILT_IN_WORKERS)}"
+        )
+    return names
 
 
 def secrets_from_env(env: Mapping[str, str]) -> dict[str, str]:

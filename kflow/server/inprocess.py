@@ -50,12 +50,14 @@ async def run_inprocess_workers(
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the ``std`` and ``py-std`` workers until ``shutdown`` is set, then drain them."""
+    """Run the built-in workers (``config.inprocess_workers``) until ``shutdown`` is set,
+    then drain them."""
     config = ctx.config
     token = ctx.auth.mint(INTERNAL_CLIENT, {"worker"}, ttl_seconds=INTERNAL_TOKEN_TTL)
     host = socket.gethostname()
     timeout = httpx.Timeout(config.max_wait_seconds + 30.0)
-    transport = httpx.ASGITransport(app=app)
+    # A server error must reach the worker as a 500 answer, exactly as over a socket.
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(
         transport=transport, base_url=INTERNAL_URL, timeout=timeout
     ) as http:
@@ -65,7 +67,9 @@ async def run_inprocess_workers(
             size=config.script_pool_size, memory_limit_mb=config.script_memory_mb or None
         )
         managers = []
-        for queue, registry in (("std", std), ("py-std", py_std_registry(pool))):
+        registries = {"std": std, "py-std": py_std_registry(pool)}
+        for queue in config.inprocess_workers:
+            registry = registries[queue]
             worker_config = WorkerConfig(
                 api_url=INTERNAL_URL,
                 access_token=token,

@@ -272,7 +272,7 @@ async def serve(
                     )
                 )
                 url = _url_of(binds, config)
-                if config.run_workers:
+                if config.builtin_workers:
                     from kflow.server.inprocess import run_inprocess_workers
 
                     await front.start(run_inprocess_workers, ctx, app, shutdown)
@@ -280,7 +280,7 @@ async def serve(
                     "server.started",
                     url=url,
                     database=store.dialect,
-                    workers="std, py-std (in-process)" if config.run_workers else "none",
+                    workers=", ".join(config.builtin_workers) or "none",
                     insecure_dev=config.insecure_dev,
                 )
                 task_status.started(RunningServer(url=url, context=ctx, app=app))

@@ -46,3 +46,15 @@ def test_env_log_format() -> None:
     assert env_log_format({"KFLOW_LOG_FORMAT": "console"}) == "console"
     with pytest.raises(ConfigError, match="KFLOW_LOG_FORMAT must be one of auto, json, console"):
         env_log_format({"KFLOW_LOG_FORMAT": "yaml"})
+
+
+def test_inprocess_workers_are_a_subset_of_the_built_in_ones() -> None:
+    from kflow.config import server_config
+
+    assert server_config({}).builtin_workers == ("std", "py-std")
+    only_std = server_config({"KFLOW_INPROCESS_WORKERS": "std"})
+    assert only_std.builtin_workers == ("std",)
+    assert server_config({"KFLOW_INPROCESS_WORKERS": ""}).builtin_workers == ()
+    assert server_config({}, run_workers=False).builtin_workers == ()
+    with pytest.raises(ConfigError, match="KFLOW_INPROCESS_WORKERS: unknown worker"):
+        server_config({"KFLOW_INPROCESS_WORKERS": "std,gpu"})

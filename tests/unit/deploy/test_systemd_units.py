@@ -60,7 +60,11 @@ def test_unit_basics(name: str) -> None:
     unit = parse_unit(DEPLOY / name)
     service = dict(unit["Service"])
     assert service["Type"] == "exec"
-    assert (service["User"], service["Group"]) == ("kflow", "kflow")
+    if name.startswith("kflow-worker"):  # workers get a user of their own
+        assert service["DynamicUser"] == "yes"
+        assert "User" not in service
+    else:
+        assert (service["User"], service["Group"]) == ("kflow", "kflow")
     assert service["Restart"] == "on-failure"
     assert service["KillSignal"] == "SIGTERM"
     assert service["KillMode"] == "mixed"
