@@ -305,24 +305,22 @@ def secrets_from_env(env: Mapping[str, str]) -> dict[str, str]:
 
 
 def sqlite_path(database_url: str) -> pathlib.Path | None:
-    """The file of a ``sqlite:///path`` URL (or a bare path), None for other schemes.
+    """The file of a ``sqlite:///path`` URL, None for a PostgreSQL URL.
 
     Raises:
-        ConfigError: a sqlite URL without a path.
+        ConfigError: any other form (a bare path or a libpq key=value string
+            would otherwise silently become an SQLite file of that name).
     """
     if database_url.startswith(("postgres://", "postgresql://")):
         return None
-    if database_url.startswith("sqlite:"):
-        rest = database_url[len("sqlite:") :]
-        if rest.startswith("///"):  # sqlite:///relative, sqlite:////absolute
-            rest = rest[3:]
-        elif rest.startswith("//"):
-            rest = rest[2:]
-        if not rest:
-            raise ConfigError(f"the SQLite URL {database_url!r} names no file")
-        return pathlib.Path(rest).expanduser()
-    if "://" in database_url:
-        raise ConfigError(
-            f"unsupported database URL {database_url!r}; use sqlite:///PATH or postgresql://..."
-        )
-    return pathlib.Path(database_url).expanduser()
+    if not database_url.startswith("sqlite:"):
+        raise ConfigError(f"unsupported database URL {database_url!r}; use sqlite:///PATH "
+                          "(sqlite:////ABSOLUTE/PATH) or postgresql://user@host/dbname")
+    rest = database_url[len("sqlite:"):]
+    if rest.startswith("///"):  # sqlite:///relative, sqlite:////absolute
+        rest = rest[3:]
+    elif rest.startswith("//"):
+        rest = rest[2:]
+    if not rest:
+        raise ConfigError(f"the SQLite URL {database_url!r} names no file")
+    return pathlib.Path(rest).expanduser()

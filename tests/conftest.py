@@ -1,1 +1,60 @@
-"""Shared pytest configuration for every test layer."""
+"""Shared pytest configuration for every test layer.
+
+PostgreSQL: the server is found from ``KFLOW_TEST_POSTGRES_URL`` (default
+``postgresql://postgres@127.0.0.1:5432/postgres``); each test session
+creates its own database and drops it at the end. Without a reachable
+server the PostgreSQL variants are skipped with the reason — except under
+``CI=true``, where a missing server fails the run.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+
+import pytest
+
+POSTGRES_ENV = "KFLOW_TEST_POSTGRES_URL"
+DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty database for this session (dropped afterwards)."""
+    import urllib.parse
+
+    import psycopg
+
+    admin = os.environ.get(POSTGRES_ENV, DEFAULT_POSTGRES)
+    try:
+        conn = psycopg.connect(admin, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        message = f"PostgreSQL is not reachable at {admin} ({POSTGRES_ENV}): {exc}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message + " — CI requires it")
+        pytest.skip(message)
+    name = f"kflow_test_{os.getpid()}_{secrets.token_hex(4)}"
+    with conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield urllib.parse.urlsplit(admin)._replace(path=f"/{name}").geturl()
+        finally:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def reset_postgres(url: str) -> None:
+    """Empty every kflow table (the schema stays), so each test starts clean."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+                "AND tablename <> 'kflow_schema'"
+            ).fetchall()
+        ]
+        if tables:
+            joined = ", ".join(f'"{t}"' for t in tables)
+            conn.execute(f"TRUNCATE {joined} RESTART IDENTITY CASCADE")

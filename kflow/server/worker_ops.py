@@ -4,51 +4,34 @@ Each operation is one transaction. A claim marks activities ``running``
 under a lease owned by the polling ``worker_id``; only that worker may then
 heartbeat, complete or fail the attempt (its id is the wire's
 ``activity_id``). Reports are idempotent for the worker that made them.
+
+Claims, releases and the items a poll hands out are here; heartbeats and
+reports are :mod:`kflow.server.worker_reports`, lease ownership
+:mod:`kflow.server.worker_leases`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import decimal
 import uuid
-from collections.abc import Mapping, Sequence
 from typing import Any
 
-import structlog
-
-from kflow.errors import ConflictError, KflowError, NotFoundError, TemplateError
+from kflow.errors import TemplateError
 from kflow.server.engine import Effects, Engine
 from kflow.server.persistence import append_events, record_attempt
-from kflow.server.state import ZERO, ActivityCompleted, ActivityFailed, Emit, ErrorInfo
+from kflow.server.state import ActivityFailed, Emit, ErrorInfo
+from kflow.server.worker_leases import holds_lease
+from kflow.server.worker_reports import WorkerReports, total_cost
 from kflow.store.base import Row, Tx
 from kflow.store.codec import load_json, load_time
 from kflow.templates import reveal_secrets
 
-log = structlog.get_logger("kflow.engine")
 
-
-def holds_lease(row: Row, worker_id: str, client_id: str) -> bool:
-    """Whether ``worker_id`` of ``client_id`` holds the lease recorded in ``row``."""
-    return row["worker_id"] == worker_id and row["lease_client"] in (None, client_id)
-
-
-def total_cost(
-    cost_usd: decimal.Decimal | None, usage: Sequence[Mapping[str, Any]]
-) -> decimal.Decimal:
-    """``cost_usd`` (the part usage does not cover) plus every usage entry's cost."""
-    total = cost_usd or ZERO
-    for entry in usage:
-        value = entry.get("cost_usd")
-        if value is not None:
-            total += decimal.Decimal(str(value))
-    return total
-
-
-class WorkerOps:
-    """Claims and reports of workers."""
+class WorkerOps(WorkerReports):
+    """Claims and reports of workers (the reports are :class:`WorkerReports`)."""
 
     def __init__(self, engine: Engine, *, touch_interval_seconds: float = 5.0) -> None:
-        self.engine = engine
+        super().__init__(engine)
         self._touch_interval = dt.timedelta(seconds=touch_interval_seconds)
         self._last_touch: dict[str, dt.datetime] = {}
 
@@ -204,272 +187,5 @@ class WorkerOps:
             item["heartbeat_details"] = details
         return item
 
-    # ---- heartbeat ---------------------------------------------------------------------
 
-    async def heartbeat(
-        self, attempt_id: uuid.UUID, worker_id: str, details: Any | None, client_id: str = "dev"
-    ) -> dict[str, Any]:
-        """Extend the lease of a running attempt and keep ``details``.
-
-        Raises:
-            NotFoundError: unknown attempt.
-            ConflictError: another worker holds it, the lease was lost, or the
-                run was cancelled — the worker should stop the activity.
-        """
-        engine = self.engine
-        now = engine.clock.now()
-        interval = engine.settings.heartbeat_interval_seconds
-        extend_to = now + dt.timedelta(seconds=3 * interval + engine.settings.lease_grace_seconds)
-
-        def heartbeat_tx(tx: Tx, effects: Effects) -> dict[str, Any]:
-            row = tx.one("activity_by_attempt", attempt_id=str(attempt_id))
-            if row is None:
-                self._finished_attempt(tx, attempt_id, worker_id, "heartbeat")
-                return {"acknowledged": True, "next_heartbeat_seconds": interval}
-            status = row["status"]
-            if status == "running":
-                if not holds_lease(row, worker_id, client_id):
-                    raise ConflictError(f"activity {attempt_id} is leased by another worker")
-                tx.run(
-                    "extend_lease",
-                    attempt_id=str(attempt_id),
-                    worker_id=worker_id,
-                    lease_expires_at=tx.time(extend_to),
-                    details=tx.json(details),
-                    now=tx.time(now),
-                )
-                return {"acknowledged": True, "next_heartbeat_seconds": interval}
-            if status in ("completed", "failed"):
-                return {"acknowledged": True, "next_heartbeat_seconds": interval}
-            raise ConflictError(
-                f"activity {attempt_id} is {status}; stop working on it", details={"status": status}
-            )
-
-        result: dict[str, Any] = await engine.write(heartbeat_tx)
-        return result
-
-    # ---- reports -------------------------------------------------------------------------
-
-    async def complete(
-        self,
-        attempt_id: uuid.UUID,
-        worker_id: str,
-        output: Mapping[str, Any],
-        cost_usd: decimal.Decimal | None,
-        usage: Sequence[Mapping[str, Any]],
-        client_id: str = "dev",
-    ) -> dict[str, Any]:
-        """Record a finished attempt's outputs and move the run forward.
-
-        Raises:
-            NotFoundError: unknown attempt.
-            ConflictError: another worker holds the lease or the attempt already
-                finished differently.
-        """
-        cost = total_cost(cost_usd, usage)
-
-        def event(key: str) -> ActivityCompleted:
-            return ActivityCompleted(key=key, outputs=dict(output), cost_usd=cost)
-
-        return await self._report(attempt_id, worker_id, client_id, "completed", event, cost, usage)
-
-    async def fail(
-        self,
-        attempt_id: uuid.UUID,
-        worker_id: str,
-        error: ErrorInfo,
-        cost_usd: decimal.Decimal | None,
-        usage: Sequence[Mapping[str, Any]],
-        client_id: str = "dev",
-    ) -> dict[str, Any]:
-        """Record a failed attempt; the engine retries it if policy allows.
-
-        Raises:
-            NotFoundError: unknown attempt.
-            ConflictError: another worker holds the lease or the attempt already
-                finished differently.
-        """
-        cost = total_cost(cost_usd, usage)
-
-        def event(key: str) -> ActivityFailed:
-            return ActivityFailed(key=key, error=error, cost_usd=cost)
-
-        return await self._report(
-            attempt_id, worker_id, client_id, "failed", event, cost, usage, error=error
-        )
-
-    async def _report(
-        self,
-        attempt_id: uuid.UUID,
-        worker_id: str,
-        client_id: str,
-        outcome: str,
-        make_event: Any,
-        cost: decimal.Decimal,
-        usage: Sequence[Mapping[str, Any]],
-        error: ErrorInfo | None = None,
-    ) -> dict[str, Any]:
-        engine = self.engine
-        now = engine.clock.now()
-
-        def report_tx(tx: Tx, effects: Effects) -> dict[str, Any]:
-            row = tx.one("activity_by_attempt", attempt_id=str(attempt_id))
-            if row is None or (row["status"] != "running" and row["status"] != "cancelled"):
-                self._finished_attempt(tx, attempt_id, worker_id, outcome)
-                return {
-                    "acknowledged": True,
-                    "will_retry": False,
-                    "warnings": [f"attempt already reported as {outcome}"],
-                }
-            if not holds_lease(row, worker_id, client_id):
-                raise ConflictError(
-                    f"activity {attempt_id} is leased by another worker",
-                    details={"status": row["status"]},
-                )
-            if row["status"] == "cancelled":
-                past = tx.one("get_attempt", id=str(attempt_id))
-                if past is not None:  # this cancelled attempt was reported already
-                    same_kind = (past["error"] is None) == (error is None)
-                    if past["worker_id"] != worker_id or not same_kind:
-                        raise ConflictError(
-                            f"activity {attempt_id} was already reported differently",
-                            details={"outcome": past["outcome"]},
-                        )
-                    return {
-                        "acknowledged": True,
-                        "will_retry": False,
-                        "warnings": ["the workflow was cancelled; this result was discarded"],
-                    }
-                record_attempt(
-                    tx,
-                    attempt_id=str(attempt_id),
-                    row=row,
-                    outcome="cancelled",
-                    now=now,
-                    error=error,
-                    cost=cost,
-                    usage=list(usage),
-                )
-                engine.transition_row(
-                    tx, effects, row["workflow_id"], lambda _: make_event(row["key"]), now
-                )
-                return {
-                    "acknowledged": True,
-                    "will_retry": False,
-                    "warnings": ["the workflow was cancelled; this result was discarded"],
-                }
-            record_attempt(
-                tx,
-                attempt_id=str(attempt_id),
-                row=row,
-                outcome=outcome,
-                now=now,
-                error=error,
-                cost=cost,
-                usage=list(usage),
-            )
-            result = engine.transition_row(
-                tx, effects, row["workflow_id"], lambda _: make_event(row["key"]), now
-            )
-            put = result.put_for(row["key"])
-            will_retry = bool(put is not None and put.new_attempt)
-            return {"acknowledged": True, "will_retry": will_retry, "warnings": []}
-
-        try:
-            answer: dict[str, Any] = await engine.write(report_tx)
-        except KflowError:
-            raise
-        except Exception as exc:
-            answer = await self._report_after_engine_error(
-                attempt_id, worker_id, client_id, outcome, error, cost, usage, exc
-            )
-        if outcome == "completed":
-            answer.pop("will_retry", None)
-        return answer
-
-    async def _report_after_engine_error(
-        self,
-        attempt_id: uuid.UUID,
-        worker_id: str,
-        client_id: str,
-        outcome: str,
-        error: ErrorInfo | None,
-        cost: decimal.Decimal,
-        usage: Sequence[Mapping[str, Any]],
-        exc: Exception,
-    ) -> dict[str, Any]:
-        """The transition after a report broke: keep the result, fail the run, acknowledge.
-
-        Acknowledging matters: a worker that got an error would report again
-        (or, after its lease expired, the work would run again) for ever.
-        """
-        engine = self.engine
-        now = engine.clock.now()
-        log.exception("engine.report_failed", activity_id=str(attempt_id), outcome=outcome)
-
-        def keep_tx(tx: Tx, effects: Effects) -> str | None:
-            row = tx.one("activity_by_attempt", attempt_id=str(attempt_id))
-            if row is None or not holds_lease(row, worker_id, client_id):
-                return None
-            record_attempt(
-                tx,
-                attempt_id=str(attempt_id),
-                row=row,
-                outcome=outcome,
-                now=now,
-                error=error,
-                cost=cost,
-                usage=list(usage),
-            )
-            return str(row["workflow_id"])
-
-        workflow_id = await engine.write(keep_tx)
-        if workflow_id is None:
-            raise exc
-        reason = (
-            f"internal error while recording the result of activity {attempt_id}: "
-            f"{type(exc).__name__}: {exc}"
-        )[:2000]
-        await engine.fail_run_directly(workflow_id, reason)
-        return {
-            "acknowledged": True,
-            "will_retry": False,
-            "warnings": [
-                "the engine could not apply this result; the workflow was failed "
-                "(see its error_message)"
-            ],
-        }
-
-    @staticmethod
-    def _finished_attempt(tx: Tx, attempt_id: uuid.UUID, worker_id: str, action: str) -> None:
-        """Accept a repeat of what this worker already reported; refuse anything else.
-
-        Raises:
-            NotFoundError: the attempt never existed.
-            ConflictError: it finished otherwise or belonged to another worker.
-        """
-        past = tx.one("get_attempt", id=str(attempt_id))
-        if past is None:
-            current = tx.one("activity_by_attempt", attempt_id=str(attempt_id))
-            if current is None:
-                raise NotFoundError(f"activity {attempt_id} not found")
-            raise ConflictError(
-                f"activity {attempt_id} is {current['status']}, not running",
-                details={"status": current["status"]},
-            )
-        same_worker = past["worker_id"] == worker_id
-        if same_worker and (
-            past["outcome"] == action
-            or (action == "heartbeat" and past["outcome"] in ("completed", "failed"))
-        ):
-            return
-        if past["outcome"] == "lease_expired":
-            raise ConflictError(
-                f"the lease of activity {attempt_id} expired and the work was "
-                "handed to another attempt",
-                details={"outcome": "lease_expired"},
-            )
-        raise ConflictError(
-            f"activity {attempt_id} already finished as {past['outcome']}",
-            details={"outcome": past["outcome"]},
-        )
+__all__ = ["WorkerOps", "holds_lease", "total_cost"]

@@ -59,6 +59,10 @@ class Tx(Protocol):
         """Encode a money parameter for this dialect."""
         ...
 
+    def notify(self, channel: str, payload: str) -> None:
+        """Tell other server processes about this transaction, once it commits."""
+        ...
+
 
 class Store(Protocol):
     """A database holding kflow's state."""

@@ -69,6 +69,9 @@ class SqliteTx:
     def money(self, value: decimal.Decimal) -> str:
         return format_decimal(value)
 
+    def notify(self, channel: str, payload: str) -> None:
+        """No-op: one SQLite file has one server process, which wakes itself."""
+
 
 def _dict_row(cursor: sqlite3.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:
     return {col[0]: value for col, value in zip(cursor.description, row, strict=True)}

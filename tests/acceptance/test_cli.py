@@ -137,3 +137,50 @@ async def test_deploy_start_status_cancel(cluster: Cluster) -> None:
     missing = await kflow(cluster, "status", "01900000-0000-7000-8000-000000000000", *url)
     assert missing.returncode == 2
     assert "NOT_FOUND" in missing.stderr.decode()
+
+
+async def test_run_on_a_terminal_shows_the_live_table(cluster: Cluster) -> None:
+    """``kflow run`` on a (pseudo-)terminal draws the rich table, then the outputs."""
+    import os
+    import pty
+
+    await cluster.serve()
+    command = [
+        sys.executable,
+        "-m",
+        "kflow",
+        "run",
+        "examples/text_pipeline.yaml",
+        "--input",
+        "@examples/inputs/text_pipeline.json",
+        "--api-url",
+        cluster.url,
+    ]
+
+    def run_on_a_pty() -> tuple[int, str]:
+        env = {**cluster.env, "COLUMNS": "120", "LINES": "40", "TERM": "xterm"}
+        pid, fd = pty.fork()
+        if pid == 0:  # the child: becomes kflow on the terminal
+            os.chdir(str(REPO))
+            os.execve(sys.executable, command, env)
+        chunks = []
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+        return os.waitstatus_to_exitcode(status), b"".join(chunks).decode(errors="replace")
+
+    with trio.fail_after(90):
+        code, screen = await trio.to_thread.run_sync(run_on_a_pty)
+    assert code == 0, screen[-3000:]
+    assert "text_pipeline" in screen
+    assert "readability" in screen  # a row of the live table
+    assert "completed" in screen
+    assert "workflow completed" in screen
+    assert "5 messages analysed" in screen

@@ -16,6 +16,7 @@ from kflow.config import ServerConfig
 from kflow.server.app import build_app
 from kflow.server.context import ServerContext
 from kflow.server.serve import build_context, open_store
+from tests.conftest import reset_postgres
 
 
 @attrs.define
@@ -106,10 +107,23 @@ def make_config(tmp_path: pathlib.Path, **overrides: Any) -> ServerConfig:
     return ServerConfig(**values)
 
 
-@pytest.fixture
-async def api(tmp_path: pathlib.Path) -> AsyncIterator[Api]:
-    """An insecure-dev server on a fresh SQLite file, scheduler running."""
-    async with _api(make_config(tmp_path)) as harness:
+DIALECTS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+def database_for(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> str:
+    """The database URL of the dialect this test is parametrized with (emptied first)."""
+    if getattr(request, "param", "sqlite") == "postgres":
+        url = str(request.getfixturevalue("postgres_url"))
+        reset_postgres(url)
+        return url
+    return f"sqlite:///{tmp_path / 'kflow.db'}"
+
+
+@pytest.fixture(params=DIALECTS)
+async def api(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> AsyncIterator[Api]:
+    """An insecure-dev server on a fresh database (SQLite and PostgreSQL), scheduler running."""
+    config = make_config(tmp_path, database_url=database_for(request, tmp_path))
+    async with _api(config) as harness:
         yield harness
 
 
@@ -178,10 +192,11 @@ def assert_error(
     return dict(error)
 
 
-@pytest.fixture
-async def secure_api(tmp_path: pathlib.Path) -> AsyncIterator[Api]:
-    """A server that requires bearer tokens (insecure dev mode off)."""
-    async with _api(make_config(tmp_path, insecure_dev=False)) as harness:
+@pytest.fixture(params=DIALECTS)
+async def secure_api(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> AsyncIterator[Api]:
+    """A server that requires bearer tokens (insecure dev mode off), on both dialects."""
+    config = make_config(tmp_path, insecure_dev=False, database_url=database_for(request, tmp_path))
+    async with _api(config) as harness:
         yield harness
 
 

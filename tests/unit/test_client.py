@@ -12,7 +12,7 @@ import orjson
 import pytest
 import trio
 
-from kflow import client as client_module
+from kflow import _client_sync as client_module
 from kflow.client import AsyncClient, Client, ClientConfig
 from kflow.errors import ConfigError
 

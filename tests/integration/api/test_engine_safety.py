@@ -4,7 +4,6 @@ transitions that break without taking the engine (or other runs) down."""
 from __future__ import annotations
 
 import pathlib
-import sqlite3
 from typing import Any
 
 import pytest
@@ -84,10 +83,11 @@ async def test_secrets_are_substituted_at_dispatch_and_never_stored(tmp_path: pa
         workflow_id = await api.start("secretive")
         items = {i["activity_key"]: i for i in await api.poll()}
         assert items["auth"]["parameters"] == {"header": "Bearer s3cr3t-value"}
-    with sqlite3.connect(tmp_path / "kflow.db") as db:
-        stored = db.execute("SELECT parameters FROM activities WHERE key = 'auth'").fetchone()[0]
-    assert "s3cr3t-value" not in stored
-    assert workflow_id
+        stored = await api.ctx.store.read(
+            lambda tx: tx.one("activity_by_key", workflow_id=workflow_id, key="auth"))
+    assert stored is not None
+    assert "s3cr3t-value" not in str(stored["parameters"])
+    assert "TOK" in str(stored["parameters"])
 
 
 async def test_a_secret_missing_at_dispatch_fails_only_its_activity(
@@ -163,8 +163,6 @@ async def test_a_report_whose_transition_breaks_is_kept_and_acknowledged(
     assert "internal error while recording the result" in run["error_message"]
     again = await api.complete(item, echo={"x": 1})  # the worker retries: still fine, once
     assert again.status_code == 200
-    with sqlite3.connect(api.ctx.store.path) as db:  # type: ignore[attr-defined]
-        rows = db.execute(
-            "SELECT outcome FROM attempts WHERE id = ?", (item["activity_id"],)
-        ).fetchall()
-    assert rows == [("completed",)]
+    attempts = await api.ctx.store.read(
+        lambda tx: tx.all("workflow_attempts", workflow_id=workflow_id))
+    assert [(a["activity_key"], a["outcome"]) for a in attempts] == [("a", "completed")]

@@ -155,7 +155,7 @@ async def test_ready_reports_every_component(api: Api) -> None:
     assert set(body["checks"]) == {"database", "dispatcher", "scheduler"}
     for check in body["checks"].values():
         assert check["status"] == "ok"
-    assert body["checks"]["database"]["dialect"] == "sqlite"
+    assert body["checks"]["database"]["dialect"] == api.ctx.store.dialect
 
 
 async def test_info(api: Api) -> None:

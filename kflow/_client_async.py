@@ -1,0 +1,198 @@
+"""The async workflow client (Trio): :class:`AsyncClient`.
+
+Public through :mod:`kflow.client`, whose docstring describes credentials,
+errors and event streams.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pathlib
+from collections.abc import AsyncGenerator, Mapping
+from typing import Any
+
+import httpx
+import httpx_sse
+import trio
+
+from kflow._client_common import (
+    FINAL_EVENTS,
+    FINAL_STATUSES,
+    ClientConfig,
+    Reconnect,
+    Routes,
+    parse_response,
+    token_from,
+    token_request,
+)
+from kflow._serde import loads
+from kflow.worker.wire import error_from_response
+
+
+class AsyncClient:
+    """Async client of a kflow server (Trio). Close it, or use ``async with``."""
+
+    def __init__(
+        self,
+        api_url: str | None = None,
+        *,
+        config: ClientConfig | None = None,
+        http: httpx.AsyncClient | None = None,
+        **credentials: Any,
+    ) -> None:
+        self.config = config or ClientConfig.from_env(api_url=api_url, **credentials)
+        self._owns_http = http is None
+        self._http = http or httpx.AsyncClient(timeout=self.config.timeout)
+        self._token = self.config.token
+        self._token_lock = trio.Lock()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def _headers(self, *, refresh: bool = False) -> dict[str, str]:
+        if self.config.client_id is not None and (self._token is None or refresh):
+            async with self._token_lock:
+                response = await self._http.post(
+                    self.config.base + "/oauth/token", json=token_request(self.config)
+                )
+                self._token = token_from(response)
+        return {"Authorization": f"Bearer {self._token}"} if self._token else {}
+
+    async def _call(self, method: str, path: str, options: dict[str, Any] | None = None) -> Any:
+        options = dict(options or {})
+        extra = options.pop("headers", {})
+        response = await self._http.request(
+            method, self.config.base + path, headers={**extra, **await self._headers()}, **options
+        )
+        if response.status_code == 401 and self.config.client_id is not None:
+            headers = {**extra, **await self._headers(refresh=True)}
+            response = await self._http.request(
+                method, self.config.base + path, headers=headers, **options
+            )
+        return parse_response(response)
+
+    async def info(self) -> dict[str, Any]:
+        """The server's ``/api/v1/info``."""
+        result: dict[str, Any] = await self._call("GET", "/info")
+        return result
+
+    async def deploy(self, source: str | pathlib.Path | Mapping[str, Any]) -> dict[str, Any]:
+        """Deploy a definition (YAML/JSON text, a file path, or a mapping)."""
+        result: dict[str, Any] = await self._call(*Routes.deploy(source))
+        return result
+
+    async def start(
+        self,
+        name: str,
+        input: Mapping[str, Any] | None = None,
+        *,
+        version: str | None = None,
+        unique_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Start a run; the answer holds ``workflow_id``."""
+        result: dict[str, Any] = await self._call(*Routes.start(name, input, version, unique_key))
+        return result
+
+    async def status(self, workflow_id: str) -> dict[str, Any]:
+        """The run with its activities."""
+        result: dict[str, Any] = await self._call("GET", f"/workflows/{workflow_id}")
+        return result
+
+    async def list_workflows(self, **filters: Any) -> dict[str, Any]:
+        """Runs, newest first (``status``, ``definition_name``, ``limit``, ``offset``...)."""
+        result: dict[str, Any] = await self._call(*Routes.listing(**filters))
+        return result
+
+    async def output(self, workflow_id: str) -> dict[str, Any]:
+        """Outputs of a completed run."""
+        result: dict[str, Any] = await self._call("GET", f"/workflows/{workflow_id}/output")
+        return result
+
+    async def cancel(self, workflow_id: str) -> dict[str, Any]:
+        """Cancel a run (idempotent)."""
+        result: dict[str, Any] = await self._call("POST", f"/workflows/{workflow_id}/cancel")
+        return result
+
+    async def signal(
+        self,
+        workflow_id: str,
+        activity_key: str,
+        event_name: str,
+        data: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Send a signal to an activity that waits for one."""
+        result: dict[str, Any] = await self._call(
+            *Routes.signal(workflow_id, activity_key, event_name, data)
+        )
+        return result
+
+    async def events(
+        self, workflow_id: str, from_event_id: int = 0
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """The run's history events, replayed then live; ends after the final event.
+
+        A dropped connection is resumed from the last event received. If you
+        stop early, close the generator (``contextlib.aclosing``).
+
+        Raises:
+            httpx.TransportError: the server stayed unreachable for
+                ``config.reconnect_seconds`` (the last error is re-raised).
+            ApiError: an error answer (unknown run, refused token...).
+        """
+        after = from_event_id
+        retry = Reconnect(limit=self.config.reconnect_seconds)
+        while True:
+            try:
+                async with httpx_sse.aconnect_sse(
+                    self._http,
+                    "GET",
+                    f"{self.config.base}/workflows/{workflow_id}/events",
+                    params={"from_event_id": after},
+                    headers=await self._headers(),
+                    timeout=httpx.Timeout(self.config.timeout, read=None),
+                ) as source:
+                    if source.response.is_error:
+                        await source.response.aread()
+                        raise error_from_response(source.response)
+                    retry.connected()
+                    finished = False
+                    # Read to the end of the stream (the server closes it after the
+                    # final event) so no inner httpx iterator is left half-read.
+                    async with contextlib.aclosing(source.aiter_sse()) as messages:
+                        async for message in messages:
+                            if not message.data:
+                                continue  # a keep-alive comment
+                            event = loads(message.data)
+                            after = int(event["event_id"])
+                            retry.received()
+                            finished = finished or event["type"] in FINAL_EVENTS
+                            yield event
+                    if finished:
+                        return
+                if (await self.status(workflow_id))["status"] in FINAL_STATUSES:
+                    return
+            except (httpx.TransportError, httpx_sse.SSEError):
+                pause = retry.pause(trio.current_time())
+                if pause is None:
+                    raise
+                await trio.sleep(pause)
+
+    async def wait(self, workflow_id: str, *, timeout: float | None = None) -> dict[str, Any]:
+        """Wait for the run to finish; returns its final state.
+
+        Raises:
+            trio.TooSlowError: ``timeout`` seconds passed first.
+        """
+        scope = trio.fail_after(timeout) if timeout is not None else contextlib.nullcontext()
+        with scope:
+            async with contextlib.aclosing(self.events(workflow_id)) as events:
+                async for _ in events:
+                    pass
+            return await self.status(workflow_id)

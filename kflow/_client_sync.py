@@ -1,0 +1,187 @@
+"""The blocking workflow client (for scripts and notebooks): :class:`Client`.
+
+Public through :mod:`kflow.client`, whose docstring describes credentials,
+errors and event streams.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pathlib
+import time
+from collections.abc import Generator, Mapping
+from typing import Any, cast
+
+import httpx
+import httpx_sse
+
+from kflow._client_common import (
+    FINAL_EVENTS,
+    FINAL_STATUSES,
+    ClientConfig,
+    Reconnect,
+    Routes,
+    parse_response,
+    token_from,
+    token_request,
+)
+from kflow._serde import loads
+from kflow.worker.wire import error_from_response
+
+
+class Client:
+    """Blocking client of a kflow server (for scripts and notebooks)."""
+
+    def __init__(
+        self,
+        api_url: str | None = None,
+        *,
+        config: ClientConfig | None = None,
+        http: httpx.Client | None = None,
+        **credentials: Any,
+    ) -> None:
+        self.config = config or ClientConfig.from_env(api_url=api_url, **credentials)
+        self._owns_http = http is None
+        self._http = http or httpx.Client(timeout=self.config.timeout)
+        self._token = self.config.token
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._owns_http:
+            self._http.close()
+
+    def _headers(self, *, refresh: bool = False) -> dict[str, str]:
+        if self.config.client_id is not None and (self._token is None or refresh):
+            response = self._http.post(
+                self.config.base + "/oauth/token", json=token_request(self.config)
+            )
+            self._token = token_from(response)
+        return {"Authorization": f"Bearer {self._token}"} if self._token else {}
+
+    def _call(self, method: str, path: str, options: dict[str, Any] | None = None) -> Any:
+        options = dict(options or {})
+        extra = options.pop("headers", {})
+        response = self._http.request(
+            method, self.config.base + path, headers={**extra, **self._headers()}, **options
+        )
+        if response.status_code == 401 and self.config.client_id is not None:
+            response = self._http.request(
+                method,
+                self.config.base + path,
+                headers={**extra, **self._headers(refresh=True)},
+                **options,
+            )
+        return parse_response(response)
+
+    def info(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "/info")
+        return result
+
+    def deploy(self, source: str | pathlib.Path | Mapping[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(*Routes.deploy(source))
+        return result
+
+    def start(
+        self,
+        name: str,
+        input: Mapping[str, Any] | None = None,
+        *,
+        version: str | None = None,
+        unique_key: str | None = None,
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(*Routes.start(name, input, version, unique_key))
+        return result
+
+    def status(self, workflow_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", f"/workflows/{workflow_id}")
+        return result
+
+    def list_workflows(self, **filters: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(*Routes.listing(**filters))
+        return result
+
+    def output(self, workflow_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", f"/workflows/{workflow_id}/output")
+        return result
+
+    def cancel(self, workflow_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", f"/workflows/{workflow_id}/cancel")
+        return result
+
+    def signal(
+        self,
+        workflow_id: str,
+        activity_key: str,
+        event_name: str,
+        data: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(
+            *Routes.signal(workflow_id, activity_key, event_name, data)
+        )
+        return result
+
+    def events(
+        self, workflow_id: str, from_event_id: int = 0
+    ) -> Generator[dict[str, Any], None, None]:
+        """The run's events, replayed then live; ends after the final event.
+
+        A dropped connection is resumed from the last event received. If you
+        stop early, close the generator.
+
+        Raises:
+            httpx.TransportError: the server stayed unreachable for
+                ``config.reconnect_seconds`` (the last error is re-raised).
+            ApiError: an error answer (unknown run, refused token...).
+        """
+        after = from_event_id
+        retry = Reconnect(limit=self.config.reconnect_seconds)
+        while True:
+            try:
+                finished = False
+                with contextlib.closing(self._stream(workflow_id, after, retry)) as stream:
+                    for event in stream:
+                        after = int(event["event_id"])
+                        finished = finished or event["type"] in FINAL_EVENTS
+                        yield event
+                if finished or self.status(workflow_id)["status"] in FINAL_STATUSES:
+                    return
+            except (httpx.TransportError, httpx_sse.SSEError):
+                pause = retry.pause(time.monotonic())
+                if pause is None:
+                    raise
+                time.sleep(pause)
+
+    def _stream(
+        self, workflow_id: str, after: int, retry: Reconnect
+    ) -> Generator[dict[str, Any], None, None]:
+        """One connection of :meth:`events`: the events after ``after`` until it closes."""
+        with httpx_sse.connect_sse(
+            self._http,
+            "GET",
+            f"{self.config.base}/workflows/{workflow_id}/events",
+            params={"from_event_id": after},
+            headers=self._headers(),
+            timeout=httpx.Timeout(self.config.timeout, read=None),
+        ) as source:
+            if source.response.is_error:
+                source.response.read()
+                raise error_from_response(source.response)
+            retry.connected()
+            # httpx_sse annotates iter_sse() as a plain Iterator, but it is a generator.
+            sse = cast(Generator[httpx_sse.ServerSentEvent, None, None], source.iter_sse())
+            with contextlib.closing(sse) as messages:
+                for message in messages:
+                    if message.data:
+                        retry.received()
+                        yield loads(message.data)
+
+    def wait(self, workflow_id: str) -> dict[str, Any]:
+        """Block until the run finishes; returns its final state."""
+        for _ in self.events(workflow_id):
+            pass
+        return self.status(workflow_id)

@@ -1,0 +1,220 @@
+"""The run operations of the engine: deploy, start, cancel, signal.
+
+Each is one transaction built on :class:`~kflow.server.transitions.TransitionEngine`:
+starting a run inserts it and decides ``WorkflowStarted``; cancelling decides
+``CancelRequested``; a signal is delivered to the activity waiting for it or
+buffered until the activity starts waiting.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from kflow._types import ActivityStatus, WorkflowStatus
+from kflow.errors import ConflictError, NotFoundError
+from kflow.ids import new_id
+from kflow.model.definition import WorkflowDefinition
+from kflow.server.definitions import LoadedDefinition, deploy_in_tx
+from kflow.server.persistence import append_events, insert_activities
+from kflow.server.state import (
+    ActivityState,
+    CancelRequested,
+    Emit,
+    SignalDelivered,
+    WorkflowStarted,
+    WorkflowState,
+)
+from kflow.server.transitions import Effects, TransitionEngine
+from kflow.store.base import Tx
+
+
+@attrs.frozen(kw_only=True)
+class StartedWorkflow:
+    id: uuid.UUID
+    definition_name: str
+    definition_version: str
+    status: WorkflowStatus
+    created_at: dt.datetime
+
+
+class RunOps(TransitionEngine):
+    """Operations on runs and definitions, each in one store transaction."""
+
+    # ---- definitions ------------------------------------------------------------------
+
+    async def deploy(self, definition: WorkflowDefinition) -> tuple[LoadedDefinition, bool]:
+        """Store a definition (new version unless identical to the newest)."""
+        now = self.clock.now()
+        result: tuple[LoadedDefinition, bool] = await self.store.write(
+            lambda tx: deploy_in_tx(tx, self.definitions, definition, now)
+        )
+        return result
+
+    # ---- runs -----------------------------------------------------------------------------
+
+    async def start(
+        self,
+        name: str,
+        *,
+        version: str | None = None,
+        input: Mapping[str, Any] | None = None,
+        unique_key: str | None = None,
+    ) -> StartedWorkflow:
+        """Create a run and start its roots, in one transaction.
+
+        Raises:
+            NotFoundError: no such definition (or version).
+            ConflictError: ``unique_key`` is held by a run that has not failed.
+        """
+        now = self.clock.now()
+        data = dict(input or {})
+
+        def start_tx(tx: Tx, effects: Effects) -> StartedWorkflow:
+            loaded = self.definitions.load(tx, name, version)
+            if unique_key is not None:
+                held = tx.one("workflow_by_unique_key", unique_key=unique_key)
+                if held is not None:
+                    raise ConflictError(
+                        f"unique_key {unique_key!r} is already used by workflow {held['id']} "
+                        f"({held['status']})",
+                        details={"workflow_id": str(held["id"]), "status": held["status"]},
+                    )
+            workflow_id = new_id()
+            timeout = loaded.definition.settings.timeout_seconds
+            timeout_at = None if timeout is None else now + dt.timedelta(seconds=timeout)
+            tx.run(
+                "insert_workflow",
+                id=str(workflow_id),
+                definition_name=loaded.name,
+                definition_version=loaded.version,
+                input=tx.json(data),
+                unique_key=unique_key,
+                now=tx.time(now),
+                timeout_at=tx.time(timeout_at),
+            )
+            insert_activities(tx, workflow_id, loaded.definition, now)
+            state = WorkflowState(
+                id=workflow_id,
+                status=WorkflowStatus.CREATED,
+                definition=loaded.definition,
+                graph=loaded.graph,
+                input=data,
+                created_at=now,
+                activities={a.key: ActivityState(key=a.key) for a in loaded.definition.activities},
+            )
+            if timeout_at is not None:
+                effects.timers.append(timeout_at)
+            result = self.transition(tx, effects, state, WorkflowStarted(), now)
+            return StartedWorkflow(
+                id=workflow_id,
+                definition_name=loaded.name,
+                definition_version=loaded.version,
+                status=result.status,
+                created_at=now,
+            )
+
+        started: StartedWorkflow = await self.write(start_tx)
+        return started
+
+    async def cancel(self, workflow_id: uuid.UUID, reason: str = "cancelled by request") -> str:
+        """Cancel a run; returns its status afterwards. Idempotent for cancelled runs.
+
+        Raises:
+            NotFoundError: no such run.
+            ConflictError: the run already completed or failed.
+        """
+        now = self.clock.now()
+
+        def cancel_tx(tx: Tx, effects: Effects) -> str:
+            row = self.lock(tx, workflow_id)
+            status = WorkflowStatus(row["status"])
+            if status == WorkflowStatus.CANCELLED:
+                return status.value
+            if status.is_terminal:
+                raise ConflictError(
+                    f"workflow {workflow_id} already {status.value}",
+                    details={"status": status.value},
+                )
+            state = self.load_state(tx, row)
+            return self.transition(
+                tx, effects, state, CancelRequested(reason=reason), now
+            ).status.value
+
+        result: str = await self.write(cancel_tx)
+        return result
+
+    async def signal(
+        self,
+        workflow_id: uuid.UUID,
+        activity_key: str,
+        event_name: str,
+        data: Mapping[str, Any] | None,
+    ) -> tuple[bool, str]:
+        """Deliver (or buffer) a signal; returns ``(signaled, message)``.
+
+        Raises:
+            NotFoundError: no such run or activity.
+        """
+        now = self.clock.now()
+
+        def signal_tx(tx: Tx, effects: Effects) -> tuple[bool, str]:
+            row = self.lock(tx, workflow_id)
+            state = self.load_state(tx, row)
+            if activity_key not in state.activities:
+                raise NotFoundError(
+                    f"activity {activity_key!r} not found in workflow {workflow_id}"
+                )
+            if state.status.is_terminal:
+                return False, f"workflow is {state.status.value}; signal ignored"
+            wait = state.definition.activity(activity_key).settings.wait_for_signal
+            if wait is None:
+                return False, f"activity {activity_key!r} does not wait for a signal"
+            if wait.event_name != event_name:
+                return False, (
+                    f"activity {activity_key!r} waits for {wait.event_name!r}, not {event_name!r}"
+                )
+            act = state.activities[activity_key]
+            if act.status == ActivityStatus.WAITING and act.wait_signal == event_name:
+                self.transition(
+                    tx, effects, state, SignalDelivered(key=activity_key, data=data), now
+                )
+                return True, f"signal {event_name!r} delivered to {activity_key!r}"
+            if act.status == ActivityStatus.NOT_SCHEDULED or (
+                act.status.is_terminal and state.definition.activity(activity_key).is_loop_activity
+            ):
+                tx.run(
+                    "insert_signal",
+                    id=str(new_id()),
+                    workflow_id=str(workflow_id),
+                    activity_key=activity_key,
+                    event_name=event_name,
+                    data=tx.json(data),
+                    now=tx.time(now),
+                )
+                append_events(
+                    tx,
+                    state.id,
+                    [
+                        Emit(
+                            type="activity.signal_buffered",
+                            activity_key=activity_key,
+                            data={"event_name": event_name},
+                        )
+                    ],
+                    now,
+                )
+                effects.workflows.add(state.id)
+                return True, (
+                    f"signal {event_name!r} stored; delivered when {activity_key!r} starts waiting"
+                )
+            return False, (
+                f"activity {activity_key!r} is {act.status.value}; it no longer waits for a signal"
+            )
+
+        result: tuple[bool, str] = await self.write(signal_tx)
+        return result

@@ -1,0 +1,262 @@
+"""The transition machinery of the engine: one transaction per transition.
+
+:class:`TransitionEngine` locks the workflow row, loads the run's state,
+asks the orchestrator to ``decide`` an event, and writes the commands and the
+events, all in one store transaction. Post-commit work is gathered in
+:class:`Effects` and handed to the :class:`EngineHooks` only after the commit.
+:class:`~kflow.server.engine.Engine` builds the run operations on this base.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import attrs
+import structlog
+
+from kflow._types import WorkflowStatus
+from kflow.clock import Clock
+from kflow.errors import NotFoundError
+from kflow.server.definitions import DefinitionCache
+from kflow.server.orchestrator import DecideContext, decide
+from kflow.server.persistence import append_events, apply_put, workflow_state
+from kflow.server.state import (
+    ZERO,
+    AddCost,
+    ArmTimer,
+    Command,
+    ConsumeSignal,
+    Emit,
+    Event,
+    PutActivity,
+    PutWorkflow,
+    WakeQueue,
+    WorkflowState,
+)
+from kflow.store.base import Row, Store, Tx
+from kflow.templates import TemplateEngine
+
+log = structlog.get_logger("kflow.engine")
+
+
+class EngineHooks(Protocol):
+    """What the engine tells the rest of the server after a commit."""
+
+    def wake(self, queue: str) -> None:
+        """Work became claimable in ``queue``."""
+        ...
+
+    def arm(self, at: dt.datetime) -> None:
+        """Something is due at ``at``."""
+        ...
+
+    def notify(self, workflow_id: uuid.UUID) -> None:
+        """The run's history grew."""
+        ...
+
+
+class NullHooks:
+    """Hooks that do nothing (tools that only write, such as migrations)."""
+
+    def wake(self, queue: str) -> None:
+        pass
+
+    def arm(self, at: dt.datetime) -> None:
+        pass
+
+    def notify(self, workflow_id: uuid.UUID) -> None:
+        pass
+
+
+@attrs.frozen(kw_only=True)
+class EngineSettings:
+    """Timing rules of the engine."""
+
+    #: Added to an activity's timeout to form its lease at claim time.
+    lease_grace_seconds: float = 10.0
+    #: Heartbeat cadence suggested to workers; a heartbeat extends the lease
+    #: to at least three of these (plus the grace).
+    heartbeat_interval_seconds: float = 30.0
+    #: Secret values by name (``SECRET.NAME``); substituted only at dispatch.
+    secrets: Mapping[str, str] = attrs.field(factory=dict)
+
+
+@attrs.define
+class Effects:
+    """What to do after a transaction commits."""
+
+    queues: set[str] = attrs.field(factory=set)
+    timers: list[dt.datetime] = attrs.field(factory=list)
+    workflows: set[uuid.UUID] = attrs.field(factory=set)
+
+    def merge(self, other: Effects) -> None:
+        self.queues |= other.queues
+        self.timers.extend(other.timers)
+        self.workflows |= other.workflows
+
+
+@attrs.frozen(kw_only=True)
+class Transition:
+    """The outcome of one applied decision."""
+
+    state: WorkflowState
+    commands: list[Command]
+    attempt_ids: Mapping[str, uuid.UUID]
+    status: WorkflowStatus
+
+    def put_for(self, key: str) -> PutActivity | None:
+        for command in self.commands:
+            if isinstance(command, PutActivity) and command.activity.key == key:
+                return command
+        return None
+
+
+class TransitionEngine:
+    """Transitions of runs, each in one store transaction (the base of the engine)."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Clock,
+        hooks: EngineHooks | None = None,
+        settings: EngineSettings | None = None,
+        templates: TemplateEngine | None = None,
+        definitions: DefinitionCache | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.hooks: EngineHooks = hooks or NullHooks()
+        self.settings = settings or EngineSettings()
+        self.templates = templates or TemplateEngine()
+        self.definitions = definitions or DefinitionCache()
+        self._secret_names = frozenset(self.settings.secrets)
+
+    # ---- plumbing ---------------------------------------------------------------
+
+    def after_commit(self, effects: Effects) -> None:
+        """Wake queues, arm timers and notify streams for committed work."""
+        for queue in effects.queues:
+            self.hooks.wake(queue)
+        if effects.timers:
+            self.hooks.arm(min(effects.timers))
+        for workflow_id in effects.workflows:
+            self.hooks.notify(workflow_id)
+
+    async def write(self, fn: Callable[[Tx, Effects], Any]) -> Any:
+        """Run ``fn(tx, effects)`` in a transaction, then apply the effects."""
+        effects = Effects()
+        result = await self.store.write(lambda tx: fn(tx, effects))
+        self.after_commit(effects)
+        return result
+
+    def load_state(self, tx: Tx, row: Row) -> WorkflowState:
+        loaded = self.definitions.load(tx, row["definition_name"], row["definition_version"])
+        activities = tx.all("workflow_activities", workflow_id=str(row["id"]))
+        return workflow_state(tx, row, loaded, activities)
+
+    def lock(self, tx: Tx, workflow_id: uuid.UUID | str) -> Row:
+        """Lock and return the workflow row.
+
+        Raises:
+            NotFoundError: no such workflow.
+        """
+        row = tx.one("lock_workflow", id=str(workflow_id))
+        if row is None:
+            raise NotFoundError(f"workflow {workflow_id} not found")
+        return row
+
+    def transition(
+        self, tx: Tx, effects: Effects, state: WorkflowState, event: Event, now: dt.datetime
+    ) -> Transition:
+        """Decide ``event`` for ``state`` and write the result (inside ``tx``)."""
+        ctx = DecideContext(now=now, templates=self.templates, secret_names=self._secret_names)
+        commands = decide(state, event, ctx)
+        attempt_ids: dict[str, uuid.UUID] = {}
+        emits: list[Emit] = []
+        cost = ZERO
+        status = state.status
+        for command in commands:
+            match command:
+                case PutActivity():
+                    new_attempt = apply_put(tx, state.id, command, now)
+                    if new_attempt is not None:
+                        attempt_ids[command.activity.key] = new_attempt
+                case PutWorkflow(status=new_status, error_message=message, finished=finished):
+                    status = new_status
+                    tx.run(
+                        "set_workflow_status",
+                        id=str(state.id),
+                        status=new_status.value,
+                        error_message=message,
+                        finished=finished,
+                        now=tx.time(now),
+                    )
+                case AddCost(amount=amount):
+                    cost += amount
+                case ConsumeSignal(signal_id=signal_id):
+                    tx.run("delete_signal", id=str(signal_id))
+                case Emit():
+                    emits.append(command)
+                case WakeQueue(queue=queue):
+                    effects.queues.add(queue)
+                case ArmTimer(at=at):
+                    effects.timers.append(at)
+        if cost:
+            tx.run(
+                "set_workflow_cost",
+                id=str(state.id),
+                total_cost_usd=tx.money(state.total_cost_usd + cost),
+                now=tx.time(now),
+            )
+        if append_events(tx, state.id, emits, now):
+            effects.workflows.add(state.id)
+        return Transition(state=state, commands=commands, attempt_ids=attempt_ids, status=status)
+
+    async def fail_run_directly(self, workflow_id: uuid.UUID | str, reason: str) -> None:
+        """Fail a run without the orchestrator, after a transition of it broke.
+
+        The last resort that keeps one bad run from blocking the engine: the
+        run becomes ``failed`` with ``reason``, its open activities
+        ``cancelled`` (running attempts keep their lease fields, so their
+        workers are told to stop). Plain SQL, no templates: it cannot fail the
+        way the broken transition did.
+        """
+        now = self.clock.now()
+        workflow = uuid.UUID(str(workflow_id))
+
+        def fail_tx(tx: Tx, effects: Effects) -> None:
+            if not tx.run(
+                "fail_workflow_directly", id=str(workflow), error_message=reason, now=tx.time(now)
+            ):
+                return
+            tx.run("cancel_open_activities", workflow_id=str(workflow), now=tx.time(now))
+            append_events(
+                tx,
+                workflow,
+                [
+                    Emit(
+                        type="workflow.failed", data={"error_message": reason, "engine_error": True}
+                    )
+                ],
+                now,
+            )
+            effects.workflows.add(workflow)
+
+        log.error("engine.run_failed_directly", workflow_id=str(workflow), reason=reason)
+        await self.write(fail_tx)
+
+    def transition_row(
+        self,
+        tx: Tx,
+        effects: Effects,
+        workflow_id: uuid.UUID | str,
+        make_event: Callable[[WorkflowState], Event],
+        now: dt.datetime,
+    ) -> Transition:
+        """Lock the run, load it, and apply the event ``make_event(state)``."""
+        state = self.load_state(tx, self.lock(tx, workflow_id))
+        return self.transition(tx, effects, state, make_event(state), now)

@@ -1,0 +1,251 @@
+"""PostgreSQL store: psycopg 3 (sync) and a connection pool, driven from Trio.
+
+Each unit of work runs in a worker thread — one thread hop per unit of work,
+not per statement — with a connection from a :class:`psycopg_pool.ConnectionPool`,
+inside one transaction. The thread limiter is sized to the pool, so a burst
+of requests queues in Trio instead of in threads blocked on the pool.
+
+Transitions lock their workflow row (``SELECT ... FOR UPDATE``), claims use
+``FOR UPDATE SKIP LOCKED``, so work on different runs never waits on each
+other and two servers never hand out the same activity. A unit of work that
+hits a deadlock or a serialization failure is retried from the start, which
+is why units of work must not have side effects outside the transaction.
+
+Notifications (:meth:`PgTx.notify`) are sent with ``pg_notify`` inside the
+transaction: PostgreSQL delivers them to listeners only if it commits.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import functools
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+import psycopg
+import psycopg.errors
+import psycopg_pool
+import structlog
+import trio
+from psycopg.adapt import Loader
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from kflow._serde import dumps_str
+from kflow.errors import StoreError, StoreUnavailableError
+from kflow.store.base import Row
+from kflow.store.queries import load_queries, migration_files
+
+T = TypeVar("T")
+
+log = structlog.get_logger("kflow.store")
+
+#: Advisory lock key that serialises migrations across processes ("kflow" in hex).
+MIGRATION_LOCK = 0x6B666C6F77
+#: How often a unit of work hitting a deadlock or serialization failure is retried.
+RETRIES = 5
+
+_RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+
+
+class _JsonAsText(Loader):
+    """Load json/jsonb as text: kflow decodes JSON itself, as it does on SQLite."""
+
+    def load(self, data: Any) -> str:
+        return bytes(data).decode()
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    conn.adapters.register_loader("jsonb", _JsonAsText)
+    conn.adapters.register_loader("json", _JsonAsText)
+
+
+class PgTx:
+    """A :class:`~kflow.store.base.Tx` over one psycopg connection in a transaction."""
+
+    dialect = "postgres"
+
+    def __init__(self, conn: psycopg.Connection[Any], queries: Mapping[str, str]) -> None:
+        self._conn = conn
+        self._queries = queries
+
+    def _sql(self, name: str) -> str:
+        try:
+            return self._queries[name]
+        except KeyError:
+            raise StoreError(f"no query named {name!r} for postgres") from None
+
+    def one(self, query: str, /, **params: Any) -> Row | None:
+        cursor = self._conn.execute(self._sql(query), params)
+        row: Row | None = cursor.fetchone() if cursor.description else None
+        return row
+
+    def all(self, query: str, /, **params: Any) -> list[Row]:
+        return self._conn.execute(self._sql(query), params).fetchall()
+
+    def run(self, query: str, /, **params: Any) -> int:
+        return self._conn.execute(self._sql(query), params).rowcount
+
+    def run_many(self, query: str, rows: Iterable[Mapping[str, Any]], /) -> None:
+        with self._conn.cursor() as cursor:
+            cursor.executemany(self._sql(query), list(rows))
+
+    def time(self, value: dt.datetime | None) -> dt.datetime | None:
+        return value
+
+    def json(self, value: Any) -> Jsonb | None:
+        return None if value is None else Jsonb(value, dumps=dumps_str)
+
+    def money(self, value: decimal.Decimal) -> decimal.Decimal:
+        return value
+
+    def notify(self, channel: str, payload: str) -> None:
+        """Queue a notification for ``channel``; sent only if the transaction commits."""
+        self._conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+
+
+def _translate(exc: psycopg.Error) -> StoreError:
+    if isinstance(exc, psycopg.OperationalError | psycopg_pool.PoolTimeout):
+        return StoreUnavailableError(f"PostgreSQL is unavailable: {exc}")
+    return StoreError(f"PostgreSQL error: {type(exc).__name__}")
+
+
+class PostgresStore:
+    """kflow state in a PostgreSQL database. Build with :meth:`open`, close with :meth:`aclose`."""
+
+    dialect = "postgres"
+
+    def __init__(
+        self, url: str, *, min_size: int = 2, max_size: int = 10, timeout: float = 30.0
+    ) -> None:
+        self.url = url
+        self._queries = load_queries("postgres")
+        self._pool = psycopg_pool.ConnectionPool(
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=timeout,
+            open=False,
+            kwargs={"row_factory": dict_row, "autocommit": False},
+            configure=_configure,
+            reconnect_timeout=timeout,
+        )
+        self._limiter = trio.CapacityLimiter(max_size)
+        self._closed = False
+
+    @classmethod
+    async def open(cls, url: str, **options: Any) -> PostgresStore:
+        """Connect (waiting for the first connection).
+
+        Raises:
+            StoreUnavailableError: no connection within the timeout.
+        """
+        store = cls(url, **options)
+        try:
+            await trio.to_thread.run_sync(functools.partial(store._pool.open, wait=True))
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            await trio.to_thread.run_sync(store._pool.close)
+            raise StoreUnavailableError(f"cannot connect to PostgreSQL: {exc}") from exc
+        return store
+
+    def _transact(self, fn: Callable[[PgTx], T], read_only: bool) -> T:
+        for attempt in range(1, RETRIES + 1):
+            try:
+                with self._pool.connection() as conn, conn.transaction():
+                    if read_only:
+                        conn.execute("SET TRANSACTION READ ONLY")
+                    return fn(PgTx(conn, self._queries))
+            except _RETRYABLE as exc:
+                if attempt == RETRIES:
+                    raise _translate(exc) from exc
+                log.info("store.retry", reason=type(exc).__name__, attempt=attempt)
+            except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+                raise _translate(exc) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def write(self, fn: Callable[[PgTx], T]) -> T:
+        """Run ``fn`` in a read-write transaction and commit (retrying deadlocks).
+
+        Raises:
+            StoreUnavailableError: PostgreSQL cannot be reached; nothing committed.
+            StoreError: another database error.
+            Exception: whatever ``fn`` raised (rolled back).
+        """
+        self._check_open()
+        return await trio.to_thread.run_sync(self._transact, fn, False, limiter=self._limiter)
+
+    async def read(self, fn: Callable[[PgTx], T]) -> T:
+        """Run ``fn`` in a read-only transaction."""
+        self._check_open()
+        return await trio.to_thread.run_sync(self._transact, fn, True, limiter=self._limiter)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("the PostgreSQL store is closed")
+
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations, each in its own transaction under an advisory lock,
+        so servers starting together apply each migration once."""
+        self._check_open()
+        return await trio.to_thread.run_sync(self._migrate, limiter=self._limiter)
+
+    def _migrate(self) -> list[str]:
+        applied: list[str] = []
+        try:
+            with self._pool.connection() as conn:
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+                    conn.execute(
+                        "CREATE TABLE IF NOT EXISTS kflow_schema (version INTEGER PRIMARY KEY, "
+                        "name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+                    )
+                for version, name, sql in migration_files("postgres"):
+                    with conn.transaction():
+                        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+                        done = conn.execute(
+                            "SELECT 1 FROM kflow_schema WHERE version = %s", (version,)
+                        ).fetchone()
+                        if done:
+                            continue
+                        conn.execute(sql)
+                        conn.execute(
+                            "INSERT INTO kflow_schema (version, name) VALUES (%s, %s)",
+                            (version, name),
+                        )
+                    applied.append(name)
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise _translate(exc) from exc
+        return applied
+
+    async def schema_version(self) -> int:
+        """The newest applied migration (0 for an empty database)."""
+
+        def version() -> int:
+            with self._pool.connection() as conn:
+                exists = conn.execute("SELECT to_regclass('kflow_schema') AS t").fetchone()
+                if not exists or exists["t"] is None:
+                    return 0
+                row = conn.execute(
+                    "SELECT COALESCE(MAX(version), 0) AS v FROM kflow_schema"
+                ).fetchone()
+                return int(row["v"]) if row else 0
+
+        return await trio.to_thread.run_sync(version, limiter=self._limiter)
+
+    def connect(self) -> psycopg.Connection[Any]:
+        """A new dedicated connection (autocommit), e.g. for LISTEN. The caller closes it.
+
+        Raises:
+            psycopg.OperationalError: PostgreSQL cannot be reached.
+        """
+        conn = psycopg.connect(self.url, autocommit=True, row_factory=dict_row)
+        _configure(conn)
+        return conn
+
+    async def aclose(self) -> None:
+        """Close the pool. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        await trio.to_thread.run_sync(self._pool.close)

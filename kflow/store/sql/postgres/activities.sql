@@ -1,0 +1,146 @@
+-- name: insert_activity
+INSERT INTO activities (workflow_id, key, position, queue, activity_name, timeout_seconds,
+                        settings, output_definitions, status, updated_at)
+VALUES (%(workflow_id)s, %(key)s, %(position)s, %(queue)s, %(activity_name)s, %(timeout_seconds)s,
+        %(settings)s, %(output_definitions)s, 'not_scheduled', %(now)s);
+
+-- name: workflow_activities
+SELECT workflow_id, key, position, queue, activity_name, timeout_seconds, settings,
+       output_definitions, status, iteration, attempt, attempt_id, parameters, available_at,
+       wait_signal, wait_timeout_at, signal_data, worker_id, claimed_at, lease_expires_at,
+       heartbeat_details, outputs, error, failure_handled, cost_usd, started_at,
+       completed_at, updated_at
+FROM activities WHERE workflow_id = %(workflow_id)s ORDER BY position;
+
+-- name: activity_by_key
+SELECT workflow_id, key, position, queue, activity_name, timeout_seconds, settings,
+       output_definitions, status, iteration, attempt, attempt_id, parameters, available_at,
+       wait_signal, wait_timeout_at, signal_data, worker_id, claimed_at, lease_expires_at,
+       heartbeat_details, outputs, error, failure_handled, cost_usd, started_at,
+       completed_at, updated_at
+FROM activities WHERE workflow_id = %(workflow_id)s AND key = %(key)s;
+
+-- name: activity_by_attempt
+SELECT workflow_id, key, status, attempt_id, worker_id, lease_client, attempt, iteration,
+       timeout_seconds, lease_expires_at, claimed_at
+FROM activities WHERE attempt_id = %(attempt_id)s;
+
+-- name: update_activity
+UPDATE activities
+SET status = %(status)s,
+    iteration = %(iteration)s,
+    attempt = %(attempt)s,
+    attempt_id = COALESCE(%(new_attempt_id)s, attempt_id),
+    parameters = %(parameters)s,
+    available_at = %(available_at)s,
+    wait_signal = %(wait_signal)s,
+    wait_timeout_at = %(wait_timeout_at)s,
+    signal_data = %(signal_data)s,
+    outputs = %(outputs)s,
+    error = %(error)s,
+    failure_handled = %(failure_handled)s,
+    cost_usd = %(cost_usd)s,
+    completed_at = %(completed_at)s,
+    worker_id = CASE WHEN %(clear_lease)s THEN NULL ELSE worker_id END,
+    lease_client = CASE WHEN %(clear_lease)s THEN NULL ELSE lease_client END,
+    claimed_at = CASE WHEN %(clear_lease)s THEN NULL ELSE claimed_at END,
+    lease_expires_at = CASE WHEN %(clear_lease)s THEN NULL ELSE lease_expires_at END,
+    heartbeat_details = CASE WHEN %(clear_details)s THEN NULL ELSE heartbeat_details END,
+    started_at = CASE WHEN %(new_attempt_id)s IS NOT NULL THEN NULL ELSE started_at END,
+    updated_at = %(now)s
+WHERE workflow_id = %(workflow_id)s AND key = %(key)s;
+
+-- name: claim_activities
+UPDATE activities
+SET status = 'running',
+    worker_id = %(worker_id)s,
+    lease_client = %(client_id)s,
+    claimed_at = %(now)s,
+    started_at = %(now)s,
+    lease_expires_at = %(now)s + make_interval(secs => activities.timeout_seconds)
+                       + %(lease_grace_micros)s * interval '1 microsecond',
+    updated_at = %(now)s
+FROM (
+    SELECT workflow_id AS c_workflow_id, key AS c_key FROM activities
+    WHERE queue = %(queue)s AND status = 'pending' AND available_at <= %(now)s
+    ORDER BY available_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED) AS claimable
+WHERE activities.workflow_id = claimable.c_workflow_id AND activities.key = claimable.c_key
+RETURNING workflow_id, key, attempt_id, queue, activity_name, timeout_seconds, settings,
+          output_definitions, parameters, signal_data, heartbeat_details, attempt, iteration,
+          lease_expires_at;
+
+-- name: extend_lease
+UPDATE activities
+SET lease_expires_at = GREATEST(lease_expires_at, %(lease_expires_at)s),
+    heartbeat_details = COALESCE(%(details)s, heartbeat_details),
+    updated_at = %(now)s
+WHERE attempt_id = %(attempt_id)s AND status = 'running' AND worker_id = %(worker_id)s;
+
+-- name: promote_due_activities
+UPDATE activities
+SET status = 'pending', updated_at = %(now)s
+FROM (
+    SELECT workflow_id AS c_workflow_id, key AS c_key FROM activities
+    WHERE status = 'waiting' AND wait_signal IS NULL AND available_at <= %(now)s
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED) AS due
+WHERE activities.workflow_id = due.c_workflow_id AND activities.key = due.c_key
+RETURNING workflow_id, key, queue;
+
+-- name: next_due_activity
+SELECT MIN(available_at) AS at FROM activities
+WHERE status = 'waiting' AND wait_signal IS NULL;
+
+-- name: expired_leases
+SELECT workflow_id, key, attempt_id, worker_id, lease_expires_at FROM activities
+WHERE status = 'running' AND lease_expires_at <= %(now)s
+ORDER BY lease_expires_at LIMIT %(limit)s;
+
+-- name: next_lease_expiry
+SELECT MIN(lease_expires_at) AS at FROM activities WHERE status = 'running';
+
+-- name: due_signal_timeouts
+SELECT workflow_id, key, attempt_id FROM activities
+WHERE status = 'waiting' AND wait_signal IS NOT NULL AND wait_timeout_at IS NOT NULL
+  AND wait_timeout_at <= %(now)s
+ORDER BY wait_timeout_at LIMIT %(limit)s;
+
+-- name: next_signal_timeout
+SELECT MIN(wait_timeout_at) AS at FROM activities
+WHERE status = 'waiting' AND wait_signal IS NOT NULL AND wait_timeout_at IS NOT NULL;
+
+-- name: pending_queues
+SELECT DISTINCT queue FROM activities WHERE status = 'pending';
+
+-- name: insert_attempt
+INSERT INTO attempts (id, workflow_id, activity_key, iteration, attempt, worker_id, outcome,
+                      error, cost_usd, usage, started_at, finished_at)
+VALUES (%(id)s, %(workflow_id)s, %(activity_key)s, %(iteration)s, %(attempt)s, %(worker_id)s, %(outcome)s,
+        %(error)s, %(cost_usd)s, %(usage)s, %(started_at)s, %(now)s)
+ON CONFLICT (id) DO NOTHING;
+
+-- name: get_attempt
+SELECT id, workflow_id, activity_key, iteration, attempt, worker_id, outcome, error,
+       cost_usd, finished_at
+FROM attempts WHERE id = %(id)s;
+
+-- name: workflow_attempts
+SELECT id, activity_key, iteration, attempt, worker_id, outcome, error, cost_usd, usage,
+       started_at, finished_at
+FROM attempts WHERE workflow_id = %(workflow_id)s ORDER BY finished_at, id;
+
+-- name: release_claim
+UPDATE activities
+SET status = 'pending', worker_id = NULL, lease_client = NULL, claimed_at = NULL,
+    lease_expires_at = NULL,
+    started_at = NULL, updated_at = %(now)s
+WHERE attempt_id = %(attempt_id)s AND status = 'running' AND worker_id = %(worker_id)s;
+
+-- name: cancel_open_activities
+UPDATE activities
+SET status = 'cancelled', completed_at = %(now)s, wait_signal = NULL, wait_timeout_at = NULL,
+    updated_at = %(now)s
+WHERE workflow_id = %(workflow_id)s
+  AND status IN ('not_scheduled', 'waiting', 'pending', 'running');

@@ -1,0 +1,68 @@
+-- name: insert_workflow
+INSERT INTO workflows (id, definition_name, definition_version, status, input, unique_key,
+                       created_at, updated_at, timeout_at)
+VALUES (%(id)s, %(definition_name)s, %(definition_version)s, 'created', %(input)s, %(unique_key)s,
+        %(now)s, %(now)s, %(timeout_at)s);
+
+-- name: get_workflow
+SELECT id, definition_name, definition_version, status, input, unique_key, error_message,
+       total_cost_usd, created_at, updated_at, completed_at, timeout_at
+FROM workflows WHERE id = %(id)s;
+
+-- name: lock_workflow
+SELECT id, definition_name, definition_version, status, input, unique_key, error_message,
+       total_cost_usd, created_at, updated_at, completed_at, timeout_at
+FROM workflows WHERE id = %(id)s
+FOR UPDATE;
+
+-- name: workflow_by_unique_key
+SELECT id, status FROM workflows
+WHERE unique_key = %(unique_key)s AND status <> 'failed';
+
+-- name: set_workflow_status
+UPDATE workflows
+SET status = %(status)s,
+    error_message = COALESCE(%(error_message)s, error_message),
+    completed_at = CASE WHEN %(finished)s THEN %(now)s ELSE completed_at END,
+    updated_at = %(now)s
+WHERE id = %(id)s;
+
+-- name: mark_workflow_running
+UPDATE workflows SET status = 'running', updated_at = %(now)s
+WHERE id = (SELECT id FROM workflows WHERE id = %(id)s AND status = 'created'
+            FOR UPDATE SKIP LOCKED);
+
+-- name: set_workflow_cost
+UPDATE workflows SET total_cost_usd = %(total_cost_usd)s, updated_at = %(now)s WHERE id = %(id)s;
+
+-- name: list_workflows
+SELECT id, status, definition_name, definition_version, created_at, updated_at,
+       completed_at, error_message, total_cost_usd
+FROM workflows
+WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
+  AND (%(definition_name)s::text IS NULL OR definition_name = %(definition_name)s::text)
+  AND (%(created_after)s::timestamptz IS NULL OR created_at >= %(created_after)s::timestamptz)
+  AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s::timestamptz)
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s OFFSET %(offset)s;
+
+-- name: count_workflows
+SELECT COUNT(*) AS total FROM workflows
+WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
+  AND (%(definition_name)s::text IS NULL OR definition_name = %(definition_name)s::text)
+  AND (%(created_after)s::timestamptz IS NULL OR created_at >= %(created_after)s::timestamptz)
+  AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s::timestamptz);
+
+-- name: due_workflow_timeouts
+SELECT id FROM workflows
+WHERE timeout_at IS NOT NULL AND status IN ('created', 'running') AND timeout_at <= %(now)s
+ORDER BY timeout_at LIMIT %(limit)s;
+
+-- name: next_workflow_timeout
+SELECT MIN(timeout_at) AS at FROM workflows
+WHERE timeout_at IS NOT NULL AND status IN ('created', 'running');
+
+-- name: fail_workflow_directly
+UPDATE workflows
+SET status = 'failed', error_message = %(error_message)s, completed_at = %(now)s, updated_at = %(now)s
+WHERE id = %(id)s AND status IN ('created', 'running');
