@@ -41,6 +41,15 @@ class EventHub:
             for key in [k for k in self._versions if k is not None and k not in watched]:
                 del self._versions[key]
 
+    def notify_all(self) -> None:
+        """Everything may have changed (another server's big batch, a reconnection)."""
+        for key in [k for k in self._events if k is not None]:
+            self.notify(key)
+        self._versions[None] += 1
+        event = self._events.pop(None, None)
+        if event is not None:
+            event.set()
+
     async def wait(self, workflow_id: uuid.UUID | None, seen: int, timeout: float) -> bool:
         """Wait until :meth:`version` moves past ``seen``; False after ``timeout`` seconds."""
         with trio.move_on_after(timeout):

@@ -1,10 +1,11 @@
 """``kflow serve``: the server process — API, scheduler and in-process workers.
 
 :func:`serve` opens the store (migrating it), builds the server context and
-runs, in one nursery: the scheduler, hypercorn on Trio serving the API, and
-(unless ``run_workers`` is off) the built-in ``std`` and ``py-std`` workers,
-which talk to the API through an in-process transport — the same requests
-and code path as any external worker, without a socket.
+runs, in one nursery: the scheduler, on PostgreSQL the listener of other
+servers' notifications (:mod:`kflow.server.listener`), hypercorn on Trio
+serving the API, and (unless ``run_workers`` is off) the built-in ``std`` and
+``py-std`` workers, which talk to the API through an in-process transport —
+the same requests and code path as any external worker, without a socket.
 
 Shutdown is orderly: when ``shutdown`` is set, the in-process workers stop
 polling and finish (or report) their in-flight work, hypercorn closes its
@@ -260,6 +261,10 @@ async def serve(
         app = build_app(ctx)
         async with trio.open_nursery() as background:
             await background.start(ctx.scheduler.serve)
+            if store.dialect == "postgres":
+                from kflow.server.listener import Listener
+
+                await background.start(Listener(ctx).serve, config.database_url)
             async with trio.open_nursery() as front:
                 binds = await front.start(
                     functools.partial(

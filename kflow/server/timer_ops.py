@@ -96,6 +96,7 @@ class TimerOps:
         return await self._each_due("expired_leases", "lease expiry", self._expire_one)
 
     def _expire_one(self, tx: Tx, effects: Effects, *, row: Row, now: dt.datetime) -> None:
+        self.engine.lock(tx, row["workflow_id"])  # then re-read under the run's lock
         current = tx.one("activity_by_key", workflow_id=row["workflow_id"], key=row["key"])
         expired_at = None if current is None else load_time(current["lease_expires_at"])
         if (
@@ -133,6 +134,7 @@ class TimerOps:
         return await self._each_due("due_signal_timeouts", "signal timeout", self._signal_one)
 
     def _signal_one(self, tx: Tx, effects: Effects, *, row: Row, now: dt.datetime) -> None:
+        self.engine.lock(tx, row["workflow_id"])  # then re-read under the run's lock
         current = tx.one("activity_by_key", workflow_id=row["workflow_id"], key=row["key"])
         if current is None or current["status"] != "waiting" or current["wait_signal"] is None:
             return  # the signal arrived meanwhile

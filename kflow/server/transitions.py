@@ -17,9 +17,11 @@ from typing import Any, Protocol
 import attrs
 import structlog
 
+from kflow._serde import dumps_str
 from kflow._types import WorkflowStatus
 from kflow.clock import Clock
 from kflow.errors import NotFoundError
+from kflow.ids import new_id
 from kflow.server.definitions import DefinitionCache
 from kflow.server.orchestrator import DecideContext, decide
 from kflow.server.persistence import append_events, apply_put, workflow_state
@@ -38,6 +40,9 @@ from kflow.server.state import (
 )
 from kflow.store.base import Row, Store, Tx
 from kflow.templates import TemplateEngine
+
+#: PostgreSQL notification channel of kflow's cross-server wake-ups.
+NOTIFY_CHANNEL = "kflow"
 
 log = structlog.get_logger("kflow.engine")
 
@@ -97,6 +102,27 @@ class Effects:
         self.timers.extend(other.timers)
         self.workflows |= other.workflows
 
+    def clear(self) -> None:
+        """Forget everything (a retried transaction starts over)."""
+        self.queues.clear()
+        self.timers.clear()
+        self.workflows.clear()
+
+    def __bool__(self) -> bool:
+        return bool(self.queues or self.timers or self.workflows)
+
+    def payload(self, origin: str) -> str:
+        """The JSON other server processes receive (see :mod:`kflow.server.listener`).
+
+        Long lists of runs collapse to ``"*"`` (wake every watcher) to stay far
+        below PostgreSQL's 8000-byte notification limit.
+        """
+        workflows: list[str] | str = sorted(str(w) for w in self.workflows)
+        if len(workflows) > 50:
+            workflows = "*"
+        timer = min(self.timers).isoformat() if self.timers else None
+        return dumps_str({"s": origin, "q": sorted(self.queues)[:100], "w": workflows, "t": timer})
+
 
 @attrs.frozen(kw_only=True)
 class Transition:
@@ -134,6 +160,8 @@ class TransitionEngine:
         self.templates = templates or TemplateEngine()
         self.definitions = definitions or DefinitionCache()
         self._secret_names = frozenset(self.settings.secrets)
+        #: Names this process in cross-server notifications (it ignores its own).
+        self.instance_id = new_id().hex
 
     # ---- plumbing ---------------------------------------------------------------
 
@@ -147,9 +175,22 @@ class TransitionEngine:
             self.hooks.notify(workflow_id)
 
     async def write(self, fn: Callable[[Tx, Effects], Any]) -> Any:
-        """Run ``fn(tx, effects)`` in a transaction, then apply the effects."""
+        """Run ``fn(tx, effects)`` in a transaction, then apply the effects.
+
+        Other server processes on the same database learn about the effects
+        through a notification sent in the transaction (delivered on commit).
+        If the store retries the transaction, the effects start over.
+        """
         effects = Effects()
-        result = await self.store.write(lambda tx: fn(tx, effects))
+
+        def unit(tx: Tx) -> Any:
+            effects.clear()
+            result = fn(tx, effects)
+            if effects:
+                tx.notify(NOTIFY_CHANNEL, effects.payload(self.instance_id))
+            return result
+
+        result = await self.store.write(unit)
         self.after_commit(effects)
         return result
 

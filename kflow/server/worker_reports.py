@@ -156,6 +156,11 @@ class WorkerReports:
 
         def report_tx(tx: Tx, effects: Effects) -> dict[str, Any]:
             row = tx.one("activity_by_attempt", attempt_id=str(attempt_id))
+            if row is not None:
+                # Lock the run first, then look again: a transition of another server
+                # (a lease expiry, a cancel) may have changed the row meanwhile.
+                engine.lock(tx, row["workflow_id"])
+                row = tx.one("activity_by_attempt", attempt_id=str(attempt_id))
             if row is None or (row["status"] != "running" and row["status"] != "cancelled"):
                 finished_attempt(tx, attempt_id, worker_id, outcome)
                 return {

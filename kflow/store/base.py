@@ -88,6 +88,10 @@ class Store(Protocol):
         """Apply pending schema migrations; returns the names applied."""
         ...
 
+    async def schema_version(self) -> int:
+        """The version of the newest applied migration (0 for an empty database)."""
+        ...
+
     async def aclose(self) -> None:
         """Close every connection. Safe to call twice."""
         ...

@@ -1,0 +1,156 @@
+"""Cross-server wake-ups over PostgreSQL LISTEN/NOTIFY.
+
+Every transaction that enqueues work, arms a timer or appends history sends
+one notification on the ``kflow`` channel (see ``Effects.payload``); it is
+delivered on commit. Each server listens on a dedicated connection and
+turns notifications of *other* servers into local wake-ups: parked long-polls
+of the queue return at once, the scheduler looks at the new timer, event
+streams read the new history.
+
+A dropped listener connection is reopened with backoff; after every
+(re)connection all parked polls and streams are woken once and the
+scheduler looks again, and a sweep every few seconds wakes parked polls of
+queues that have claimable work — so a lost notification costs latency at
+most, never work.
+
+The listening connection is owned by one worker thread (psycopg connections
+are not thread-safe); notifications are handed to Trio with
+``trio.from_thread.run_sync``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import structlog
+import trio
+
+from kflow._serde import loads
+from kflow.errors import InvalidInputError, StoreError
+from kflow.server.transitions import NOTIFY_CHANNEL
+
+log = structlog.get_logger("kflow.listener")
+
+SWEEP_SECONDS = 5.0
+POLL_SECONDS = 0.5
+
+_CONNECTED = "\x00connected"
+
+
+def _listen(url: str, stop: threading.Event, deliver: Callable[[str], None]) -> None:
+    """Thread body: LISTEN and hand every payload to ``deliver`` until ``stop``.
+
+    Raises:
+        psycopg.Error: the connection failed or dropped.
+    """
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        deliver(_CONNECTED)
+        while not stop.is_set():
+            for notification in conn.notifies(timeout=POLL_SECONDS, stop_after=500):
+                deliver(notification.payload)
+
+
+class Listener:
+    """Turns other servers' notifications into this server's wake-ups."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.connected = False
+
+    def handle(self, payload: str) -> None:
+        """Apply one notification payload (sync; never blocks)."""
+        ctx = self.ctx
+        if payload == _CONNECTED:
+            self.connected = True
+            self.wake_everything()
+            return
+        try:
+            data = loads(payload)
+        except InvalidInputError:
+            log.warning("listener.bad_payload", payload=payload[:200])
+            return
+        if not isinstance(data, dict) or data.get("s") == ctx.engine.instance_id:
+            return  # our own transaction: already woken locally
+        for queue in data.get("q") or ():
+            ctx.dispatcher.wake(str(queue))
+        workflows = data.get("w") or ()
+        if workflows == "*":
+            ctx.hub.notify_all()
+        else:
+            for workflow_id in workflows:
+                ctx.hub.notify(uuid.UUID(str(workflow_id)))
+        if data.get("t"):
+            ctx.scheduler.arm(dt.datetime.fromisoformat(str(data["t"])))
+
+    def wake_everything(self) -> None:
+        """After a (re)connection: anything may have happened meanwhile."""
+        self.ctx.dispatcher.wake_all()
+        self.ctx.hub.notify_all()
+        self.ctx.scheduler.arm(self.ctx.engine.clock.now())
+
+    async def serve(
+        self, url: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen until cancelled, reconnecting with backoff; also sweep periodically."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._sweep)
+            started = False
+            delay = 0.5
+            while True:
+                stop = threading.Event()
+                deliver = self._deliverer(stop)
+                try:
+                    if not started:
+                        task_status.started()
+                        started = True
+                    await trio.to_thread.run_sync(
+                        _listen, url, stop, deliver, abandon_on_cancel=True
+                    )
+                except psycopg.Error as exc:
+                    self.connected = False
+                    log.warning(
+                        "listener.disconnected",
+                        error=str(exc).splitlines()[0][:200],
+                        retry_in=delay,
+                    )
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+                    continue
+                finally:
+                    stop.set()
+                delay = 0.5
+
+    def _deliverer(self, stop: threading.Event) -> Callable[[str], None]:
+        """What the listening thread calls per payload (it stops once Trio is gone)."""
+
+        def deliver(payload: str) -> None:
+            try:
+                trio.from_thread.run_sync(self.handle, payload)
+            except trio.RunFinishedError:
+                stop.set()
+
+        return deliver
+
+    async def _sweep(self) -> None:
+        """Every few seconds, wake parked polls of queues that have claimable work."""
+        ctx = self.ctx
+        while True:
+            await trio.sleep(SWEEP_SECONDS)
+            waiting = ctx.dispatcher.waiting_queues()
+            if not waiting:
+                continue
+            try:
+                rows = await ctx.store.read(lambda tx: tx.all("pending_queues"))
+            except StoreError as exc:
+                log.warning("listener.sweep_failed", error=str(exc))
+                continue
+            ready = {str(r["queue"]) for r in rows}
+            for queue in waiting:
+                if queue in ready:
+                    ctx.dispatcher.wake(queue)

@@ -1,0 +1,99 @@
+"""The store contract, on SQLite and PostgreSQL alike: named queries, migrations."""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+
+from kflow.store.base import Store
+from kflow.store.postgres import PostgresStore
+from kflow.store.queries import load_queries, migration_files, parse_queries
+from kflow.store.sqlite import SqliteStore
+from tests.conftest import reset_postgres
+
+
+def test_both_dialects_define_the_same_queries() -> None:
+    sqlite, postgres = load_queries("sqlite"), load_queries("postgres")
+    assert sorted(sqlite) == sorted(postgres)
+
+
+def test_both_dialects_have_the_same_migration_versions() -> None:
+    versions = {d: [v for v, _, _ in migration_files(d)] for d in ("sqlite", "postgres")}
+    assert versions["sqlite"] == versions["postgres"]
+    assert versions["sqlite"] == list(range(1, len(versions["sqlite"]) + 1))
+
+
+def test_query_files_are_parsed_strictly() -> None:
+    assert parse_queries("-- name: a\nSELECT 1;\n-- name: b\nSELECT 2") == {
+        "a": "SELECT 1", "b": "SELECT 2"}
+    for bad, message in [("SELECT 0;\n-- name: a\nSELECT 1", "before the first"),
+                         ("-- name: a\n", "is empty"),
+                         ("-- name: a\nSELECT 1\n-- name: a\nSELECT 2", "defined twice")]:
+        with pytest.raises(ValueError, match=message):
+            parse_queries(bad)
+
+
+async def _open(dialect: str, tmp_path: pathlib.Path, postgres: str | None) -> Store:
+    if dialect == "sqlite":
+        return await SqliteStore.open(tmp_path / "contract.db", synchronous="normal")
+    assert postgres is not None
+    return await PostgresStore.open(postgres)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def empty_database(request: pytest.FixtureRequest,
+                         tmp_path: pathlib.Path) -> AsyncIterator[tuple[str, str | None]]:
+    postgres = None
+    if request.param == "postgres":
+        postgres = str(request.getfixturevalue("postgres_url"))
+        import psycopg
+
+        with psycopg.connect(postgres, autocommit=True) as conn:  # truly empty
+            conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    yield request.param, postgres
+    if postgres is not None:
+        with psycopg.connect(postgres, autocommit=True) as conn:
+            conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+        reset_postgres(postgres)
+
+
+async def test_upgrade_from_an_empty_database(
+    empty_database: tuple[str, str | None], tmp_path: pathlib.Path
+) -> None:
+    dialect, postgres = empty_database
+    store = await _open(dialect, tmp_path, postgres)
+    try:
+        assert await store.schema_version() == 0
+        applied = await store.migrate()
+        latest = migration_files(dialect)[-1][0]
+        assert applied == [name for _, name, _ in migration_files(dialect)]
+        assert await store.schema_version() == latest
+        assert await store.migrate() == []  # idempotent
+        # every named query at least prepares against the migrated schema
+        rows = await store.read(lambda tx: tx.all("list_clients"))
+        assert rows == []
+    finally:
+        await store.aclose()
+
+
+async def test_two_processes_migrating_at_once_apply_each_migration_once(
+    empty_database: tuple[str, str | None], tmp_path: pathlib.Path
+) -> None:
+    dialect, postgres = empty_database
+    stores = [await _open(dialect, tmp_path, postgres) for _ in range(3)]
+    results: list[list[str]] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            for store in stores:
+                async def migrate(s: Store = store) -> None:
+                    results.append(await s.migrate())
+
+                nursery.start_soon(migrate)
+        applied = sorted(name for result in results for name in result)
+        assert applied == sorted(name for _, name, _ in migration_files(dialect))
+    finally:
+        for store in stores:
+            await store.aclose()

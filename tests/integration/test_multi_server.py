@@ -1,0 +1,82 @@
+"""Two servers on one PostgreSQL database wake each other through LISTEN/NOTIFY."""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+import trio
+
+from kflow.server.serve import RunningServer, serve
+from tests.conftest import reset_postgres
+from tests.integration.conftest import make_config
+
+pytestmark = pytest.mark.postgres
+
+HELLO = "name: hello\nactivities:\n  - {key: a, activity_name: echo, parameters: {x: 1}}\n"
+
+
+@pytest.fixture
+async def two_servers(
+    postgres_url: str, tmp_path: pathlib.Path, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[RunningServer, RunningServer]]:
+    """Servers ``a`` and ``b``; with the marker ``workers_on_a`` only ``a`` runs workers."""
+    reset_postgres(postgres_url)
+    workers_on_a = request.node.get_closest_marker("workers_on_a") is not None
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        servers = []
+        for name in ("a", "b"):
+            config = make_config(tmp_path / name, database_url=postgres_url, port=0,
+                                 scheduler_max_sleep=30.0,  # no sweep: only NOTIFY wakes
+                                 run_workers=workers_on_a and name == "a",
+                                 inprocess_workers=("std",))
+            servers.append(await nursery.start(
+                lambda task_status, c=config: serve(c, shutdown=shutdown,
+                                                    task_status=task_status)))
+        yield servers[0], servers[1]
+        shutdown.set()
+
+
+async def test_a_long_poll_on_one_server_wakes_for_work_started_on_the_other(
+    two_servers: tuple[RunningServer, RunningServer],
+) -> None:
+    first, second = two_servers
+    async with httpx.AsyncClient(timeout=60) as http:
+        assert (await http.post(f"{first.url}/api/v1/workflow_definitions",
+                                content=HELLO)).status_code == 201
+        result: dict[str, object] = {}
+
+        async def park_on_second() -> None:
+            started = trio.current_time()
+            answer = await http.post(f"{second.url}/api/v1/workers/poll", json={
+                "worker": "std", "worker_id": "w-b", "wait_seconds": 20})
+            result["items"] = answer.json()["activities"]
+            result["seconds"] = trio.current_time() - started
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(park_on_second)
+            await trio.sleep(0.5)  # let the poll park (no work exists yet)
+            started = await http.post(f"{first.url}/api/v1/workflows",
+                                      json={"definition_name": "hello"})
+            assert started.status_code == 201
+    assert len(result["items"]) == 1  # type: ignore[arg-type]
+    assert result["seconds"] < 10  # type: ignore[operator]  # woken, not timed out
+
+
+@pytest.mark.workers_on_a
+async def test_an_event_stream_on_one_server_follows_a_run_moved_by_the_other(
+    two_servers: tuple[RunningServer, RunningServer],
+) -> None:
+    from kflow.client import AsyncClient, ClientConfig
+
+    first, second = two_servers
+    async with AsyncClient(config=ClientConfig(api_url=first.url)) as on_first, \
+            AsyncClient(config=ClientConfig(api_url=second.url)) as on_second:
+        await on_first.deploy(HELLO)
+        run = await on_first.start("hello")
+        with trio.fail_after(20):
+            done = await on_second.wait(run["workflow_id"])  # the built-in workers complete it
+    assert done["status"] == "completed"
