@@ -59,6 +59,8 @@ class ServerConfig:
     json_body_limit: int = 10 * 1024 * 1024
     file_body_limit: int = 50 * 1024 * 1024
     sqlite_synchronous: str = "full"
+    #: Connections of a PostgreSQL server process (its database threads).
+    db_pool_size: int = 10
     worker_concurrency: int = 16
     script_pool_size: int = 2
     script_memory_mb: int = 1024
@@ -149,6 +151,7 @@ _ENV_FIELDS: dict[str, tuple[str, Any]] = {
     "KFLOW_SQLITE_SYNCHRONOUS": ("sqlite_synchronous", str),
     "KFLOW_WORKER_CONCURRENCY": ("worker_concurrency", (int, 1)),
     "KFLOW_SCRIPT_POOL_SIZE": ("script_pool_size", (int, 1)),
+    "KFLOW_DB_POOL_SIZE": ("db_pool_size", (int, 2)),
     "KFLOW_SCRIPT_MEMORY_MB": ("script_memory_mb", (int, 0)),
     "KFLOW_LOG_LEVEL": ("log_level", str),
     "KFLOW_LOG_FORMAT": ("log_format", str),

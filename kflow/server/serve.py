@@ -70,9 +70,11 @@ async def open_store(config: ServerConfig) -> Store:
         from kflow.store.postgres import PostgresStore
     except ImportError as exc:
         raise ConfigError(
-            "PostgreSQL storage is not available in this build; use a sqlite:/// URL"
+            "PostgreSQL needs the postgres extra: pip install 'kflow[postgres]'"
         ) from exc
-    store: Store = await PostgresStore.open(config.database_url)
+    store: Store = await PostgresStore.open(
+        config.database_url, min_size=min(2, config.db_pool_size), max_size=config.db_pool_size
+    )
     return store
 
 

@@ -130,6 +130,9 @@ class PostgresStore:
             kwargs={"row_factory": dict_row, "autocommit": False},
             configure=_configure,
             reconnect_timeout=timeout,
+            # After a database restart every pooled connection is dead: test each on
+            # checkout, so a request gets a fresh one instead of an error.
+            check=psycopg_pool.ConnectionPool.check_connection,
         )
         self._limiter = trio.CapacityLimiter(max_size)
         self._closed = False
