@@ -42,13 +42,13 @@ POLL_SECONDS = 0.5
 _CONNECTED = "\x00connected"
 
 
-def _listen(url: str, stop: threading.Event, deliver: Callable[[str], None]) -> None:
+def _listen(url: str, name: str, stop: threading.Event, deliver: Callable[[str], None]) -> None:
     """Thread body: LISTEN and hand every payload to ``deliver`` until ``stop``.
 
     Raises:
         psycopg.Error: the connection failed or dropped.
     """
-    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+    with psycopg.connect(url, autocommit=True, connect_timeout=10, application_name=name) as conn:
         conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
         deliver(_CONNECTED)
         while not stop.is_set():
@@ -62,6 +62,8 @@ class Listener:
     def __init__(self, ctx: Any) -> None:
         self.ctx = ctx
         self.connected = False
+        #: How the listening connection shows in ``pg_stat_activity``.
+        self.application_name = f"kflow-listener-{ctx.engine.instance_id[:12]}"
 
     def handle(self, payload: str) -> None:
         """Apply one notification payload (sync; never blocks)."""
@@ -110,7 +112,7 @@ class Listener:
                         task_status.started()
                         started = True
                     await trio.to_thread.run_sync(
-                        _listen, url, stop, deliver, abandon_on_cancel=True
+                        _listen, url, self.application_name, stop, deliver, abandon_on_cancel=True
                     )
                 except psycopg.Error as exc:
                     self.connected = False

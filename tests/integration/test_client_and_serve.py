@@ -17,15 +17,18 @@ from kflow.config import server_config
 from kflow.errors import ApiError
 from kflow.server.auth import client_summary
 from kflow.server.serve import RunningServer, seed_client, serve
-from tests.integration.conftest import make_config
+from tests.integration.conftest import DIALECTS, database_for, make_config
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
 
 
-@pytest.fixture
-async def server(tmp_path: pathlib.Path) -> AsyncIterator[RunningServer]:
+@pytest.fixture(params=DIALECTS)
+async def server(
+    request: pytest.FixtureRequest, tmp_path: pathlib.Path
+) -> AsyncIterator[RunningServer]:
     config = make_config(
         tmp_path,
+        database_url=database_for(request, tmp_path),
         port=0,
         run_workers=True,
         insecure_dev=False,

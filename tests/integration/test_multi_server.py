@@ -29,13 +29,21 @@ async def two_servers(
     async with trio.open_nursery() as nursery:
         servers = []
         for name in ("a", "b"):
-            config = make_config(tmp_path / name, database_url=postgres_url, port=0,
-                                 scheduler_max_sleep=30.0,  # no sweep: only NOTIFY wakes
-                                 run_workers=workers_on_a and name == "a",
-                                 inprocess_workers=("std",))
-            servers.append(await nursery.start(
-                lambda task_status, c=config: serve(c, shutdown=shutdown,
-                                                    task_status=task_status)))
+            config = make_config(
+                tmp_path / name,
+                database_url=postgres_url,
+                port=0,
+                scheduler_max_sleep=30.0,  # no sweep: only NOTIFY wakes
+                run_workers=workers_on_a and name == "a",
+                inprocess_workers=("std",),
+            )
+            servers.append(
+                await nursery.start(
+                    lambda task_status, c=config: serve(
+                        c, shutdown=shutdown, task_status=task_status
+                    )
+                )
+            )
         yield servers[0], servers[1]
         shutdown.set()
 
@@ -45,22 +53,26 @@ async def test_a_long_poll_on_one_server_wakes_for_work_started_on_the_other(
 ) -> None:
     first, second = two_servers
     async with httpx.AsyncClient(timeout=60) as http:
-        assert (await http.post(f"{first.url}/api/v1/workflow_definitions",
-                                content=HELLO)).status_code == 201
+        assert (
+            await http.post(f"{first.url}/api/v1/workflow_definitions", content=HELLO)
+        ).status_code == 201
         result: dict[str, object] = {}
 
         async def park_on_second() -> None:
             started = trio.current_time()
-            answer = await http.post(f"{second.url}/api/v1/workers/poll", json={
-                "worker": "std", "worker_id": "w-b", "wait_seconds": 20})
+            answer = await http.post(
+                f"{second.url}/api/v1/workers/poll",
+                json={"worker": "std", "worker_id": "w-b", "wait_seconds": 20},
+            )
             result["items"] = answer.json()["activities"]
             result["seconds"] = trio.current_time() - started
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(park_on_second)
             await trio.sleep(0.5)  # let the poll park (no work exists yet)
-            started = await http.post(f"{first.url}/api/v1/workflows",
-                                      json={"definition_name": "hello"})
+            started = await http.post(
+                f"{first.url}/api/v1/workflows", json={"definition_name": "hello"}
+            )
             assert started.status_code == 201
     assert len(result["items"]) == 1  # type: ignore[arg-type]
     assert result["seconds"] < 10  # type: ignore[operator]  # woken, not timed out
@@ -73,10 +85,43 @@ async def test_an_event_stream_on_one_server_follows_a_run_moved_by_the_other(
     from kflow.client import AsyncClient, ClientConfig
 
     first, second = two_servers
-    async with AsyncClient(config=ClientConfig(api_url=first.url)) as on_first, \
-            AsyncClient(config=ClientConfig(api_url=second.url)) as on_second:
+    async with (
+        AsyncClient(config=ClientConfig(api_url=first.url)) as on_first,
+        AsyncClient(config=ClientConfig(api_url=second.url)) as on_second,
+    ):
         await on_first.deploy(HELLO)
         run = await on_first.start("hello")
         with trio.fail_after(20):
             done = await on_second.wait(run["workflow_id"])  # the built-in workers complete it
     assert done["status"] == "completed"
+
+
+async def test_a_listener_that_loses_its_connection_reconnects(
+    two_servers: tuple[RunningServer, RunningServer], postgres_url: str
+) -> None:
+    import psycopg
+
+    _, second = two_servers
+    name = f"kflow-listener-{second.context.engine.instance_id[:12]}"
+
+    def listener_pids() -> list[int]:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (name,)
+            ).fetchall()
+            return [r[0] for r in rows]
+
+    with trio.fail_after(10):
+        while not (before := await trio.to_thread.run_sync(listener_pids)):
+            await trio.sleep(0.1)
+
+    def terminate() -> None:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(%s)", (before[0],))
+
+    await trio.to_thread.run_sync(terminate)
+    with trio.fail_after(20):  # a new listening connection appears (backoff starts at 0.5 s)
+        while not (after := await trio.to_thread.run_sync(listener_pids)) or after == before:
+            await trio.sleep(0.2)
+    # and wake-ups flow again
+    await test_a_long_poll_on_one_server_wakes_for_work_started_on_the_other(two_servers)
