@@ -1,6 +1,8 @@
 """The standard activities and the registries of the standard workers.
 
-- :func:`std_registry` — worker ``std``: ``echo``, ``http_request``, ``email_send``.
+- :func:`std_registry` — worker ``std``: ``echo``, ``http_request``, ``email_send``,
+  and ``postgres_query`` / ``postgres_transaction`` when psycopg 3 is installed
+  (the ``postgres`` or ``std`` extra; see :func:`postgres_available`).
 - :func:`py_std_registry` — worker ``py-std``: ``script`` on a shared :class:`ScriptPool`.
 - :func:`load_plugins` — add activities offered by installed packages through
   the entry-point group ``kflow.activities`` (how ``kflow_llm`` adds
@@ -30,6 +32,11 @@ from kflow.activities.http_request import (
     HttpRequestActivity,
     new_http_client,
 )
+from kflow.activities.postgres import (
+    PostgresQueryActivity,
+    PostgresTransactionActivity,
+    postgres_available,
+)
 from kflow.activities.script import ScriptActivity
 from kflow.activities.script_pool import ScriptOutcome, ScriptPool
 from kflow.worker.registry import ActivityRegistry
@@ -44,7 +51,8 @@ def std_registry(
     http: httpx.AsyncClient | None = None,
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
 ) -> ActivityRegistry:
-    """The ``std`` worker's registry: echo, http_request, email_send.
+    """The ``std`` worker's registry: echo, http_request, email_send, and
+    postgres_query / postgres_transaction when :func:`postgres_available`.
 
     Without ``http`` a client is created here and owned by the registry's
     ``http_request`` activity: call :func:`aclose_registry` when done.
@@ -56,6 +64,9 @@ def std_registry(
     registry.register(HttpRequestActivity(client, max_response_bytes=max_response_bytes,
                                           owns_client=owns))
     registry.register(EmailSendActivity())
+    if postgres_available():  # psycopg is an optional extra, imported only here
+        registry.register(PostgresQueryActivity())
+        registry.register(PostgresTransactionActivity())
     return registry
 
 
@@ -131,6 +142,8 @@ __all__ = [
     "EchoActivity",
     "EmailSendActivity",
     "HttpRequestActivity",
+    "PostgresQueryActivity",
+    "PostgresTransactionActivity",
     "ScriptActivity",
     "ScriptOutcome",
     "ScriptPool",
@@ -138,6 +151,7 @@ __all__ = [
     "load_plugins",
     "new_http_client",
     "open_std_registry",
+    "postgres_available",
     "py_std_registry",
     "std_registry",
 ]

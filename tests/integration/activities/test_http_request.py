@@ -24,7 +24,12 @@ from starlette.responses import (
 )
 from starlette.routing import Mount, Route
 
-from kflow.activities import aclose_registry, open_std_registry, std_registry
+from kflow.activities import (
+    aclose_registry,
+    open_std_registry,
+    postgres_available,
+    std_registry,
+)
 from kflow.activities.http_request import HttpRequestActivity
 from kflow.errors import ActivityError
 from kflow.worker.context import ActivityContext
@@ -191,7 +196,8 @@ async def test_connection_refused_is_retryable_http_error(http) -> None:
 
 async def test_std_registry_owns_and_closes_its_client(base_url) -> None:
     registry = std_registry()
-    assert registry.names("std") == ["echo", "email_send", "http_request"]
+    postgres = ["postgres_query", "postgres_transaction"] if postgres_available() else []
+    assert registry.names("std") == ["echo", "email_send", "http_request", *postgres]
     act = registry.get("std", "http_request")
     result = await act.execute({"method": "GET", "url": f"{base_url}/json"}, ctx())
     assert result.to_output_dict()["response"]["body"] == {"hello": "world"}

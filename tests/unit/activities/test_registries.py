@@ -15,6 +15,7 @@ from kflow.activities import (
     aclose_registry,
     load_plugins,
     open_std_registry,
+    postgres_available,
     py_std_registry,
     std_registry,
 )
@@ -25,7 +26,9 @@ from kflow.worker.context import ActivityContext
 async def test_std_and_py_std_registries() -> None:
     async with httpx.AsyncClient() as http:
         std = std_registry(http=http)
-        assert std.activity_types() == ["std.echo", "std.email_send", "std.http_request"]
+        postgres = ["std.postgres_query", "std.postgres_transaction"]
+        assert std.activity_types() == ["std.echo", "std.email_send", "std.http_request",
+                                        *(postgres if postgres_available() else [])]
         await aclose_registry(std)
         assert not http.is_closed  # injected: the caller's to close
     async with ScriptPool(size=1) as pool:  # no child is started until a run
