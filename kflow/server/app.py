@@ -15,6 +15,7 @@ from kflow.server.routes import (
     files,
     health,
     oauth,
+    schedules,
     workers,
     workflows,
 )
@@ -27,6 +28,7 @@ def build_app(ctx: ServerContext) -> Starlette:
         *oauth.routes,
         *definitions.routes,
         *workflows.routes,
+        *schedules.routes,
         *events.routes,
         *events_ws.routes,
         *workers.routes,

@@ -72,54 +72,81 @@ class RunOps(TransitionEngine):
             ConflictError: ``unique_key`` is held by a run that has not failed.
         """
         now = self.clock.now()
-        data = dict(input or {})
 
         def start_tx(tx: Tx, effects: Effects) -> StartedWorkflow:
-            loaded = self.definitions.load(tx, name, version)
-            if unique_key is not None:
-                held = tx.one("workflow_by_unique_key", unique_key=unique_key)
-                if held is not None:
-                    raise ConflictError(
-                        f"unique_key {unique_key!r} is already used by workflow {held['id']} "
-                        f"({held['status']})",
-                        details={"workflow_id": str(held["id"]), "status": held["status"]},
-                    )
-            workflow_id = new_id()
-            timeout = loaded.definition.settings.timeout_seconds
-            timeout_at = None if timeout is None else now + dt.timedelta(seconds=timeout)
-            tx.run(
-                "insert_workflow",
-                id=str(workflow_id),
-                definition_name=loaded.name,
-                definition_version=loaded.version,
-                input=tx.json(data),
-                unique_key=unique_key,
-                now=tx.time(now),
-                timeout_at=tx.time(timeout_at),
-            )
-            insert_activities(tx, workflow_id, loaded.definition, now)
-            state = WorkflowState(
-                id=workflow_id,
-                status=WorkflowStatus.CREATED,
-                definition=loaded.definition,
-                graph=loaded.graph,
-                input=data,
-                created_at=now,
-                activities={a.key: ActivityState(key=a.key) for a in loaded.definition.activities},
-            )
-            if timeout_at is not None:
-                effects.timers.append(timeout_at)
-            result = self.transition(tx, effects, state, WorkflowStarted(), now)
-            return StartedWorkflow(
-                id=workflow_id,
-                definition_name=loaded.name,
-                definition_version=loaded.version,
-                status=result.status,
-                created_at=now,
+            return self.start_in_tx(
+                tx, effects, name, version=version, input=input, unique_key=unique_key, now=now
             )
 
         started: StartedWorkflow = await self.write(start_tx)
         return started
+
+    def start_in_tx(
+        self,
+        tx: Tx,
+        effects: Effects,
+        name: str,
+        *,
+        version: str | None = None,
+        input: Mapping[str, Any] | None = None,
+        unique_key: str | None = None,
+        now: dt.datetime,
+    ) -> StartedWorkflow:
+        """Create a run and start its roots inside the caller's transaction ``tx``.
+
+        The unit of work of :meth:`start`, for callers that must start a run
+        atomically with writes of their own (a schedule firing). Post-commit
+        work is added to ``effects``; the caller applies it after the commit
+        (:meth:`write` does).
+
+        Raises:
+            NotFoundError: no such definition (or version).
+            ConflictError: ``unique_key`` is held by a run that has not failed.
+                Both are raised before anything is written in ``tx``.
+        """
+        data = dict(input or {})
+        loaded = self.definitions.load(tx, name, version)
+        if unique_key is not None:
+            held = tx.one("workflow_by_unique_key", unique_key=unique_key)
+            if held is not None:
+                raise ConflictError(
+                    f"unique_key {unique_key!r} is already used by workflow {held['id']} "
+                    f"({held['status']})",
+                    details={"workflow_id": str(held["id"]), "status": held["status"]},
+                )
+        workflow_id = new_id()
+        timeout = loaded.definition.settings.timeout_seconds
+        timeout_at = None if timeout is None else now + dt.timedelta(seconds=timeout)
+        tx.run(
+            "insert_workflow",
+            id=str(workflow_id),
+            definition_name=loaded.name,
+            definition_version=loaded.version,
+            input=tx.json(data),
+            unique_key=unique_key,
+            now=tx.time(now),
+            timeout_at=tx.time(timeout_at),
+        )
+        insert_activities(tx, workflow_id, loaded.definition, now)
+        state = WorkflowState(
+            id=workflow_id,
+            status=WorkflowStatus.CREATED,
+            definition=loaded.definition,
+            graph=loaded.graph,
+            input=data,
+            created_at=now,
+            activities={a.key: ActivityState(key=a.key) for a in loaded.definition.activities},
+        )
+        if timeout_at is not None:
+            effects.timers.append(timeout_at)
+        result = self.transition(tx, effects, state, WorkflowStarted(), now)
+        return StartedWorkflow(
+            id=workflow_id,
+            definition_name=loaded.name,
+            definition_version=loaded.version,
+            status=result.status,
+            created_at=now,
+        )
 
     async def cancel(self, workflow_id: uuid.UUID, reason: str = "cancelled by request") -> str:
         """Cancel a run; returns its status afterwards. Idempotent for cancelled runs.

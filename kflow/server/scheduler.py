@@ -1,5 +1,5 @@
 """The scheduler: fires timers — delays, retry backoff, lease expiry, signal
-and workflow timeouts.
+and workflow timeouts — and recurring schedules.
 
 It sleeps until the earliest due time in the database (or until the engine
 arms an earlier one), then runs each timed transition in bounded batches. A
@@ -52,6 +52,7 @@ class Scheduler:
             self.ops.signal_timeouts,
             self.ops.workflow_timeouts,
             self.ops.promote_due,
+            self.ops.fire_schedules,
         ):
             while True:
                 count = await step()

@@ -1,4 +1,5 @@
-"""Timed transitions: due activities, expired leases, signal and workflow timeouts.
+"""Timed transitions: due activities, expired leases, signal and workflow timeouts,
+and recurring schedules.
 
 The scheduler calls these. Each step reads a bounded batch of due items and
 then handles every item in its own transaction (one transition per
@@ -6,6 +7,7 @@ transaction), re-checking inside it that the item is still due — another
 server, or a report that just arrived, may have dealt with it. If handling
 one item fails unexpectedly, its run is failed directly (with the error
 named) so that one bad run can never block the timers of all the others.
+Schedules are fired by :class:`~kflow.server.schedule_firing.ScheduleFirer`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from kflow._types import ActivityStatus
 from kflow.errors import KflowError
 from kflow.server.engine import Effects, Engine
 from kflow.server.persistence import record_attempt
+from kflow.server.schedule_firing import ScheduleFirer
 from kflow.server.state import (
     ActivityFailed,
     ErrorInfo,
@@ -47,6 +50,7 @@ class TimerOps:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self.schedules = ScheduleFirer(engine)
 
     async def promote_due(self) -> int:
         """Move waiting activities whose time has come into their queues."""
@@ -154,8 +158,13 @@ class TimerOps:
         reason = stuck_reason(tx, state, now)
         engine.transition(tx, effects, state, WorkflowTimedOut(reason=reason), now)
 
+    async def fire_schedules(self) -> int:
+        """Fire due schedules (at most one run per schedule and period, across servers);
+        returns how many were due."""
+        return len(await self.schedules.fire_due(BATCH))
+
     async def next_due(self) -> dt.datetime | None:
-        """The earliest time any timer is due, or None when nothing waits."""
+        """The earliest time any timer (or schedule) is due, or None when nothing waits."""
 
         def next_tx(tx: Tx) -> dt.datetime | None:
             times = [
@@ -165,6 +174,7 @@ class TimerOps:
                     "next_lease_expiry",
                     "next_signal_timeout",
                     "next_workflow_timeout",
+                    "next_schedule_fire",
                 )
             ]
             found = [t for t in times if t is not None]

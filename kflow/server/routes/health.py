@@ -18,11 +18,13 @@ from kflow.server.openapi import build_openapi
 FEATURES = [
     "cancel",
     "events_sse",
+    "events_ws",
     "files",
     "heartbeat_details",
     "lease_ownership",
     "long_poll",
     "loops",
+    "schedules",
     "scopes",
     "signals",
     "unique_key",
