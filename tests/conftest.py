@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
+import urllib.parse
 from collections.abc import Iterator
 
 import pytest
@@ -21,26 +23,37 @@ DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
-    """A fresh, empty database for this session (dropped afterwards)."""
-    import urllib.parse
+    """A fresh, empty database for this session (dropped afterwards).
 
+    No connection is held for the session: some acceptance tests restart
+    PostgreSQL, which would break a long-lived administration connection and
+    with it the final ``DROP``.
+    """
     import psycopg
 
     admin = os.environ.get(POSTGRES_ENV, DEFAULT_POSTGRES)
+    name = f"kflow_test_{os.getpid()}_{secrets.token_hex(4)}"
     try:
-        conn = psycopg.connect(admin, autocommit=True, connect_timeout=5)
+        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
     except psycopg.OperationalError as exc:
         message = f"PostgreSQL is not reachable at {admin} ({POSTGRES_ENV}): {exc}"
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message + " — CI requires it")
         pytest.skip(message)
-    name = f"kflow_test_{os.getpid()}_{secrets.token_hex(4)}"
-    with conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield urllib.parse.urlsplit(admin)._replace(path=f"/{name}").geturl()
-        finally:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield urllib.parse.urlsplit(admin)._replace(path=f"/{name}").geturl()
+    finally:
+        deadline = time.monotonic() + 30  # PostgreSQL may still be coming back up
+        while True:
+            try:
+                with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                break
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
 
 def reset_postgres(url: str) -> None:

@@ -6,6 +6,11 @@ Shared by the acceptance and compat layers (their conftests expose the
 Each test gets its own SQLite file, port and credentials. Processes are
 killed at teardown whatever happened; their output is kept in tmp_path and
 printed when a test fails.
+
+A cluster built with ``postgres=URL`` (see :func:`cluster_context`) stores
+everything in that PostgreSQL database instead: several ``kflow serve``
+processes can then share it, each on a port of its own (``serve(port=...)``),
+with workers pointed at any of them (``worker(api_url=...)``).
 """
 
 from __future__ import annotations
@@ -72,10 +77,21 @@ class Cluster:
     env: dict[str, str]
     nursery: trio.Nursery
     procs: list[Proc] = attrs.field(factory=list)
+    #: A PostgreSQL URL: the servers share this database instead of the SQLite file.
+    postgres: str | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.url_of(self.port)
+
+    @staticmethod
+    def url_of(port: int) -> str:
+        return f"http://127.0.0.1:{port}"
+
+    @property
+    def database_url(self) -> str:
+        """What servers get as ``--db``."""
+        return self.postgres or f"sqlite:///{self.db}"
 
     @property
     def db(self) -> pathlib.Path:
@@ -117,40 +133,54 @@ class Cluster:
         if proc.expected:
             raise AssertionError(f"{proc.name} exited with {code}:\n{proc.output()[-4000:]}")
 
-    async def serve(self, *extra: str) -> Proc:
+    async def serve(self, *extra: str, port: int | None = None, name: str = "server") -> Proc:
+        """Start ``kflow serve`` on ``port`` (default: the cluster's) and wait until it answers."""
+        port = self.port if port is None else port
         proc = await self.spawn(
-            "server",
+            name,
             "serve",
             "--port",
-            str(self.port),
+            str(port),
             "--db",
-            f"sqlite:///{self.db}",
+            self.database_url,
             "--seed-client",
             *extra,
         )
-        await self.wait_ready(proc)
+        await self.wait_ready(proc, url=self.url_of(port))
         return proc
 
-    async def worker(self, *args: str) -> Proc:
-        return await self.spawn("worker", "worker", "--api-url", self.url, *args)
+    async def worker(
+        self,
+        *args: str,
+        api_url: str | None = None,
+        name: str = "worker",
+        extra_env: dict[str, str] | None = None,
+    ) -> Proc:
+        """Start ``kflow worker`` talking to ``api_url`` (default: the cluster's server)."""
+        return await self.spawn(
+            name, "worker", "--api-url", api_url or self.url, *args, extra_env=extra_env
+        )
 
-    async def wait_ready(self, proc: Proc, timeout: float = 30) -> None:
-        async with AsyncClient(config=ClientConfig(api_url=self.url)) as kf:
+    async def wait_ready(self, proc: Proc, timeout: float = 30, url: str | None = None) -> None:
+        url = url or self.url
+        async with AsyncClient(config=ClientConfig(api_url=url)) as kf:
             with trio.fail_after(timeout):
                 while True:
                     if not proc.alive():
                         raise AssertionError(f"{proc.name} exited:\n{proc.output()}")
                     try:
-                        await kf._http.get(self.url + "/health")
+                        await kf._http.get(url + "/health")
                         return
                     except OSError:
                         await trio.sleep(0.1)
                     except Exception:
                         await trio.sleep(0.1)
 
-    def client(self) -> AsyncClient:
+    def client(self, url: str | None = None) -> AsyncClient:
         return AsyncClient(
-            config=ClientConfig(api_url=self.url, client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
+            config=ClientConfig(
+                api_url=url or self.url, client_id=CLIENT_ID, client_secret=CLIENT_SECRET
+            )
         )
 
     def ledger_lines(self) -> list[tuple[str, str, int]]:
@@ -163,6 +193,16 @@ class Cluster:
         return rows
 
     def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        """Rows of ``sql`` (``?`` placeholders) run against the cluster's database.
+
+        On PostgreSQL this opens a short-lived connection (blocking; wrap it in
+        ``trio.to_thread.run_sync`` while processes need the event loop).
+        """
+        if self.postgres is not None:
+            import psycopg
+
+            with psycopg.connect(self.postgres, autocommit=True, connect_timeout=5) as conn:
+                return conn.execute(sql.replace("?", "%s"), params).fetchall()
         with sqlite3.connect(self.db) as conn:
             return conn.execute(sql, params).fetchall()
 
@@ -175,7 +215,7 @@ def subprocess_stdout() -> int:
 
 @contextlib.asynccontextmanager
 async def cluster_context(
-    tmp_path: pathlib.Path, request: pytest.FixtureRequest
+    tmp_path: pathlib.Path, request: pytest.FixtureRequest, *, postgres: str | None = None
 ) -> AsyncIterator[Cluster]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KFLOW_", "KRUXIAFLOW_"))}
     env.update(
@@ -193,7 +233,7 @@ async def cluster_context(
     )
     """Yield a :class:`Cluster`; kill its processes afterwards (and show their logs on failure)."""
     async with trio.open_nursery() as nursery:
-        state = Cluster(tmp=tmp_path, port=free_port(), env=env, nursery=nursery)
+        state = Cluster(tmp=tmp_path, port=free_port(), env=env, nursery=nursery, postgres=postgres)
         try:
             yield state
         finally:

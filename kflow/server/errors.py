@@ -79,7 +79,23 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, code, message, headers=exc.headers)
 
 
+def _single_leaf(exc: BaseException) -> BaseException | None:
+    """The one exception inside (nested) exception groups, or None if there are several."""
+    while isinstance(exc, BaseExceptionGroup):
+        if len(exc.exceptions) != 1:
+            return None
+        exc = exc.exceptions[0]
+    return exc
+
+
 async def unexpected_error(request: Request, exc: Exception) -> Response:
+    # A route that runs a nursery (long-polls, streams) raises its errors in a group:
+    # one error inside is answered as itself, so a 503 stays a 503.
+    leaf = _single_leaf(exc)
+    if leaf is not exc and isinstance(leaf, KflowError):
+        return await kflow_error(request, leaf)
+    if leaf is not exc and isinstance(leaf, HTTPException):
+        return await http_error(request, leaf)
     log.error("http.unhandled_error", path=request.url.path, method=request.method, exc_info=exc)
     # Answered outside the request-id middleware, so the header is set here.
     request_id = _request_id(request)

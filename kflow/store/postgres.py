@@ -33,7 +33,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from kflow._serde import dumps_str
-from kflow.errors import StoreError, StoreUnavailableError
+from kflow.errors import ConflictError, KflowError, StoreError, StoreUnavailableError
 from kflow.store.base import Row
 from kflow.store.queries import load_queries, migration_files
 
@@ -105,7 +105,10 @@ class PgTx:
         self._conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
 
 
-def _translate(exc: psycopg.Error) -> StoreError:
+def _translate(exc: psycopg.Error | psycopg_pool.PoolTimeout) -> KflowError:
+    if isinstance(exc, psycopg.errors.UniqueViolation):
+        # Two servers racing to insert the same thing (a client, a unique_key).
+        return ConflictError("it already exists (created concurrently)")
     if isinstance(exc, psycopg.OperationalError | psycopg_pool.PoolTimeout):
         return StoreUnavailableError(f"PostgreSQL is unavailable: {exc}")
     return StoreError(f"PostgreSQL error: {type(exc).__name__}")
@@ -172,6 +175,7 @@ class PostgresStore:
 
         Raises:
             StoreUnavailableError: PostgreSQL cannot be reached; nothing committed.
+            ConflictError: a unique constraint was hit (a concurrent insert won).
             StoreError: another database error.
             Exception: whatever ``fn`` raised (rolled back).
         """

@@ -22,7 +22,7 @@ from typing import Any, Literal, TypeVar
 import trio
 
 from kflow._serde import dumps_str, format_decimal
-from kflow.errors import StoreError, StoreUnavailableError
+from kflow.errors import ConflictError, StoreError, StoreUnavailableError
 from kflow.store.base import Row
 from kflow.store.codec import time_to_micros
 from kflow.store.queries import load_queries, migration_files
@@ -151,6 +151,11 @@ class SqliteStore:
             conn.execute("ROLLBACK")
             if "locked" in str(exc) or "busy" in str(exc):
                 raise StoreUnavailableError(f"SQLite database is busy: {exc}") from exc
+            raise StoreError(f"SQLite error: {exc}") from exc
+        except sqlite3.IntegrityError as exc:
+            conn.execute("ROLLBACK")
+            if "UNIQUE" in str(exc):
+                raise ConflictError("it already exists") from exc
             raise StoreError(f"SQLite error: {exc}") from exc
         except sqlite3.Error as exc:
             conn.execute("ROLLBACK")
