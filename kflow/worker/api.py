@@ -9,7 +9,9 @@ runs out), or none at all (insecure mode). A 401 makes an OAuth client fetch a
 new token once and repeat that request once; a second 401 is an error.
 
 Retries (tenacity, exponential backoff with jitter) cover network errors and
-408/429/5xx answers only; other 4xx answers are final. Polls and reports
+408/429/5xx answers only; other 4xx answers are final. With several server
+URLs (``KRUXIAFLOW_API_URL=http://a:8080,http://b:8080``), a network error or
+a 502/503/504 moves the next attempt to the next server. Polls and reports
 retry until the server answers; a caller bounds them with a cancel scope.
 Non-2xx answers become :class:`~kflow.errors.ApiError` built from the error
 envelope ``{"error": {"code", "message", "details"}}``.
@@ -60,7 +62,8 @@ class WorkerApi:
     def __init__(self, http: httpx.AsyncClient, config: WorkerConfig) -> None:
         self._http = http
         self.config = config
-        self._base = f"{config.api_url}/api/v1"
+        self._bases = [f"{url}/api/v1" for url in config.api_urls]
+        self._current = 0
         self._token: str | None = None
         self._token_expires_at: float | None = None
         self._token_lock = trio.Lock()
@@ -263,9 +266,24 @@ class WorkerApi:
             headers["Content-Type"] = content_type
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
-        return await self._http.request(
-            method, self._base + path, content=body, headers=headers,
-            timeout=limits or httpx.Timeout(self.config.http_timeout))
+        base = self._bases[self._current]
+        try:
+            response = await self._http.request(
+                method, base + path, content=body, headers=headers,
+                timeout=limits or httpx.Timeout(self.config.http_timeout))
+        except httpx.TransportError:
+            self._fail_over(base)
+            raise
+        if response.status_code in (502, 503, 504):
+            self._fail_over(base)
+        return response
+
+    def _fail_over(self, base: str) -> None:
+        """After a failure at ``base``, let the next attempt use the next server."""
+        if len(self._bases) > 1 and self._bases[self._current] == base:
+            self._current = (self._current + 1) % len(self._bases)
+            log.warning("worker.api.fail_over", failed=base.removesuffix("/api/v1"),
+                        next=self._bases[self._current].removesuffix("/api/v1"))
 
     async def _current_token(self) -> str | None:
         if not self.config.uses_oauth:

@@ -66,13 +66,20 @@ def _check_text(_: Any, attr: attrs.Attribute[Any], value: Any) -> None:
         raise ConfigError(f"{attr.name} must be a non-empty printable string, got {value!r}")
 
 
+def split_urls(value: str) -> list[str]:
+    """``"http://a:8080, http://b:8080/"`` → ``["http://a:8080", "http://b:8080"]``."""
+    return [part.strip().rstrip("/") for part in value.split(",") if part.strip()]
+
+
 def _check_url(_: Any, attr: attrs.Attribute[Any], value: Any) -> None:
-    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
-        raise ConfigError(f"{attr.name} must be an http:// or https:// URL, got {value!r}")
+    urls = split_urls(value) if isinstance(value, str) else []
+    if not urls or not all(u.startswith(("http://", "https://")) for u in urls):
+        raise ConfigError(f"{attr.name} must be an http:// or https:// URL (or several, "
+                          f"comma-separated), got {value!r}")
 
 
 def _strip_slash(value: Any) -> Any:
-    return value.rstrip("/") if isinstance(value, str) else value
+    return ",".join(split_urls(value)) if isinstance(value, str) else value
 
 
 def _secret_repr(value: Any) -> str:
@@ -142,6 +149,11 @@ class WorkerConfig:
             )
 
     @property
+    def api_urls(self) -> list[str]:
+        """Every server URL; several (comma-separated) are tried in turn on failure."""
+        return split_urls(self.api_url)
+
+    @property
     def uses_oauth(self) -> bool:
         """True when tokens come from the OAuth client-credentials grant."""
         return self.client_id is not None and self.access_token is None
@@ -191,9 +203,11 @@ def _text(name: str, raw: str) -> str:
 
 
 def _url(name: str, raw: str) -> str:
-    if not raw.startswith(("http://", "https://")):
-        raise ConfigError(f"{name} must be an http:// or https:// URL, got {raw!r}")
-    return raw
+    urls = split_urls(raw)
+    if not urls or not all(u.startswith(("http://", "https://")) for u in urls):
+        raise ConfigError(f"{name} must be an http:// or https:// URL (or several, "
+                          f"comma-separated), got {raw!r}")
+    return ",".join(urls)
 
 
 def _identifier(name: str, raw: str) -> str:

@@ -117,7 +117,9 @@ class Topology:
         return proc
 
 
-async def start_topology(cluster: Cluster) -> Topology:
+async def start_topology(cluster: Cluster, *, fail_over: bool = False) -> Topology:
+    """Start the servers and workers; with ``fail_over`` each worker is given its own
+    server first and the other one second (``--api-url a,b``)."""
     ports = {"a": cluster.port, "b": free_port()}
     servers: dict[str, Proc] = {}
     for name in SERVERS:  # one after the other: see test_two_servers_started_at_once_...
@@ -128,9 +130,13 @@ async def start_topology(cluster: Cluster) -> Topology:
         for index in range(1, WORKERS_PER_SERVER + 1):
             worker_id = f"w-{name}{index}"
             worker_ids[name].append(worker_id)
+            other = "b" if name == "a" else "a"
+            urls = [cluster.url_of(ports[name])] + (
+                [cluster.url_of(ports[other])] if fail_over else []
+            )
             await cluster.worker(
                 WORKER,
-                api_url=cluster.url_of(ports[name]),
+                api_url=",".join(urls),
                 name=f"worker-{name}{index}",
                 extra_env={
                     "KRUXIAFLOW_WORKER_ID": worker_id,
@@ -436,6 +442,44 @@ async def test_server_killed_mid_run_restarts_and_every_activity_runs_once(
         f"the outbox, {repeated} of them committed before the kill (acknowledged again as "
         f"already completed); {len(lost_claims)} claims lost with the killed server (lease "
         f"expired, never executed, re-dispatched); wall {wall:.1f} s"
+    )
+
+
+async def test_workers_given_both_servers_carry_on_when_one_dies_for_good(
+    pg_cluster: Cluster, figures: Callable[[str], None]
+) -> None:
+    cluster = pg_cluster
+    topology = await start_topology(cluster, fail_over=True)
+    definition = fan_out(
+        "fail_over", CHAOS_WIDTH, timeout_seconds=CHAOS_TIMEOUT_SECONDS, sleep=CHAOS_SLEEP
+    )
+    began = trio.current_time()
+    runs = await start_runs(topology, definition, CHAOS_RUNS_PER_SERVER)
+    total = len(runs) * (CHAOS_WIDTH + 2)
+    with trio.fail_after(60):
+        while executions(cluster) < total // 3:
+            await trio.sleep(0.02)
+    victims = topology.worker_ids["b"]
+    killed_at = trio.current_time()
+    topology.servers["b"].kill()  # for good: its workers must move to server a
+    await topology.servers["b"].wait(10)
+    baseline = await completed_by(cluster, victims)
+    with trio.fail_after(60):
+        await wait_completion_beyond(cluster, victims, baseline)
+    moved = trio.current_time() - killed_at
+    await wait_finished(cluster, len(runs), timeout=90)
+    wall = trio.current_time() - began
+    async with cluster.client(topology.url("a")) as kf:
+        for workflow_id in runs:
+            assert (await kf.status(workflow_id))["status"] == "completed"
+    found = await audit(cluster, runs, CHAOS_WIDTH)
+    assert_exactly_once(found, runs, CHAOS_WIDTH)
+    switched = log_lines(cluster, "worker-b", "worker.api.fail_over")
+    assert switched >= 1
+    figures(
+        f"[fail-over] {len(runs)} runs, {found.summary()}; server b killed for good, its "
+        f"workers moved to server a ({switched} fail-overs logged) and completed work again "
+        f"{moved:.1f} s after the kill; wall {wall:.1f} s"
     )
 
 

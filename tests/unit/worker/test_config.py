@@ -126,7 +126,8 @@ def test_reads_os_environ_without_a_mapping(monkeypatch: pytest.MonkeyPatch) -> 
         ({"KRUXIAFLOW_WORKER_ACTIVITY_TIMEOUT": "nan"},
          "KRUXIAFLOW_WORKER_ACTIVITY_TIMEOUT must be a positive number of seconds, got 'nan'"),
         ({"KRUXIAFLOW_API_URL": "flow.example.com"},
-         "KRUXIAFLOW_API_URL must be an http:// or https:// URL, got 'flow.example.com'"),
+         "KRUXIAFLOW_API_URL must be an http:// or https:// URL (or several, "
+         "comma-separated), got 'flow.example.com'"),
         ({"KRUXIAFLOW_WORKER": "py std"},
          "KRUXIAFLOW_WORKER must match ^[A-Za-z0-9_-]+$, got 'py std'"),
         ({"KFLOW_WORKER_INSECURE": "maybe"},
