@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import pathlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import trio
 
+from kflow.errors import ConflictError, StoreError
 from kflow.store.base import Store
+from kflow.store.codec import load_json, load_money, load_time
 from kflow.store.postgres import PostgresStore
 from kflow.store.queries import load_queries, migration_files, parse_queries
 from kflow.store.sqlite import SqliteStore
@@ -28,10 +31,14 @@ def test_both_dialects_have_the_same_migration_versions() -> None:
 
 def test_query_files_are_parsed_strictly() -> None:
     assert parse_queries("-- name: a\nSELECT 1;\n-- name: b\nSELECT 2") == {
-        "a": "SELECT 1", "b": "SELECT 2"}
-    for bad, message in [("SELECT 0;\n-- name: a\nSELECT 1", "before the first"),
-                         ("-- name: a\n", "is empty"),
-                         ("-- name: a\nSELECT 1\n-- name: a\nSELECT 2", "defined twice")]:
+        "a": "SELECT 1",
+        "b": "SELECT 2",
+    }
+    for bad, message in [
+        ("SELECT 0;\n-- name: a\nSELECT 1", "before the first"),
+        ("-- name: a\n", "is empty"),
+        ("-- name: a\nSELECT 1\n-- name: a\nSELECT 2", "defined twice"),
+    ]:
         with pytest.raises(ValueError, match=message):
             parse_queries(bad)
 
@@ -44,8 +51,9 @@ async def _open(dialect: str, tmp_path: pathlib.Path, postgres: str | None) -> S
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def empty_database(request: pytest.FixtureRequest,
-                         tmp_path: pathlib.Path) -> AsyncIterator[tuple[str, str | None]]:
+async def empty_database(
+    request: pytest.FixtureRequest, tmp_path: pathlib.Path
+) -> AsyncIterator[tuple[str, str | None]]:
     postgres = None
     if request.param == "postgres":
         postgres = str(request.getfixturevalue("postgres_url"))
@@ -88,6 +96,7 @@ async def test_two_processes_migrating_at_once_apply_each_migration_once(
     try:
         async with trio.open_nursery() as nursery:
             for store in stores:
+
                 async def migrate(s: Store = store) -> None:
                     results.append(await s.migrate())
 
@@ -97,3 +106,86 @@ async def test_two_processes_migrating_at_once_apply_each_migration_once(
     finally:
         for store in stores:
             await store.aclose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def store(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> AsyncIterator[Store]:
+    postgres = None
+    if request.param == "postgres":
+        postgres = str(request.getfixturevalue("postgres_url"))
+        reset_postgres(postgres)
+    opened = await _open(request.param, tmp_path, postgres)
+    await opened.migrate()
+    try:
+        yield opened
+    finally:
+        await opened.aclose()
+
+
+def _client(tx: Any, client_id: str) -> None:
+    import datetime as dt
+
+    tx.run(
+        "insert_client",
+        client_id=client_id,
+        secret_hash="x",
+        scopes="worker",
+        description=None,
+        now=tx.time(dt.datetime.now(dt.UTC)),
+    )
+
+
+async def test_a_unit_of_work_that_raises_is_rolled_back(store: Store) -> None:
+    def half_done(tx: Any) -> None:
+        _client(tx, "half")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        await store.write(half_done)
+    assert await store.read(lambda tx: tx.one("get_client", client_id="half")) is None
+
+
+async def test_a_unique_violation_is_a_conflict(store: Store) -> None:
+    await store.write(lambda tx: _client(tx, "twice"))
+    with pytest.raises(ConflictError):
+        await store.write(lambda tx: _client(tx, "twice"))
+
+
+async def test_writes_are_visible_to_later_reads_and_values_round_trip(store: Store) -> None:
+    import datetime as dt
+    import decimal
+
+    now = dt.datetime(2026, 5, 6, 7, 8, 9, 123456, tzinfo=dt.UTC)
+
+    def put(tx: Any) -> None:
+        tx.run(
+            "insert_workflow",
+            id="01900000-0000-7000-8000-000000000001",
+            definition_name="d",
+            definition_version="v",
+            input=tx.json({"a": [1, "x"]}),
+            unique_key=None,
+            now=tx.time(now),
+            timeout_at=tx.time(None),
+        )
+        tx.run(
+            "set_workflow_cost",
+            id="01900000-0000-7000-8000-000000000001",
+            total_cost_usd=tx.money(decimal.Decimal("0.000001")),
+            now=tx.time(now),
+        )
+
+    await store.write(put)
+    row = await store.read(
+        lambda tx: tx.one("get_workflow", id="01900000-0000-7000-8000-000000000001")
+    )
+    assert row is not None
+    assert load_json(row["input"]) == {"a": [1, "x"]}
+    assert load_time(row["created_at"]) == now
+    assert load_money(row["total_cost_usd"]) == decimal.Decimal("0.000001")
+
+
+async def test_a_closed_store_refuses_work(store: Store) -> None:
+    await store.aclose()
+    with pytest.raises(StoreError):
+        await store.read(lambda tx: tx.all("list_clients"))
