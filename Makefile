@@ -54,3 +54,19 @@ typecheck: $(TEST_STAMP)
 
 clean:
 	rm -rf $(VENV) $(DATA) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+
+# Benchmarks (bench/README.md): never part of `make test`. `make bench` runs
+# every scenario and figure (~5 min); `make bench-quick` a reduced set (< 3 min).
+# Both need Redis on 127.0.0.1:6379 and PostgreSQL (KFLOW_BENCH_POSTGRES_URL)
+# for the celery and postgres configurations; without them those rows say why.
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[postgres,bench]'
+	@touch $@ $(RUN_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench.run
+
+bench-quick: $(BENCH_STAMP)
+	$(BIN)/python -m bench.run --quick

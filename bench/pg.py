@@ -1,0 +1,121 @@
+"""PostgreSQL for the bench: fresh databases created and dropped, backend pids, counters.
+
+The server is named by ``KFLOW_BENCH_POSTGRES_URL`` (default
+``postgresql://postgres@127.0.0.1:5432/postgres``); every configuration gets
+a database of its own, ``kflow_bench_<random>``, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import urllib.parse
+from typing import Any
+
+import trio
+
+from bench.procs import Unavailable
+
+DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def admin_url() -> str:
+    return os.environ.get("KFLOW_BENCH_POSTGRES_URL") or DEFAULT_URL
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(path="/" + name))
+
+
+def _connect(url: str) -> Any:
+    try:
+        import psycopg
+    except ImportError as exc:
+        raise Unavailable("psycopg is not installed (the postgres extra)") from exc
+    try:
+        return psycopg.connect(url, autocommit=True, connect_timeout=5)
+    except psycopg.Error as exc:
+        raise Unavailable(f"PostgreSQL unreachable at {_safe(url)}: {exc}".strip()) from exc
+
+
+def _safe(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def server_version() -> str:
+    """``SHOW server_version`` of the bench's server.
+
+    Raises:
+        Unavailable: it cannot be reached.
+    """
+    with _connect(admin_url()) as conn:
+        return str(conn.execute("SHOW server_version").fetchone()[0])
+
+
+def create_database(prefix: str = "kflow_bench") -> tuple[str, str]:
+    """Create a fresh database; returns ``(name, url)``.
+
+    Raises:
+        Unavailable: the server cannot be reached or refuses.
+    """
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    with _connect(admin_url()) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return name, with_database(admin_url(), name)
+
+
+def drop_database(name: str) -> None:
+    with _connect(admin_url()) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def backend_pids(name: str) -> list[int]:
+    with _connect(admin_url()) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s", (name,)
+        ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def postmaster_started() -> str:
+    """When the PostgreSQL server last (re)started: a change means a restart."""
+    with _connect(admin_url()) as conn:
+        return str(conn.execute("SELECT pg_postmaster_start_time()").fetchone()[0])
+
+
+def commits(name: str) -> int:
+    """Committed transactions of the database so far (``pg_stat_database.xact_commit``).
+
+    The statistics collector lags by up to ``stats_fetch_consistency``/its
+    flush interval; callers sleep a little before reading a final value.
+    """
+    with _connect(admin_url()) as conn:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        row = conn.execute(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = %s", (name,)
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+class BackendWatcher:
+    """Keeps the pids of a database's backends fresh (for the :class:`Sampler`)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.pids: list[int] = []
+
+    def __call__(self) -> list[int]:
+        return list(self.pids)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.pids = await trio.to_thread.run_sync(backend_pids, self.name)
+        task_status.started()
+        while True:
+            await trio.sleep(0.5)
+            with contextlib.suppress(Unavailable):
+                self.pids = await trio.to_thread.run_sync(backend_pids, self.name)
