@@ -70,7 +70,11 @@ class WorkerOps(WorkerReports):
                     items.append(self._poll_item(row))
                 except TemplateError as exc:
                     self._fail_unsendable(tx, effects, row, now, str(exc))
-            for workflow_id in {item["workflow_id"] for item in items}:
+            # Events of a run are appended only under the run's row lock (sorted, so
+            # two claims cannot deadlock on each other): a run's history then
+            # commits in id order, and a stream reading "after id N" never skips.
+            for workflow_id in sorted({item["workflow_id"] for item in items}):
+                self.engine.lock(tx, workflow_id)
                 tx.run("mark_workflow_running", id=workflow_id, now=tx.time(now))
                 events = [
                     Emit(
@@ -122,7 +126,8 @@ class WorkerOps(WorkerReports):
 
         def release_tx(tx: Tx, effects: Effects) -> int:
             released = 0
-            for item in items:
+            for item in sorted(items, key=lambda i: i["workflow_id"]):
+                self.engine.lock(tx, item["workflow_id"])  # events only under the run's lock
                 if tx.run(
                     "release_claim",
                     attempt_id=item["activity_id"],

@@ -116,7 +116,7 @@ async def events_ws(websocket: WebSocket) -> None:
         return
     await websocket.accept()
     if after is None:
-        row = await ctx.store.read(lambda tx: tx.one("last_event_id"))
+        row = await ctx.store.read(_last_settled_event)
         after = int(row["id"]) if row else 0
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_until_disconnect, websocket, nursery.cancel_scope)
@@ -155,7 +155,14 @@ async def _send_events(
             )
 
 
+def _last_settled_event(tx: Any) -> Any:
+    tx.one("settle_events")  # an id still being appended would otherwise be skipped
+    return tx.one("last_event_id")
+
+
 def _events_since(tx: Any, *, after_id: int, workflow_id: str | None) -> list[Any]:
+    if workflow_id is None:
+        tx.one("settle_events")  # every run's history: wait for appenders in flight
     return list(
         tx.all("events_since", after_id=after_id, workflow_id=workflow_id, type=None, limit=BATCH)
     )

@@ -1,11 +1,22 @@
 -- name: insert_event
+-- Appenders hold a shared advisory lock until they commit; a reader of every
+-- run's history first takes it exclusively (settle_events), so the events it
+-- then reads are a prefix of the ids that will ever commit: no late commit is
+-- skipped. (One run's history needs no lock: it is appended only under the
+-- run's row lock, so it commits in id order.)
 INSERT INTO events (workflow_id, type, activity_key, data, created_at)
-VALUES (%(workflow_id)s, %(type)s, %(activity_key)s, %(data)s, %(now)s);
+SELECT %(workflow_id)s, %(type)s, %(activity_key)s, %(data)s, %(now)s
+FROM (SELECT pg_advisory_xact_lock_shared(7102)) AS appending;
 
 -- name: workflow_events
 SELECT id, workflow_id, type, activity_key, data, created_at FROM events
 WHERE workflow_id = %(workflow_id)s AND id > %(after_id)s
 ORDER BY id LIMIT %(limit)s;
+
+-- name: settle_events
+-- Wait until no transaction is appending events (see insert_event); run it as its
+-- own statement, before reading, so the read's snapshot is taken afterwards.
+SELECT pg_advisory_xact_lock(7102) AS settled;
 
 -- name: events_since
 SELECT id, workflow_id, type, activity_key, data, created_at FROM events

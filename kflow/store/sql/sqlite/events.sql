@@ -7,6 +7,10 @@ SELECT id, workflow_id, type, activity_key, data, created_at FROM events
 WHERE workflow_id = :workflow_id AND id > :after_id
 ORDER BY id LIMIT :limit;
 
+-- name: settle_events
+-- One writer: there is never a transaction appending concurrently.
+SELECT 1 AS settled;
+
 -- name: events_since
 SELECT id, workflow_id, type, activity_key, data, created_at FROM events
 WHERE id > :after_id AND (:workflow_id IS NULL OR workflow_id = :workflow_id)
