@@ -155,6 +155,9 @@ class Authenticator:
         self.token_ttl_seconds = token_ttl_seconds
         self._cache_seconds = client_cache_seconds
         self._clients: dict[str, tuple[float, frozenset[str] | None]] = {}
+        #: token → (expiry as Unix time, claims): verified signatures, so a worker's
+        #: every poll and report does not pay for HMAC and claim checks again.
+        self._verified: dict[str, tuple[float, dict[str, object]]] = {}
 
     @staticmethod
     async def signing_key(store: Store, configured: str | None) -> str:
@@ -221,19 +224,7 @@ class Authenticator:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise UnauthorizedError("the Authorization header must be 'Bearer <token>'")
-        try:
-            claims = jwt.decode(
-                token.strip(),
-                self._key,
-                algorithms=["HS256"],
-                audience=AUDIENCE,
-                issuer=ISSUER,
-                options={"require": ["exp", "iat", "sub"]},
-            )
-        except jwt.ExpiredSignatureError as exc:
-            raise UnauthorizedError("the bearer token has expired") from exc
-        except jwt.PyJWTError as exc:
-            raise UnauthorizedError("invalid bearer token") from exc
+        claims = self._verify(token.strip())
         client_id = str(claims["sub"])
         if client_id == INTERNAL_CLIENT:
             return Principal(
@@ -244,6 +235,39 @@ class Authenticator:
             raise UnauthorizedError(f"client {client_id!r} is disabled or deleted")
         scopes = frozenset(str(claims.get("scope", "")).split()) & expand(allowed)
         return Principal(client_id=client_id, scopes=expand(scopes))
+
+    def _verify(self, token: str) -> dict[str, object]:
+        """The claims of a token whose signature, issuer and audience check out.
+
+        A verified token is remembered until it expires (bounded cache), so the
+        repeat requests of one worker skip the HMAC and claim checks.
+
+        Raises:
+            UnauthorizedError: expired, malformed or wrongly signed token.
+        """
+        cached = self._verified.get(token)
+        if cached is not None:
+            if time.time() < cached[0]:
+                return cached[1]
+            del self._verified[token]
+            raise UnauthorizedError("the bearer token has expired")
+        try:
+            claims: dict[str, object] = jwt.decode(
+                token,
+                self._key,
+                algorithms=["HS256"],
+                audience=AUDIENCE,
+                issuer=ISSUER,
+                options={"require": ["exp", "iat", "sub"]},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise UnauthorizedError("the bearer token has expired") from exc
+        except jwt.PyJWTError as exc:
+            raise UnauthorizedError("invalid bearer token") from exc
+        if len(self._verified) >= 4_096:
+            self._verified.clear()
+        self._verified[token] = (float(claims["exp"]), claims)  # type: ignore[arg-type]
+        return claims
 
     async def _client_scopes(self, client_id: str) -> frozenset[str] | None:
         now = time.monotonic()

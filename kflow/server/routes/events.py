@@ -30,6 +30,24 @@ def _snapshot(tx: Any, *, workflow_id: Any, after: int) -> tuple[str, list[dict[
     return views.run_status(tx, workflow_id), views.run_events(tx, workflow_id, after)
 
 
+def _frames(events: list[dict[str, Any]]) -> tuple[bytes, bool]:
+    """Server-Sent Event frames for ``events``, cut after a final event.
+
+    Returns the bytes and whether the run's final event was among them.
+    """
+    parts = []
+    for event in events:
+        parts.append(
+            f"id: {event['event_id']}\nevent: {event['type']}\n".encode()
+            + b"data: "
+            + dumps(event)
+            + b"\n\n"
+        )
+        if event["type"] in _FINAL:
+            return b"".join(parts), True
+    return b"".join(parts), False
+
+
 async def _stream(ctx: ServerContext, workflow_id: Any, after: int) -> AsyncIterator[bytes]:
     yield b": kflow event stream\n\n"
     while True:
@@ -37,17 +55,13 @@ async def _stream(ctx: ServerContext, workflow_id: Any, after: int) -> AsyncIter
         status, events = await ctx.store.read(
             functools.partial(_snapshot, workflow_id=workflow_id, after=after)
         )
-        for event in events:
-            after = event["event_id"]
-            yield (
-                f"id: {after}\nevent: {event['type']}\n".encode()
-                + b"data: "
-                + dumps(event)
-                + b"\n\n"
-            )
-            if event["type"] in _FINAL:
-                return
         if events:
+            # One chunk per read: a burst of events costs one send, not one each.
+            chunk, final = _frames(events)
+            yield chunk
+            if final:
+                return
+            after = events[-1]["event_id"]
             continue
         if status in ("completed", "failed", "cancelled"):
             return  # its final event lies before from_event_id

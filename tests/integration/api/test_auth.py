@@ -240,6 +240,21 @@ async def test_disabled_client_is_refused_once_the_client_cache_is_fresh(secure_
         assert_error(await client.get("/api/v1/workflows", headers=bearer(token)), 401)
 
 
+async def test_a_remembered_token_is_refused_once_it_expires(
+    secure_api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server remembers verified tokens; that memory must not outlive ``exp``."""
+    client_id, secret = await create_client(secure_api, "workflows:read")
+    token = await token_for(secure_api, client_id, secret)
+    assert (
+        await secure_api.client.get("/api/v1/workflows", headers=bearer(token))
+    ).status_code == 200
+    expiry = jwt.decode(token, options={"verify_signature": False})["exp"]
+    monkeypatch.setattr(time, "time", lambda: expiry + 1.0)
+    refused = await secure_api.client.get("/api/v1/workflows", headers=bearer(token))
+    assert "expired" in assert_error(refused, 401)["message"]
+
+
 async def test_metrics_need_a_token_with_read_scope(secure_api: Api) -> None:
     assert_error(await secure_api.client.get("/metrics"), 401)
     worker_id, worker_secret = await create_client(secure_api, "worker")
