@@ -17,6 +17,7 @@ transaction: PostgreSQL delivers them to listeners only if it commits.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import decimal
 import functools
@@ -133,10 +134,8 @@ class PostgresStore:
             kwargs={"row_factory": dict_row, "autocommit": False},
             configure=_configure,
             reconnect_timeout=timeout,
-            # After a database restart every pooled connection is dead: test each on
-            # checkout, so a request gets a fresh one instead of an error.
-            check=psycopg_pool.ConnectionPool.check_connection,
         )
+        self._max_size = max_size
         self._limiter = trio.CapacityLimiter(max_size)
         self._closed = False
 
@@ -156,19 +155,33 @@ class PostgresStore:
         return store
 
     def _transact(self, fn: Callable[[PgTx], T], read_only: bool) -> T:
-        for attempt in range(1, RETRIES + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             try:
-                with self._pool.connection() as conn, conn.transaction():
-                    if read_only:
-                        conn.execute("SET TRANSACTION READ ONLY")
+                with self._pool.connection() as conn, contextlib.ExitStack() as inside:
+                    try:
+                        if conn.broken:
+                            raise psycopg.OperationalError("the connection is broken")
+                        # "BEGIN READ ONLY": no extra SET TRANSACTION round trip.
+                        if conn.read_only != read_only:
+                            conn.read_only = read_only
+                        inside.enter_context(conn.transaction())
+                    except psycopg.OperationalError as exc:
+                        # Nothing ran yet: a pooled connection that died (a database
+                        # restart) is dropped by the pool, and the unit runs again on
+                        # another — cheaper than testing every connection on checkout.
+                        if attempt > self._max_size:
+                            raise
+                        log.info("store.reconnect", reason=str(exc).strip()[:200])
+                        continue
                     return fn(PgTx(conn, self._queries))
             except _RETRYABLE as exc:
-                if attempt == RETRIES:
+                if attempt >= RETRIES:
                     raise _translate(exc) from exc
                 log.info("store.retry", reason=type(exc).__name__, attempt=attempt)
             except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
                 raise _translate(exc) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def write(self, fn: Callable[[PgTx], T]) -> T:
         """Run ``fn`` in a read-write transaction and commit (retrying deadlocks).
