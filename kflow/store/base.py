@@ -80,8 +80,16 @@ class Store(Protocol):
         """
         ...
 
-    async def read(self, fn: Callable[[Tx], T]) -> T:
-        """Run ``fn`` against a consistent read-only snapshot."""
+    async def read(self, fn: Callable[[Tx], T], *, locking: bool = False) -> T:
+        """Run ``fn`` read-only against committed data.
+
+        SQLite reads one snapshot. PostgreSQL runs each statement on its own
+        (autocommit: no ``BEGIN``/``COMMIT`` round trips), each seeing everything
+        committed before it started — what a ``READ COMMITTED`` transaction gives
+        too. ``locking=True`` is for ``fn`` that takes transaction-scoped locks
+        (``pg_advisory_xact_lock``): it then runs in one read-only transaction
+        that holds them until ``fn`` returns.
+        """
         ...
 
     async def migrate(self) -> list[str]:

@@ -67,9 +67,17 @@ class PgTx:
 
     dialect = "postgres"
 
-    def __init__(self, conn: psycopg.Connection[Any], queries: Mapping[str, str]) -> None:
+    def __init__(
+        self, conn: psycopg.Connection[Any], queries: Mapping[str, str], *, writable: bool = True
+    ) -> None:
         self._conn = conn
         self._queries = queries
+        self._writable = writable
+
+    def _writing(self, what: str) -> None:
+        # Reads run in autocommit: a write there would commit on its own, so refuse it.
+        if not self._writable:
+            raise StoreError(f"{what} in a read-only unit of work")
 
     def _sql(self, name: str) -> str:
         try:
@@ -86,9 +94,11 @@ class PgTx:
         return self._conn.execute(self._sql(query), params).fetchall()
 
     def run(self, query: str, /, **params: Any) -> int:
+        self._writing(f"statement {query!r}")
         return self._conn.execute(self._sql(query), params).rowcount
 
     def run_many(self, query: str, rows: Iterable[Mapping[str, Any]], /) -> None:
+        self._writing(f"statement {query!r}")
         with self._conn.cursor() as cursor:
             cursor.executemany(self._sql(query), list(rows))
 
@@ -103,7 +113,27 @@ class PgTx:
 
     def notify(self, channel: str, payload: str) -> None:
         """Queue a notification for ``channel``; sent only if the transaction commits."""
+        self._writing("a notification")
         self._conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+
+
+def _begin(conn: psycopg.Connection[Any], mode: str, inside: contextlib.ExitStack) -> None:
+    """Set ``conn`` up for ``mode``; ``write`` and ``locking-read`` enter a transaction
+    (``BEGIN`` or ``BEGIN READ ONLY`` — no separate ``SET TRANSACTION`` round trip).
+
+    Raises:
+        psycopg.OperationalError: the connection is lost.
+    """
+    if conn.broken:
+        raise psycopg.OperationalError("the connection is lost")
+    autocommit = mode == "read"
+    if conn.autocommit != autocommit:
+        conn.autocommit = autocommit
+    if not autocommit:
+        read_only = mode != "write"
+        if conn.read_only != read_only:
+            conn.read_only = read_only
+        inside.enter_context(conn.transaction())
 
 
 def _translate(exc: psycopg.Error | psycopg_pool.PoolTimeout) -> KflowError:
@@ -154,24 +184,25 @@ class PostgresStore:
             raise StoreUnavailableError(f"cannot connect to PostgreSQL: {exc}") from exc
         return store
 
-    def _transact(self, fn: Callable[[PgTx], T], read_only: bool) -> T:
+    def _transact(self, fn: Callable[[PgTx], T], mode: str) -> T:
+        """Run ``fn`` on a pooled connection: ``mode`` is ``write`` (one transaction),
+        ``read`` (autocommit, read only by convention) or ``locking-read`` (one
+        read-only transaction)."""
         attempt = 0
         while True:
             attempt += 1
             try:
                 with self._pool.connection() as conn, contextlib.ExitStack() as inside:
                     try:
-                        if conn.broken:
-                            raise psycopg.OperationalError("the connection is broken")
-                        # "BEGIN READ ONLY": no extra SET TRANSACTION round trip.
-                        if conn.read_only != read_only:
-                            conn.read_only = read_only
-                        inside.enter_context(conn.transaction())
+                        _begin(conn, mode, inside)
+                        if mode == "read":
+                            return fn(PgTx(conn, self._queries, writable=False))
                     except psycopg.OperationalError as exc:
-                        # Nothing ran yet: a pooled connection that died (a database
-                        # restart) is dropped by the pool, and the unit runs again on
-                        # another — cheaper than testing every connection on checkout.
-                        if attempt > self._max_size:
+                        # The connection was lost before anything was written (a read,
+                        # or a write's BEGIN) — say a database restart killed the pooled
+                        # connections. The pool drops it and the unit runs again on
+                        # another: cheaper than testing every connection on checkout.
+                        if not conn.broken or attempt > self._max_size:
                             raise
                         log.info("store.reconnect", reason=str(exc).strip()[:200])
                         continue
@@ -193,12 +224,20 @@ class PostgresStore:
             Exception: whatever ``fn`` raised (rolled back).
         """
         self._check_open()
-        return await trio.to_thread.run_sync(self._transact, fn, False, limiter=self._limiter)
+        return await trio.to_thread.run_sync(self._transact, fn, "write", limiter=self._limiter)
 
-    async def read(self, fn: Callable[[PgTx], T]) -> T:
-        """Run ``fn`` in a read-only transaction."""
+    async def read(self, fn: Callable[[PgTx], T], *, locking: bool = False) -> T:
+        """Run ``fn`` statement by statement (autocommit), or with ``locking`` in one
+        read-only transaction that holds its transaction-scoped locks.
+
+        Raises:
+            StoreUnavailableError: PostgreSQL cannot be reached.
+            StoreError: another database error.
+            Exception: whatever ``fn`` raised.
+        """
         self._check_open()
-        return await trio.to_thread.run_sync(self._transact, fn, True, limiter=self._limiter)
+        mode = "locking-read" if locking else "read"
+        return await trio.to_thread.run_sync(self._transact, fn, mode, limiter=self._limiter)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -172,6 +172,7 @@ class SqliteStore:
             raise StoreUnavailableError(f"SQLite database {self.path} cannot use WAL mode")
         self._writer = writer
         self._reader = self._connect(busy_timeout_ms=self._busy_timeout_ms)
+        self._reader.execute("PRAGMA query_only = ON")  # a read unit cannot write
 
     def _require(self) -> tuple[sqlite3.Connection, sqlite3.Connection]:
         if self._writer is None or self._reader is None or self._closed:
@@ -280,8 +281,10 @@ class SqliteStore:
 
     # ---- reads ----------------------------------------------------------------------------
 
-    async def read(self, fn: Callable[[SqliteTx], T]) -> T:
+    async def read(self, fn: Callable[[SqliteTx], T], *, locking: bool = False) -> T:
         """Run ``fn`` in a read transaction on the reader connection (a consistent snapshot).
+
+        ``locking`` changes nothing here: SQLite has no transaction-scoped locks to take.
 
         Raises:
             StoreError: an SQLite error (translated as for :meth:`write`).

@@ -116,7 +116,7 @@ async def events_ws(websocket: WebSocket) -> None:
         return
     await websocket.accept()
     if after is None:
-        row = await ctx.store.read(_last_settled_event)
+        row = await ctx.store.read(_last_settled_event, locking=True)
         after = int(row["id"]) if row else 0
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_until_disconnect, websocket, nursery.cancel_scope)
@@ -139,7 +139,8 @@ async def _send_events(
     while True:
         seen = ctx.hub.version(watched)
         rows = await ctx.store.read(
-            functools.partial(_events_since, after_id=after, workflow_id=single)
+            functools.partial(_events_since, after_id=after, workflow_id=single),
+            locking=single is None,
         )
         for row in rows:
             after = int(row["id"])

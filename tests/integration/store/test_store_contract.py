@@ -145,6 +145,32 @@ async def test_a_unit_of_work_that_raises_is_rolled_back(store: Store) -> None:
     assert await store.read(lambda tx: tx.one("get_client", client_id="half")) is None
 
 
+async def test_a_read_unit_cannot_write(store: Store) -> None:
+    for locking in (False, True):
+        with pytest.raises(StoreError):
+            await store.read(lambda tx: _client(tx, "sneaky"), locking=locking)
+    assert await store.read(lambda tx: tx.one("get_client", client_id="sneaky")) is None
+
+
+async def test_a_locking_read_holds_its_transaction_locks_until_it_returns(store: Store) -> None:
+    """``settle_events`` waits for event appenders and must keep them out until the
+    unit has read: with ``locking=True`` the lock outlives its statement; in a plain
+    (autocommit) read it would not."""
+    if store.dialect != "postgres":
+        pytest.skip("SQLite has no transaction-scoped locks")
+    import psycopg
+
+    def appender_blocked(tx: Any) -> bool:
+        tx.one("settle_events")
+        with psycopg.connect(store.url, autocommit=True) as other:  # type: ignore[attr-defined]
+            row = other.execute("SELECT pg_try_advisory_lock_shared(7102)").fetchone()
+            assert row is not None
+            return not row[0]
+
+    assert await store.read(appender_blocked, locking=True) is True
+    assert await store.read(appender_blocked) is False
+
+
 async def test_a_unique_violation_is_a_conflict(store: Store) -> None:
     await store.write(lambda tx: _client(tx, "twice"))
     with pytest.raises(ConflictError):
