@@ -16,6 +16,7 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -279,6 +280,24 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+async def bench_until_signalled(args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`bench`, stopped like Ctrl-C by SIGTERM or SIGHUP: the children it started
+    run in their own sessions, so only the bench's own cleanup can stop them."""
+    result: dict[str, Any] = {}
+
+    async def run_bench(cancel: trio.CancelScope) -> None:
+        result.update(await bench(args))
+        cancel.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_bench, nursery.cancel_scope)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
+            async for signum in signals:
+                say(f"received {signal.Signals(signum).name}: stopping")
+                raise KeyboardInterrupt
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="the reduced run (< 3 minutes)")
@@ -299,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown configuration(s): {', '.join(sorted(unknown))}")
     started = time.perf_counter()
     try:
-        result = trio.run(bench, args)
+        result = trio.run(bench_until_signalled, args)
     except BaseException as exc:  # every child is already killed by its finally
         interrupted = isinstance(exc, KeyboardInterrupt) or (
             isinstance(exc, BaseExceptionGroup) and exc.subgroup(KeyboardInterrupt) is not None

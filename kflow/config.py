@@ -317,9 +317,11 @@ def sqlite_path(database_url: str) -> pathlib.Path | None:
     if database_url.startswith(("postgres://", "postgresql://")):
         return None
     if not database_url.startswith("sqlite:"):
-        raise ConfigError(f"unsupported database URL {database_url!r}; use sqlite:///PATH "
-                          "(sqlite:////ABSOLUTE/PATH) or postgresql://user@host/dbname")
-    rest = database_url[len("sqlite:"):]
+        raise ConfigError(
+            f"unsupported database URL {database_url!r}; use sqlite:///PATH "
+            "(sqlite:////ABSOLUTE/PATH) or postgresql://user@host/dbname"
+        )
+    rest = database_url[len("sqlite:") :]
     if rest.startswith("///"):  # sqlite:///relative, sqlite:////absolute
         rest = rest[3:]
     elif rest.startswith("//"):

@@ -101,15 +101,24 @@ class _Environment(SandboxedEnvironment):
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         """Refuse ``*`` and ``**`` whose result would exhaust memory or time."""
-        if operator == "**" and isinstance(left, int) and isinstance(right, int) \
-                and abs(left) > 1 and right > MAX_EXPONENT:
+        if (
+            operator == "**"
+            and isinstance(left, int)
+            and isinstance(right, int)
+            and abs(left) > 1
+            and right > MAX_EXPONENT
+        ):
             raise SecurityError(f"the exponent {right} is above the limit of {MAX_EXPONENT}")
         if operator == "*":
             for seq, times in ((left, right), (right, left)):
-                if isinstance(seq, str | list | tuple) and isinstance(times, int) \
-                        and len(seq) * times > MAX_REPEAT:
-                    raise SecurityError(f"repeating a sequence would build more than "
-                                        f"{MAX_REPEAT} items")
+                if (
+                    isinstance(seq, str | list | tuple)
+                    and isinstance(times, int)
+                    and len(seq) * times > MAX_REPEAT
+                ):
+                    raise SecurityError(
+                        f"repeating a sequence would build more than {MAX_REPEAT} items"
+                    )
         return super().call_binop(context, operator, left, right)
 
     def getattr(self, obj: Any, attribute: str) -> Any:

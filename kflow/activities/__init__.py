@@ -61,8 +61,9 @@ def std_registry(
     client = new_http_client() if http is None else http
     registry = ActivityRegistry(default_worker="std")
     registry.register(EchoActivity())
-    registry.register(HttpRequestActivity(client, max_response_bytes=max_response_bytes,
-                                          owns_client=owns))
+    registry.register(
+        HttpRequestActivity(client, max_response_bytes=max_response_bytes, owns_client=owns)
+    )
     registry.register(EmailSendActivity())
     if postgres_available():  # psycopg is an optional extra, imported only here
         registry.register(PostgresQueryActivity())
@@ -127,13 +128,20 @@ def load_plugins(registry: ActivityRegistry, worker: str) -> list[str]:
             register(scratch, worker)
             _check_no_clash(registry, scratch)
         except Exception as exc:
-            _log.warning("activities.plugin_failed", plugin=point.name, target=point.value,
-                         error=f"{type(exc).__name__}: {exc}")
+            _log.warning(
+                "activities.plugin_failed",
+                plugin=point.name,
+                target=point.value,
+                error=f"{type(exc).__name__}: {exc}",
+            )
             continue
         registry.merge(scratch)
         loaded.append(point.name)
-        _log.info("activities.plugin_loaded", plugin=point.name,
-                  activities=[f"{q}.{n}" for q, n, _ in scratch])
+        _log.info(
+            "activities.plugin_loaded",
+            plugin=point.name,
+            activities=[f"{q}.{n}" for q, n, _ in scratch],
+        )
     return loaded
 
 

@@ -44,8 +44,11 @@ _RETRYABLE = {
 }
 #: SQLSTATE classes worth another attempt: connection exception, insufficient
 #: resources, system error (08P01 protocol_violation is excluded below).
-_RETRYABLE_CLASSES = {"08": "POSTGRES_UNAVAILABLE", "53": "POSTGRES_UNAVAILABLE",
-                      "58": "POSTGRES_UNAVAILABLE"}
+_RETRYABLE_CLASSES = {
+    "08": "POSTGRES_UNAVAILABLE",
+    "53": "POSTGRES_UNAVAILABLE",
+    "58": "POSTGRES_UNAVAILABLE",
+}
 
 
 def classify_sqlstate(sqlstate: str) -> tuple[str, bool]:
@@ -57,8 +60,9 @@ def classify_sqlstate(sqlstate: str) -> tuple[str, bool]:
     return "POSTGRES_ERROR", False
 
 
-def translate_error(exc: psycopg.Error, target: DbTarget, where: str,
-                    params_field: str | None = None) -> ActivityError:
+def translate_error(
+    exc: psycopg.Error, target: DbTarget, where: str, params_field: str | None = None
+) -> ActivityError:
     """A psycopg error → ``ActivityError`` (password scrubbed from the message).
 
     ``params_field`` is set while a statement is being sent: client-side errors
@@ -66,8 +70,10 @@ def translate_error(exc: psycopg.Error, target: DbTarget, where: str,
     """
     if exc.sqlstate:
         code, retryable = classify_sqlstate(exc.sqlstate)
-        text = (f"{where}: SQLSTATE {exc.sqlstate} ({type(exc).__name__}): "
-                f"{exc.diag.message_primary or str(exc).strip()}")
+        text = (
+            f"{where}: SQLSTATE {exc.sqlstate} ({type(exc).__name__}): "
+            f"{exc.diag.message_primary or str(exc).strip()}"
+        )
         if exc.diag.message_detail:
             text += f" DETAIL: {exc.diag.message_detail}"
         if exc.diag.message_hint:
@@ -80,10 +86,14 @@ def translate_error(exc: psycopg.Error, target: DbTarget, where: str,
         return ActivityError(f"{where}: {reason}", code="POSTGRES_UNAVAILABLE", retryable=True)
     if params_field and isinstance(exc, psycopg.ProgrammingError | psycopg.DataError):
         hint = " (write a literal % as %%)" if "allowed as placeholders" in reason else ""
-        return ActivityError(f"{where}: invalid parameter {params_field!r}: {reason}{hint}",
-                             code="INVALID_PARAMETERS", retryable=False)
-    return ActivityError(f"{where}: {type(exc).__name__}: {reason}", code="POSTGRES_ERROR",
-                         retryable=False)
+        return ActivityError(
+            f"{where}: invalid parameter {params_field!r}: {reason}{hint}",
+            code="INVALID_PARAMETERS",
+            retryable=False,
+        )
+    return ActivityError(
+        f"{where}: {type(exc).__name__}: {reason}", code="POSTGRES_ERROR", retryable=False
+    )
 
 
 class _InfinityDateLoader(DateLoader):
@@ -170,37 +180,57 @@ def _connect(session: Session) -> Connection:
         info = psycopg.conninfo.conninfo_to_dict(session.target.url)
     except psycopg.ProgrammingError as exc:
         reason = session.target.scrub(" ".join(str(exc).split()))
-        raise ActivityError(f"invalid parameter 'db_url': {reason}", code="INVALID_PARAMETERS",
-                            retryable=False) from exc
+        raise ActivityError(
+            f"invalid parameter 'db_url': {reason}", code="INVALID_PARAMETERS", retryable=False
+        ) from exc
     if not all(p.strip().isdigit() or not p.strip() for p in str(info.get("port", "")).split(",")):
-        raise ActivityError("invalid parameter 'db_url': the port is not a number",
-                            code="INVALID_PARAMETERS", retryable=False)
+        raise ActivityError(
+            "invalid parameter 'db_url': the port is not a number",
+            code="INVALID_PARAMETERS",
+            retryable=False,
+        )
     timeout_ms = max(1, math.ceil(remaining * 1000))
-    options = " ".join(filter(None, [
-        str(info.get("options") or ""), f"-c statement_timeout={timeout_ms}",
-        f"-c idle_in_transaction_session_timeout={timeout_ms}"]))
+    options = " ".join(
+        filter(
+            None,
+            [
+                str(info.get("options") or ""),
+                f"-c statement_timeout={timeout_ms}",
+                f"-c idle_in_transaction_session_timeout={timeout_ms}",
+            ],
+        )
+    )
     try:
         conn = psycopg.connect(
-            session.target.url, autocommit=True, prepare_threshold=None, options=options,
+            session.target.url,
+            autocommit=True,
+            prepare_threshold=None,
+            options=options,
             connect_timeout=max(1, math.ceil(min(session.connect_timeout, remaining))),
-            application_name=str(info.get("application_name") or "kflow"))
+            application_name=str(info.get("application_name") or "kflow"),
+        )
     except psycopg.Error as exc:
         raise translate_error(exc, session.target, where) from exc
-    for name, loader in (("date", _InfinityDateLoader), ("timestamp", _InfinityTimestampLoader),
-                         ("timestamptz", _InfinityTimestamptzLoader)):
+    for name, loader in (
+        ("date", _InfinityDateLoader),
+        ("timestamp", _InfinityTimestampLoader),
+        ("timestamptz", _InfinityTimestamptzLoader),
+    ):
         conn.adapters.register_loader(name, loader)
     return conn
 
 
 def _bind(value: Any) -> Any:
-    if isinstance(value, dict) or (isinstance(value, list)
-                                   and any(isinstance(v, dict) for v in value)):
+    if isinstance(value, dict) or (
+        isinstance(value, list) and any(isinstance(v, dict) for v in value)
+    ):
         return Jsonb(value)
     return value
 
 
-def _execute(conn: Connection, stmt: Statement, target: DbTarget, where: str,
-             max_rows: int, used: int = 0) -> dict[str, Any]:
+def _execute(
+    conn: Connection, stmt: Statement, target: DbTarget, where: str, max_rows: int, used: int = 0
+) -> dict[str, Any]:
     """Run one statement (extended protocol: exactly one statement) → its result."""
     cursor = psycopg.RawCursor(conn) if stmt.dollar_style else conn.cursor()
     params: Any = None
@@ -215,23 +245,34 @@ def _execute(conn: Connection, stmt: Statement, target: DbTarget, where: str,
         except psycopg.Error as exc:
             raise translate_error(exc, target, where, stmt.params_field) from exc
         except TypeError as exc:  # psycopg: the params' shape does not fit the placeholders
-            raise ActivityError(f"{where}: invalid parameter {stmt.params_field!r}: {exc}",
-                                code="INVALID_PARAMETERS", retryable=False) from exc
+            raise ActivityError(
+                f"{where}: invalid parameter {stmt.params_field!r}: {exc}",
+                code="INVALID_PARAMETERS",
+                retryable=False,
+            ) from exc
         if cursor.description is None:
             return {"rows_affected": max(cursor.rowcount, 0)}
         if used + cursor.rowcount > max_rows:
             earlier = f" after {used} rows from earlier statements" if used else ""
             raise ActivityError(
                 f"{where}: {cursor.rowcount} rows{earlier} exceed max_rows={max_rows}; "
-                "add a LIMIT or raise max_rows", code="TOO_MANY_ROWS", retryable=False)
+                "add a LIMIT or raise max_rows",
+                code="TOO_MANY_ROWS",
+                retryable=False,
+            )
         columns = unique_columns([c.name for c in cursor.description])
         try:
-            rows = [dict(zip(columns, map(to_json_value, row), strict=True))
-                    for row in cursor.fetchall()]
+            rows = [
+                dict(zip(columns, map(to_json_value, row), strict=True))
+                for row in cursor.fetchall()
+            ]
         except psycopg.Error as exc:
             error = translate_error(exc, target, f"{where}: cannot convert a result value")
-            raise ActivityError(f"{error.message} (cast the column to text in the query)",
-                                code=error.code, retryable=error.retryable) from exc
+            raise ActivityError(
+                f"{error.message} (cast the column to text in the query)",
+                code=error.code,
+                retryable=error.retryable,
+            ) from exc
     return {"rows": rows, "row_count": len(rows), "columns": columns}
 
 
@@ -268,8 +309,11 @@ def run(session: Session, req: PostgresRequest, transaction: bool) -> list[dict[
         except psycopg.Error as exc:  # BEGIN or COMMIT failed
             raise translate_error(exc, target, f"{where}: not committed") from exc
         except ActivityError as exc:
-            raise ActivityError(f"{exc.message}; the transaction was rolled back",
-                                code=exc.code, retryable=exc.retryable) from exc
+            raise ActivityError(
+                f"{exc.message}; the transaction was rolled back",
+                code=exc.code,
+                retryable=exc.retryable,
+            ) from exc
         return results
     finally:
         session.finish()

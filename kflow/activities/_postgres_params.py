@@ -26,8 +26,9 @@ _QUERY_PASSWORD = re.compile(r"(^|&)(password=)[^&]*", re.IGNORECASE)
 
 
 def _invalid(field: str, why: str) -> ActivityError:
-    return ActivityError(f"invalid parameter {field!r}: {why}", code="INVALID_PARAMETERS",
-                         retryable=False)
+    return ActivityError(
+        f"invalid parameter {field!r}: {why}", code="INVALID_PARAMETERS", retryable=False
+    )
 
 
 def mask_db_url(url: str) -> str:
@@ -101,8 +102,11 @@ class Statement:
     @property
     def dollar_style(self) -> bool:
         """PostgreSQL's ``$1`` placeholders (sent untouched) rather than psycopg's ``%s``."""
-        return (isinstance(self.params, list) and bool(_DOLLAR_PLACEHOLDER.search(self.query))
-                and not _PSYCOPG_PLACEHOLDER.search(self.query))
+        return (
+            isinstance(self.params, list)
+            and bool(_DOLLAR_PLACEHOLDER.search(self.query))
+            and not _PSYCOPG_PLACEHOLDER.search(self.query)
+        )
 
 
 def parse_statement(query: Any, params: Any, field: str = "") -> Statement:
@@ -118,9 +122,12 @@ def parse_statement(query: Any, params: Any, field: str = "") -> Statement:
     if isinstance(params, dict) and not all(isinstance(k, str) for k in params):
         raise _invalid(params_field, "the names of named parameters must be strings")
     if params is not None and not isinstance(params, list | dict):
-        raise _invalid(params_field, "a list (positional %s or $1 placeholders) or an object "
-                                     f"(named %(name)s placeholders) is required, not "
-                                     f"{type(params).__name__}")
+        raise _invalid(
+            params_field,
+            "a list (positional %s or $1 placeholders) or an object "
+            f"(named %(name)s placeholders) is required, not "
+            f"{type(params).__name__}",
+        )
     return Statement(query=query, params=params or None, field=field)
 
 
@@ -143,23 +150,27 @@ class PostgresRequest:
     isolation_level: str | None = None
 
 
-def parse_query_params(params: dict[str, Any], *, default_max_rows: int = DEFAULT_MAX_ROWS
-                       ) -> PostgresRequest:
+def parse_query_params(
+    params: dict[str, Any], *, default_max_rows: int = DEFAULT_MAX_ROWS
+) -> PostgresRequest:
     """Validate ``postgres_query`` parameters. Raises ActivityError ``INVALID_PARAMETERS``."""
     target = parse_db_url(params.get("db_url"))
     statement = parse_statement(params.get("query"), params.get("params"))
-    return PostgresRequest(target=target, statements=(statement,),
-                           max_rows=_max_rows(params, default_max_rows))
+    return PostgresRequest(
+        target=target, statements=(statement,), max_rows=_max_rows(params, default_max_rows)
+    )
 
 
-def parse_transaction_params(params: dict[str, Any], *,
-                             default_max_rows: int = DEFAULT_MAX_ROWS) -> PostgresRequest:
+def parse_transaction_params(
+    params: dict[str, Any], *, default_max_rows: int = DEFAULT_MAX_ROWS
+) -> PostgresRequest:
     """Validate ``postgres_transaction`` parameters. Raises ActivityError ``INVALID_PARAMETERS``."""
     target = parse_db_url(params.get("db_url"))
     raw = params.get("statements")
     if not isinstance(raw, list | tuple) or not raw:
-        raise _invalid("statements", "a non-empty list of {query, params?} objects or SQL "
-                                     "strings is required")
+        raise _invalid(
+            "statements", "a non-empty list of {query, params?} objects or SQL strings is required"
+        )
     statements: list[Statement] = []
     for i, item in enumerate(raw):
         field = f"statements[{i}]"
@@ -172,8 +183,13 @@ def parse_transaction_params(params: dict[str, Any], *,
     level = params.get("isolation_level")
     if level is not None:
         if not isinstance(level, str) or level.strip().lower() not in ISOLATION_LEVELS:
-            raise _invalid("isolation_level", f"{level!r} is not one of "
-                                              f"{', '.join(ISOLATION_LEVELS)}")
+            raise _invalid(
+                "isolation_level", f"{level!r} is not one of {', '.join(ISOLATION_LEVELS)}"
+            )
         level = level.strip().lower()
-    return PostgresRequest(target=target, statements=tuple(statements),
-                           max_rows=_max_rows(params, default_max_rows), isolation_level=level)
+    return PostgresRequest(
+        target=target,
+        statements=tuple(statements),
+        max_rows=_max_rows(params, default_max_rows),
+        isolation_level=level,
+    )

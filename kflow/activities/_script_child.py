@@ -93,9 +93,14 @@ class _Collector(logging.Handler):
             message = f"<unformattable log message {record.msg!r}: {exc}>"
         if record.exc_info and record.exc_info[1] is not None:
             message += "\n" + _format_exception(record.exc_info[1])
-        self.records.append({"level": record.levelno, "logger": record.name,
-                             "message": message[:MAX_LOG_MESSAGE_CHARS],
-                             "created": record.created})
+        self.records.append(
+            {
+                "level": record.levelno,
+                "logger": record.name,
+                "message": message[:MAX_LOG_MESSAGE_CHARS],
+                "created": record.created,
+            }
+        )
 
 
 def _format_exception(exc: BaseException) -> str:
@@ -116,8 +121,9 @@ def _execute(request: dict[str, Any], logger: logging.Logger) -> dict[str, Any]:
     script = request["script"]
     linecache.cache[FILENAME] = (len(script), None, script.splitlines(True), FILENAME)
     try:
-        code = compile(script, FILENAME, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT,
-                       dont_inherit=True)
+        code = compile(
+            script, FILENAME, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True
+        )
     except SyntaxError as exc:
         where = f"line {exc.lineno}" + (f", column {exc.offset}" if exc.offset else "")
         text = f": {exc.text.strip()}" if exc.text and exc.text.strip() else ""
@@ -125,9 +131,12 @@ def _execute(request: dict[str, Any], logger: logging.Logger) -> dict[str, Any]:
     except ValueError as exc:  # e.g. null bytes in the source
         return _error("SYNTAX_ERROR", f"invalid script: {exc}")
     namespace: dict[str, Any] = {
-        "__name__": "__main__", "__builtins__": builtins,
-        "INPUT": request.get("inputs", {}), "OUTPUT": {},
-        "workflow_id": request.get("workflow_id"), "activity_key": request.get("activity_key"),
+        "__name__": "__main__",
+        "__builtins__": builtins,
+        "INPUT": request.get("inputs", {}),
+        "OUTPUT": {},
+        "workflow_id": request.get("workflow_id"),
+        "activity_key": request.get("activity_key"),
         "logger": logger,
     }
     try:
@@ -145,8 +154,9 @@ def _execute(request: dict[str, Any], logger: logging.Logger) -> dict[str, Any]:
     except (TypeError, ValueError, RecursionError) as exc:
         return _error("SCRIPT_ERROR", f"OUTPUT is not JSON-serialisable: {exc}")
     if size > MAX_OUTPUT_BYTES:
-        return _error("SCRIPT_ERROR", f"OUTPUT is {size} bytes of JSON; the limit is "
-                                      f"{MAX_OUTPUT_BYTES}")
+        return _error(
+            "SCRIPT_ERROR", f"OUTPUT is {size} bytes of JSON; the limit is {MAX_OUTPUT_BYTES}"
+        )
     return {"ok": True, "output": output}
 
 
@@ -173,9 +183,14 @@ def run_request(request: dict[str, Any]) -> dict[str, Any]:
         sys.setrecursionlimit(recursion_limit)
         linecache.cache.pop(FILENAME, None)
     if collector.dropped:
-        collector.records.append({"level": logging.WARNING, "logger": "kflow.script",
-                                  "message": f"{collector.dropped} log records dropped",
-                                  "created": 0.0})
+        collector.records.append(
+            {
+                "level": logging.WARNING,
+                "logger": "kflow.script",
+                "message": f"{collector.dropped} log records dropped",
+                "created": 0.0,
+            }
+        )
     reply.update(logs=collector.records, stdout=out.getvalue(), stderr=err.getvalue())
     if threading.active_count() > 1:
         reply["recycle"] = True  # threads the script started would outlive it

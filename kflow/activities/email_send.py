@@ -40,8 +40,9 @@ _DEFAULT_PORTS = {"smtp": 25, "smtps": 465, "smtp+starttls": 587}
 
 
 def _invalid(field: str, why: str) -> ActivityError:
-    return ActivityError(f"invalid parameter {field!r}: {why}", code="INVALID_PARAMETERS",
-                         retryable=False)
+    return ActivityError(
+        f"invalid parameter {field!r}: {why}", code="INVALID_PARAMETERS", retryable=False
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -94,7 +95,10 @@ def parse_smtp_url(url: Any) -> SmtpTarget:
         raise _invalid("smtp_url", f"starttls={starttls!r}; use required, auto or never")
     unquote = urllib.parse.unquote
     return SmtpTarget(
-        scheme=scheme, host=parts.hostname, port=port, security=security,
+        scheme=scheme,
+        host=parts.hostname,
+        port=port,
+        security=security,
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password else None,
     )
@@ -185,14 +189,16 @@ def send_message(
     """
     smtp: smtplib.SMTP
     if target.security == "tls":
-        smtp = smtplib.SMTP_SSL(target.host, target.port, timeout=timeout,
-                                context=_tls_context(verify=True))
+        smtp = smtplib.SMTP_SSL(
+            target.host, target.port, timeout=timeout, context=_tls_context(verify=True)
+        )
     else:
         smtp = smtplib.SMTP(target.host, target.port, timeout=timeout)
     with smtp:
         smtp.ehlo()
         wants_tls = target.security == "starttls" or (
-            target.security == "auto" and smtp.has_extn("starttls"))
+            target.security == "auto" and smtp.has_extn("starttls")
+        )
         if wants_tls:
             smtp.starttls(context=_tls_context(verify=target.security == "starttls"))
             smtp.ehlo()
@@ -211,25 +217,33 @@ def translate_error(exc: BaseException, where: str) -> ActivityError:
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         codes = [code for code, _ in exc.recipients.values()]
         summary = "; ".join(f"{a}: {_reply(c, m)}" for a, (c, m) in exc.recipients.items())
-        return ActivityError(f"{where}: all recipients refused ({summary})", code="SMTP_ERROR",
-                             retryable=bool(codes) and all(400 <= c < 500 for c in codes))
+        return ActivityError(
+            f"{where}: all recipients refused ({summary})",
+            code="SMTP_ERROR",
+            retryable=bool(codes) and all(400 <= c < 500 for c in codes),
+        )
     if isinstance(exc, smtplib.SMTPNotSupportedError):
-        return ActivityError(f"{where}: server does not support it: {exc}", code="SMTP_ERROR",
-                             retryable=False)
+        return ActivityError(
+            f"{where}: server does not support it: {exc}", code="SMTP_ERROR", retryable=False
+        )
     if isinstance(exc, smtplib.SMTPResponseException):
         code = exc.smtp_code
-        return ActivityError(f"{where}: {_reply(code, exc.smtp_error)}", code="SMTP_ERROR",
-                             retryable=400 <= code < 500 or code < 0)
+        return ActivityError(
+            f"{where}: {_reply(code, exc.smtp_error)}",
+            code="SMTP_ERROR",
+            retryable=400 <= code < 500 or code < 0,
+        )
     if isinstance(exc, smtplib.SMTPServerDisconnected):
-        return ActivityError(f"{where}: server disconnected: {exc}", code="SMTP_ERROR",
-                             retryable=True)
+        return ActivityError(
+            f"{where}: server disconnected: {exc}", code="SMTP_ERROR", retryable=True
+        )
     if isinstance(exc, smtplib.SMTPException | ssl.SSLError):
-        return ActivityError(f"{where}: {type(exc).__name__}: {exc}", code="SMTP_ERROR",
-                             retryable=False)
+        return ActivityError(
+            f"{where}: {type(exc).__name__}: {exc}", code="SMTP_ERROR", retryable=False
+        )
     if isinstance(exc, TimeoutError):
         return ActivityError(f"{where}: timed out", code="TIMEOUT", retryable=True)
-    return ActivityError(f"{where}: {type(exc).__name__}: {exc}", code="SMTP_ERROR",
-                         retryable=True)
+    return ActivityError(f"{where}: {type(exc).__name__}: {exc}", code="SMTP_ERROR", retryable=True)
 
 
 class EmailSendActivity(Activity):
@@ -258,10 +272,20 @@ class EmailSendActivity(Activity):
         except (smtplib.SMTPException, OSError) as exc:
             raise translate_error(exc, where) from exc
         accepted = [r for r in recipients if r not in refused]
-        ctx.logger.info("email_send.sent", server=target.masked, message_id=msg["Message-ID"],
-                        accepted=len(accepted), rejected=len(refused))
-        return ActivityResult.value("result", {
-            "message_id": msg["Message-ID"],
-            "accepted": accepted,
-            "rejected": {a: {"code": c, "message": _reply(c, m)} for a, (c, m) in refused.items()},
-        })
+        ctx.logger.info(
+            "email_send.sent",
+            server=target.masked,
+            message_id=msg["Message-ID"],
+            accepted=len(accepted),
+            rejected=len(refused),
+        )
+        return ActivityResult.value(
+            "result",
+            {
+                "message_id": msg["Message-ID"],
+                "accepted": accepted,
+                "rejected": {
+                    a: {"code": c, "message": _reply(c, m)} for a, (c, m) in refused.items()
+                },
+            },
+        )

@@ -39,11 +39,21 @@ DEFAULT_MAX_REDIRECTS = 10
 DEFAULT_TIMEOUT_SECONDS = 30.0
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
-_BINARY_TYPES = frozenset({
-    "application/octet-stream", "application/pdf", "application/zip", "application/gzip",
-    "application/x-gzip", "application/x-tar", "application/wasm", "application/protobuf",
-    "application/x-protobuf", "application/msgpack", "application/x-msgpack",
-})
+_BINARY_TYPES = frozenset(
+    {
+        "application/octet-stream",
+        "application/pdf",
+        "application/zip",
+        "application/gzip",
+        "application/x-gzip",
+        "application/x-tar",
+        "application/wasm",
+        "application/protobuf",
+        "application/x-protobuf",
+        "application/msgpack",
+        "application/x-msgpack",
+    }
+)
 _BINARY_PREFIXES = ("image/", "audio/", "video/", "font/")
 _SCALARS = (str, int, float, bool, type(None))
 
@@ -69,8 +79,9 @@ def mask_url(url: str | httpx.URL) -> str:
 
 
 def _invalid(field: str, why: str) -> ActivityError:
-    return ActivityError(f"invalid parameter {field!r}: {why}", code="INVALID_PARAMETERS",
-                         retryable=False)
+    return ActivityError(
+        f"invalid parameter {field!r}: {why}", code="INVALID_PARAMETERS", retryable=False
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -123,13 +134,19 @@ def parse_params(params: dict[str, Any]) -> HttpRequestParams:
             raise _invalid(f"query.{name}", "values must be strings, numbers, booleans or lists")
     timeout = params.get("timeout_seconds")
     if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float)
-        or not math.isfinite(timeout) or timeout <= 0
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout <= 0
     ):
         raise _invalid("timeout_seconds", "a positive number is required")
     return HttpRequestParams(
-        method=method.upper(), url=url, headers=clean_headers, query=query,
-        body=params.get("body"), timeout_seconds=None if timeout is None else float(timeout),
+        method=method.upper(),
+        url=url,
+        headers=clean_headers,
+        query=query,
+        body=params.get("body"),
+        timeout_seconds=None if timeout is None else float(timeout),
     )
 
 
@@ -192,8 +209,9 @@ class HttpRequestActivity(Activity):
             with trio.fail_after(deadline):
                 response, data = await self._send(req)
         except (trio.TooSlowError, httpx.TimeoutException) as exc:
-            raise ActivityError(f"{where}: timed out ({type(exc).__name__})", code="TIMEOUT",
-                                retryable=True) from exc
+            raise ActivityError(
+                f"{where}: timed out ({type(exc).__name__})", code="TIMEOUT", retryable=True
+            ) from exc
         except httpx.TooManyRedirects as exc:
             raise ActivityError(f"{where}: {exc}", code="HTTP_ERROR", retryable=False) from exc
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
@@ -204,15 +222,23 @@ class HttpRequestActivity(Activity):
         body, encoding = decode_body(
             response.headers.get("content-type", ""), data, response.charset_encoding
         )
-        ctx.logger.info("http_request.finished", method=req.method, url=mask_url(req.url),
-                        status=response.status_code, size=len(data))
-        return ActivityResult.value("response", {
-            "status": response.status_code,
-            "success": response.is_success,
-            "headers": dict(response.headers.items()),
-            "body": body,
-            "body_encoding": encoding,
-        })
+        ctx.logger.info(
+            "http_request.finished",
+            method=req.method,
+            url=mask_url(req.url),
+            status=response.status_code,
+            size=len(data),
+        )
+        return ActivityResult.value(
+            "response",
+            {
+                "status": response.status_code,
+                "success": response.is_success,
+                "headers": dict(response.headers.items()),
+                "body": body,
+                "body_encoding": encoding,
+            },
+        )
 
     async def _send(self, req: HttpRequestParams) -> tuple[httpx.Response, bytes]:
         kwargs: dict[str, Any] = {}
@@ -237,7 +263,8 @@ class HttpRequestActivity(Activity):
         declared = response.headers.get("content-length", "")
         too_large = ActivityError(
             f"{req.method} {mask_url(req.url)}: response body exceeds {cap} bytes",
-            code="RESPONSE_TOO_LARGE", retryable=False,
+            code="RESPONSE_TOO_LARGE",
+            retryable=False,
         )
         if req.method != "HEAD" and declared.isdigit() and int(declared) > cap:
             raise too_large

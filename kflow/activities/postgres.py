@@ -113,8 +113,9 @@ class _PostgresActivity(Activity):
         self.connect_timeout = connect_timeout
         self.max_rows = max_rows
 
-    async def _run(self, req: PostgresRequest, ctx: ActivityContext,
-                   transaction: bool) -> list[dict[str, Any]]:
+    async def _run(
+        self, req: PostgresRequest, ctx: ActivityContext, transaction: bool
+    ) -> list[dict[str, Any]]:
         """Run ``req`` in a worker thread; on cancellation, cancel it on the server too.
 
         Raises:
@@ -123,27 +124,34 @@ class _PostgresActivity(Activity):
         try:
             import kflow.activities._postgres_driver as driver
         except ImportError as exc:
-            raise ActivityError(f"psycopg 3 is not usable here ({exc}); install kflow[postgres]",
-                                code="MISSING_DEPENDENCY", retryable=False) from exc
+            raise ActivityError(
+                f"psycopg 3 is not usable here ({exc}); install kflow[postgres]",
+                code="MISSING_DEPENDENCY",
+                retryable=False,
+            ) from exc
         limit = ctx.timeout_seconds or self.timeout_seconds
         started = time.monotonic()
-        session = driver.Session(target=req.target, deadline=started + limit,
-                                 connect_timeout=self.connect_timeout)
+        session = driver.Session(
+            target=req.target, deadline=started + limit, connect_timeout=self.connect_timeout
+        )
         try:
             results: list[dict[str, Any]] = await ctx.run_sync(
-                driver.run, session, req, transaction)
+                driver.run, session, req, transaction
+            )
         except trio.Cancelled:
             error: str | None = "the cancel request timed out"
             with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_TIMEOUT_SECONDS):
                 error = await trio.to_thread.run_sync(session.cancel, abandon_on_cancel=True)
-            ctx.logger.info(f"{self.name}.cancelled", server=req.target.masked,
-                            cancel_error=error)
+            ctx.logger.info(f"{self.name}.cancelled", server=req.target.masked, cancel_error=error)
             raise
         ctx.logger.info(
-            f"{self.name}.finished", server=req.target.masked, statements=len(results),
+            f"{self.name}.finished",
+            server=req.target.masked,
+            statements=len(results),
             rows=sum(r.get("row_count", 0) for r in results),
             rows_affected=sum(r.get("rows_affected", 0) for r in results),
-            duration_ms=round((time.monotonic() - started) * 1000))
+            duration_ms=round((time.monotonic() - started) * 1000),
+        )
         return results
 
 
@@ -177,7 +185,12 @@ class PostgresTransactionActivity(_PostgresActivity):
         """
         req = parse_transaction_params(params, default_max_rows=self.max_rows)
         results = await self._run(req, ctx, transaction=True)
-        return ActivityResult.value("result", {
-            "results": results, "committed": True,
-            "success": True, "statements_executed": len(results),
-        })
+        return ActivityResult.value(
+            "result",
+            {
+                "results": results,
+                "committed": True,
+                "success": True,
+                "statements_executed": len(results),
+            },
+        )

@@ -58,25 +58,35 @@ class ScriptActivity(Activity):
         """
         script = params.get("script")
         if script is not None and not isinstance(script, str):
-            raise ActivityError("invalid parameter 'script': a string is required",
-                                code="INVALID_PARAMETERS", retryable=False)
+            raise ActivityError(
+                "invalid parameter 'script': a string is required",
+                code="INVALID_PARAMETERS",
+                retryable=False,
+            )
         timeout = ctx.timeout_seconds or self.default_timeout
         outcome = await self.pool.run(
-            script or "", params.get("inputs"), timeout=timeout,
-            workflow_id=ctx.workflow_id, activity_key=ctx.activity_key,
+            script or "",
+            params.get("inputs"),
+            timeout=timeout,
+            workflow_id=ctx.workflow_id,
+            activity_key=ctx.activity_key,
         )
         relog(ctx, outcome)
         if not outcome.ok:
-            raise ActivityError(outcome.error_message or "", code=outcome.error_code or
-                                "SCRIPT_ERROR", retryable=outcome.retryable)
+            raise ActivityError(
+                outcome.error_message or "",
+                code=outcome.error_code or "SCRIPT_ERROR",
+                retryable=outcome.retryable,
+            )
         return ActivityResult.value("result", outcome.output)
 
 
 def relog(ctx: ActivityContext, outcome: ScriptOutcome) -> None:
     """Emit the script's log records and captured output on ``ctx.logger``."""
     for record in outcome.logs:
-        ctx.logger.log(record.level, "script.log", message=record.message,
-                       script_logger=record.logger)
+        ctx.logger.log(
+            record.level, "script.log", message=record.message, script_logger=record.logger
+        )
     if outcome.stdout:
         ctx.logger.info("script.stdout", text=outcome.stdout)
     if outcome.stderr:

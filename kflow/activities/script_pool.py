@@ -77,8 +77,9 @@ def child_environment(
 
 
 def _failure(code: str, message: str, *, retryable: bool, pid: int | None = None) -> ScriptOutcome:
-    return ScriptOutcome(ok=False, error_code=code, error_message=message, retryable=retryable,
-                         pid=pid)
+    return ScriptOutcome(
+        ok=False, error_code=code, error_message=message, retryable=retryable, pid=pid
+    )
 
 
 class _ProtocolError(Exception):
@@ -208,16 +209,21 @@ class ScriptPool:
         if self._closed:
             raise trio.ClosedResourceError("the script pool is closed")
         if not isinstance(script, str) or not script.strip():
-            return _failure("MISSING_SCRIPT", "the 'script' parameter is missing or empty",
-                            retryable=False)
-        request = {"script": script, "inputs": {} if inputs is None else inputs,
-                   "workflow_id": None if workflow_id is None else str(workflow_id),
-                   "activity_key": activity_key}
+            return _failure(
+                "MISSING_SCRIPT", "the 'script' parameter is missing or empty", retryable=False
+            )
+        request = {
+            "script": script,
+            "inputs": {} if inputs is None else inputs,
+            "workflow_id": None if workflow_id is None else str(workflow_id),
+            "activity_key": activity_key,
+        }
         try:
             json.dumps(request, allow_nan=False)
         except (TypeError, ValueError) as exc:
-            return _failure("INVALID_PARAMETERS", f"inputs are not JSON-serialisable: {exc}",
-                            retryable=False)
+            return _failure(
+                "INVALID_PARAMETERS", f"inputs are not JSON-serialisable: {exc}", retryable=False
+            )
         async with self._limiter:
             return await self._run_in_child(request, seconds=timeout)
 
@@ -237,13 +243,20 @@ class ScriptPool:
                     return await self._crashed(dead)
                 keep = not reply.get("recycle")
                 return self._outcome(reply, child.pid)
-            return _failure("TIMEOUT", f"the script did not finish within {seconds:g} s",
-                            retryable=True, pid=None if child is None else child.pid)
+            return _failure(
+                "TIMEOUT",
+                f"the script did not finish within {seconds:g} s",
+                retryable=True,
+                pid=None if child is None else child.pid,
+            )
         except _SpawnFailed as exc:
             return _failure("SCRIPT_CRASHED", str(exc), retryable=True)
         except _ProtocolError as exc:
-            return _failure("SCRIPT_CRASHED", f"the script interpreter broke the protocol: {exc}",
-                            retryable=True)
+            return _failure(
+                "SCRIPT_CRASHED",
+                f"the script interpreter broke the protocol: {exc}",
+                retryable=True,
+            )
         finally:
             if child is not None:
                 if keep and not self._closed:
@@ -262,7 +275,8 @@ class ScriptPool:
         command = [self.python, str(CHILD_PATH), str(self.memory_limit_mb)]
         try:
             process = await trio.lowlevel.open_process(
-                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self._env)
+                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self._env
+            )
         except OSError as exc:
             raise _SpawnFailed(f"cannot start the script interpreter {self.python}: {exc}") from exc
         child = _Child(process)
@@ -276,8 +290,9 @@ class ScriptPool:
         if not isinstance(hello, dict) or not hello.get("ready"):
             self._children.discard(child)
             status = await child.close()
-            raise _SpawnFailed(f"the script interpreter exited at start "
-                               f"({_describe_status(status)})")
+            raise _SpawnFailed(
+                f"the script interpreter exited at start ({_describe_status(status)})"
+            )
         return child
 
     async def _crashed(self, child: _Child) -> ScriptOutcome:
@@ -285,8 +300,12 @@ class ScriptPool:
         status = await child.close(grace=_CRASH_GRACE_SECONDS)
         memory = status == child_protocol.MEMORY_EXIT_CODE
         if child.killed:
-            return _failure("SCRIPT_CRASHED", "the script closed the interpreter's protocol pipe "
-                            "(the interpreter was killed)", retryable=True, pid=child.pid)
+            return _failure(
+                "SCRIPT_CRASHED",
+                "the script closed the interpreter's protocol pipe (the interpreter was killed)",
+                retryable=True,
+                pid=child.pid,
+            )
         message = f"the script interpreter died ({_describe_status(status)})"
         if self.memory_limit_mb and (memory or (status or 0) < 0):
             message += f"; its memory limit is {self.memory_limit_mb} MB"
@@ -294,21 +313,34 @@ class ScriptPool:
 
     def _outcome(self, reply: dict[str, Any], pid: int) -> ScriptOutcome:
         logs = tuple(
-            ScriptLogRecord(level=int(r.get("level", 20)), logger=str(r.get("logger", "")),
-                            message=str(r.get("message", "")),
-                            created=float(r.get("created", 0.0)))
-            for r in reply.get("logs", ()))
-        outcome = ScriptOutcome(ok=bool(reply.get("ok")), output=reply.get("output"), logs=logs,
-                                stdout=str(reply.get("stdout", "")),
-                                stderr=str(reply.get("stderr", "")), pid=pid)
+            ScriptLogRecord(
+                level=int(r.get("level", 20)),
+                logger=str(r.get("logger", "")),
+                message=str(r.get("message", "")),
+                created=float(r.get("created", 0.0)),
+            )
+            for r in reply.get("logs", ())
+        )
+        outcome = ScriptOutcome(
+            ok=bool(reply.get("ok")),
+            output=reply.get("output"),
+            logs=logs,
+            stdout=str(reply.get("stdout", "")),
+            stderr=str(reply.get("stderr", "")),
+            pid=pid,
+        )
         if outcome.ok:
             return outcome
         error = reply.get("error") or {}
         message = str(error.get("message", ""))
         if reply.get("memory") and self.memory_limit_mb:
             message += f"\n(the script's memory limit is {self.memory_limit_mb} MB)"
-        return attrs.evolve(outcome, error_code=str(error.get("code", "SCRIPT_ERROR")),
-                            error_message=message, retryable=False)
+        return attrs.evolve(
+            outcome,
+            error_code=str(error.get("code", "SCRIPT_ERROR")),
+            error_message=message,
+            retryable=False,
+        )
 
 
 def _describe_status(status: int | None) -> str:

@@ -152,8 +152,12 @@ class SqliteStore:
     def _connect(self, busy_timeout_ms: int) -> sqlite3.Connection:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                   timeout=busy_timeout_ms / 1000)
+            conn = sqlite3.connect(
+                self.path,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=busy_timeout_ms / 1000,
+            )
         except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailableError(f"cannot open SQLite database {self.path}: {exc}") from exc
         conn.row_factory = _dict_row
@@ -216,8 +220,12 @@ class SqliteStore:
             if self._commit(batch):
                 continue
             if trio.current_time() > deadline:  # another process holds the lock
-                self._finish(batch, StoreUnavailableError(
-                    f"SQLite database {self.path} stayed locked by another process"))
+                self._finish(
+                    batch,
+                    StoreUnavailableError(
+                        f"SQLite database {self.path} stayed locked by another process"
+                    ),
+                )
                 continue
             self._pending[:0] = batch
             await trio.sleep(delay)
@@ -264,8 +272,9 @@ class SqliteStore:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 failed = StoreUnavailableError(f"SQLite commit failed: {exc}")
-                results = [r if isinstance(r, outcome.Error) else outcome.Error(failed)
-                           for r in results]
+                results = [
+                    r if isinstance(r, outcome.Error) else outcome.Error(failed) for r in results
+                ]
         self.batches += 1
         self.units += len(batch)
         for unit, result in zip(batch, results, strict=True):

@@ -80,7 +80,8 @@ class WorkerApi:
         """
         try:
             response: httpx.Response = await retrying(cap=POLL_BACKOFF_CAP, what="info")(
-                self._send, "GET", "/info", auth=False)
+                self._send, "GET", "/info", auth=False
+            )
         except ApiError as exc:
             if exc.status == 404:
                 return {}
@@ -101,26 +102,37 @@ class WorkerApi:
             ApiError: a non-transient error answer (4xx).
             UnauthorizedError: the token endpoint refused the credentials.
         """
-        body: dict[str, Any] = {"worker": self.config.worker, "worker_id": self.config.worker_id,
-                                "max_activities": max_activities}
+        body: dict[str, Any] = {
+            "worker": self.config.worker,
+            "worker_id": self.config.worker_id,
+            "max_activities": max_activities,
+        }
         if wait_seconds is not None:
             body["wait_seconds"] = wait_seconds
-        timeout = httpx.Timeout(self.config.http_timeout,
-                                read=self.config.http_timeout + (wait_seconds or 0))
+        timeout = httpx.Timeout(
+            self.config.http_timeout, read=self.config.http_timeout + (wait_seconds or 0)
+        )
         response: httpx.Response = await retrying(cap=POLL_BACKOFF_CAP, what="poll")(
-            self._send, "POST", "/workers/poll", body=dumps(body), limits=timeout)
+            self._send, "POST", "/workers/poll", body=dumps(body), limits=timeout
+        )
         data = self._json(response)
         raw_items = data.get("activities") if isinstance(data, dict) else None
         if not isinstance(raw_items, list):
-            raise ApiError("poll answer has no 'activities' array", status=response.status_code,
-                           code="INVALID_RESPONSE")
+            raise ApiError(
+                "poll answer has no 'activities' array",
+                status=response.status_code,
+                code="INVALID_RESPONSE",
+            )
         claimed: list[ClaimedActivity] = []
         for raw in raw_items:
             try:
                 claimed.append(ClaimedActivity.from_wire(raw))
             except (TypeError, ValueError) as exc:
-                log.error("worker.poll.bad_item", error=str(exc),  # noqa: TRY400 (no traceback)
-                          activity_id=raw.get("activity_id") if isinstance(raw, dict) else None)
+                log.error(  # noqa: TRY400 (a bad item needs no traceback)
+                    "worker.poll.bad_item",
+                    error=str(exc),
+                    activity_id=raw.get("activity_id") if isinstance(raw, dict) else None,
+                )
         return claimed
 
     async def heartbeat(
@@ -136,8 +148,9 @@ class WorkerApi:
         if details is not None:
             body["details"] = details
         try:
-            response = await self._send("POST", f"/activities/{activity_id}/heartbeat",
-                                        body=dumps(body))
+            response = await self._send(
+                "POST", f"/activities/{activity_id}/heartbeat", body=dumps(body)
+            )
         except ApiError as exc:
             if exc.status == 409:
                 raise ActivityCancelled(exc.message) from exc
@@ -147,8 +160,12 @@ class WorkerApi:
         return float(nxt) if _positive_number(nxt) else None
 
     async def complete(
-        self, activity_id: uuid.UUID, worker_id: str, output: Mapping[str, Any],
-        cost_usd: Any = None, usage: Any = (),
+        self,
+        activity_id: uuid.UUID,
+        worker_id: str,
+        output: Mapping[str, Any],
+        cost_usd: Any = None,
+        usage: Any = (),
     ) -> ReportOutcome:
         """Report success; retries until the server answers (see :meth:`report`).
 
@@ -158,8 +175,12 @@ class WorkerApi:
         return await self.report(Report.complete(activity_id, worker_id, output, cost_usd, usage))
 
     async def fail(
-        self, activity_id: uuid.UUID, worker_id: str, failure: Any,
-        cost_usd: Any = None, usage: Any = (),
+        self,
+        activity_id: uuid.UUID,
+        worker_id: str,
+        failure: Any,
+        cost_usd: Any = None,
+        usage: Any = (),
     ) -> ReportOutcome:
         """Report failure (a :class:`~kflow.worker.activity.Failure`); see :meth:`report`."""
         return await self.report(Report.fail(activity_id, worker_id, failure, cost_usd, usage))
@@ -174,8 +195,9 @@ class WorkerApi:
         Raises:
             httpx.TransportError, ApiError: a transient failure, only with ``retry=False``.
         """
-        bound = log.bind(activity_id=str(report.activity_id), kind=report.kind,
-                         worker_id=report.worker_id)
+        bound = log.bind(
+            activity_id=str(report.activity_id), kind=report.kind, worker_id=report.worker_id
+        )
         send = retrying(cap=REPORT_BACKOFF_CAP, what=report.kind) if retry else _once
         try:
             response = await send(self._send, "POST", report.path, body=report.body)
@@ -191,8 +213,9 @@ class WorkerApi:
             if exc.status == 404:
                 bound.error("worker.report.unknown_activity", message=exc.message)
                 return ReportOutcome.UNKNOWN_ACTIVITY
-            bound.error("worker.report.rejected", status=exc.status, code=exc.code,
-                        message=exc.message)
+            bound.error(
+                "worker.report.rejected", status=exc.status, code=exc.code, message=exc.message
+            )
             return ReportOutcome.REJECTED
         try:
             data = loads(response.content) if response.content else {}
@@ -204,7 +227,11 @@ class WorkerApi:
         return ReportOutcome.ACKNOWLEDGED
 
     async def upload_file(
-        self, workflow_id: uuid.UUID, activity_key: str, filename: str, data: bytes,
+        self,
+        workflow_id: uuid.UUID,
+        activity_key: str,
+        filename: str,
+        data: bytes,
         content_type: str | None,
     ) -> Mapping[str, Any]:
         """Store a file under (workflow, activity); returns the server's metadata.
@@ -213,9 +240,14 @@ class WorkerApi:
             ApiError: the server refused it (e.g. 400 bad filename, 413 too large).
         """
         response: httpx.Response = await retrying(
-            cap=POLL_BACKOFF_CAP, attempts=5, what="upload_file")(
-            self._send, "POST", _file_path(workflow_id, activity_key, filename), body=data,
-            content_type=content_type or "application/octet-stream")
+            cap=POLL_BACKOFF_CAP, attempts=5, what="upload_file"
+        )(
+            self._send,
+            "POST",
+            _file_path(workflow_id, activity_key, filename),
+            body=data,
+            content_type=content_type or "application/octet-stream",
+        )
         result = self._json(response)
         return result if isinstance(result, dict) else {}
 
@@ -229,20 +261,26 @@ class WorkerApi:
         """
         try:
             response: httpx.Response = await retrying(
-                cap=POLL_BACKOFF_CAP, attempts=5, what="download_file")(
-                self._send, "GET", _file_path(workflow_id, activity_key, filename))
+                cap=POLL_BACKOFF_CAP, attempts=5, what="download_file"
+            )(self._send, "GET", _file_path(workflow_id, activity_key, filename))
         except ApiError as exc:
             if exc.status == 404:
                 raise NotFoundError(
-                    f"file {filename!r} of {workflow_id}/{activity_key} not found") from exc
+                    f"file {filename!r} of {workflow_id}/{activity_key} not found"
+                ) from exc
             raise
         return response.content
 
     # -- plumbing ---------------------------------------------------------------
 
     async def _send(
-        self, method: str, path: str, *, body: bytes | None = None,
-        content_type: str = "application/json", limits: httpx.Timeout | None = None,
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None = None,
+        content_type: str = "application/json",
+        limits: httpx.Timeout | None = None,
         auth: bool = True,
     ) -> httpx.Response:
         """One request (plus one repeat after a token refresh on 401)."""
@@ -258,8 +296,13 @@ class WorkerApi:
         return response
 
     async def _request(
-        self, method: str, path: str, body: bytes | None, content_type: str,
-        limits: httpx.Timeout | None, token: str | None,
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        content_type: str,
+        limits: httpx.Timeout | None,
+        token: str | None,
     ) -> httpx.Response:
         headers = {"Accept": "application/json"}
         if body is not None:
@@ -269,8 +312,12 @@ class WorkerApi:
         base = self._bases[self._current]
         try:
             response = await self._http.request(
-                method, base + path, content=body, headers=headers,
-                timeout=limits or httpx.Timeout(self.config.http_timeout))
+                method,
+                base + path,
+                content=body,
+                headers=headers,
+                timeout=limits or httpx.Timeout(self.config.http_timeout),
+            )
         except httpx.TransportError:
             self._fail_over(base)
             raise
@@ -282,8 +329,11 @@ class WorkerApi:
         """After a failure at ``base``, let the next attempt use the next server."""
         if len(self._bases) > 1 and self._bases[self._current] == base:
             self._current = (self._current + 1) % len(self._bases)
-            log.warning("worker.api.fail_over", failed=base.removesuffix("/api/v1"),
-                        next=self._bases[self._current].removesuffix("/api/v1"))
+            log.warning(
+                "worker.api.fail_over",
+                failed=base.removesuffix("/api/v1"),
+                next=self._bases[self._current].removesuffix("/api/v1"),
+            )
 
     async def _current_token(self) -> str | None:
         if not self.config.uses_oauth:
@@ -300,20 +350,30 @@ class WorkerApi:
             self._token, self._token_expires_at = await self._fetch_token()
 
     async def _fetch_token(self) -> tuple[str, float | None]:
-        body = dumps({"grant_type": "client_credentials", "client_id": self.config.client_id,
-                      "client_secret": self.config.client_secret})
+        body = dumps(
+            {
+                "grant_type": "client_credentials",
+                "client_id": self.config.client_id,
+                "client_secret": self.config.client_secret,
+            }
+        )
         response = await self._request("POST", "/oauth/token", body, "application/json", None, None)
         if response.status_code in (400, 401, 403):
             exc = error_from_response(response)
-            raise UnauthorizedError(f"the server refused the worker's client credentials: "
-                                    f"{exc.message}", details={"status": exc.status}) from exc
+            raise UnauthorizedError(
+                f"the server refused the worker's client credentials: {exc.message}",
+                details={"status": exc.status},
+            ) from exc
         if response.is_error:
             raise error_from_response(response)
         data = self._json(response)
         token = data.get("access_token") if isinstance(data, dict) else None
         if not isinstance(token, str) or not token:
-            raise ApiError("token answer has no access_token", status=response.status_code,
-                           code="INVALID_RESPONSE")
+            raise ApiError(
+                "token answer has no access_token",
+                status=response.status_code,
+                code="INVALID_RESPONSE",
+            )
         expires_in = data.get("expires_in")
         if _positive_number(expires_in):
             return token, trio.current_time() + expires_in - min(60.0, expires_in / 10)
@@ -324,8 +384,11 @@ class WorkerApi:
         try:
             return loads(response.content)
         except InvalidInputError as exc:
-            raise ApiError(f"invalid JSON in answer: {exc.message}", status=response.status_code,
-                           code="INVALID_RESPONSE") from exc
+            raise ApiError(
+                f"invalid JSON in answer: {exc.message}",
+                status=response.status_code,
+                code="INVALID_RESPONSE",
+            ) from exc
 
 
 async def _once(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:

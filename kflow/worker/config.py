@@ -74,8 +74,10 @@ def split_urls(value: str) -> list[str]:
 def _check_url(_: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     urls = split_urls(value) if isinstance(value, str) else []
     if not urls or not all(u.startswith(("http://", "https://")) for u in urls):
-        raise ConfigError(f"{attr.name} must be an http:// or https:// URL (or several, "
-                          f"comma-separated), got {value!r}")
+        raise ConfigError(
+            f"{attr.name} must be an http:// or https:// URL (or several, "
+            f"comma-separated), got {value!r}"
+        )
 
 
 def _strip_slash(value: Any) -> Any:
@@ -159,9 +161,7 @@ class WorkerConfig:
         return self.client_id is not None and self.access_token is None
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> WorkerConfig:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> WorkerConfig:
         """Build a config from environment variables, then apply ``overrides``.
 
         ``environ`` defaults to ``os.environ``. ``overrides`` are field names;
@@ -205,8 +205,9 @@ def _text(name: str, raw: str) -> str:
 def _url(name: str, raw: str) -> str:
     urls = split_urls(raw)
     if not urls or not all(u.startswith(("http://", "https://")) for u in urls):
-        raise ConfigError(f"{name} must be an http:// or https:// URL (or several, "
-                          f"comma-separated), got {raw!r}")
+        raise ConfigError(
+            f"{name} must be an http:// or https:// URL (or several, comma-separated), got {raw!r}"
+        )
     return ",".join(urls)
 
 

@@ -53,8 +53,13 @@ class WorkerManager:
     """
 
     def __init__(
-        self, config: WorkerConfig, registry: ActivityRegistry, *,
-        http: httpx.AsyncClient | None = None, burst: bool = False, outbox: Outbox | None = None,
+        self,
+        config: WorkerConfig,
+        registry: ActivityRegistry,
+        *,
+        http: httpx.AsyncClient | None = None,
+        burst: bool = False,
+        outbox: Outbox | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
@@ -113,7 +118,9 @@ class WorkerManager:
             self.request_shutdown(immediate=immediate)
 
     async def run(
-        self, *, burst: bool | None = None,
+        self,
+        *,
+        burst: bool | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve until shut down (or, in burst mode, until idle).
@@ -138,8 +145,10 @@ class WorkerManager:
         try:
             async with self._client() as http:
                 outbox = self._outbox or Outbox.in_dir(
-                    self.config.state_dir, owner=self.config.worker_id,
-                    claim_seconds=max(120.0, 4 * self.config.report_timeout))
+                    self.config.state_dir,
+                    owner=self.config.worker_id,
+                    claim_seconds=max(120.0, 4 * self.config.report_timeout),
+                )
                 api = WorkerApi(http, self.config)
                 async with outbox:
                     reporter = Reporter(api, outbox, report_timeout=self.config.report_timeout)
@@ -160,55 +169,83 @@ class WorkerManager:
         if self._http is not None:
             yield self._http
             return
-        client = httpx.AsyncClient(timeout=self.config.http_timeout,
-                                   headers={"User-Agent": f"kflow-worker/{__version__}"})
+        client = httpx.AsyncClient(
+            timeout=self.config.http_timeout, headers={"User-Agent": f"kflow-worker/{__version__}"}
+        )
         try:
             yield client
         finally:
             with trio.CancelScope(shield=True):
                 await client.aclose()
 
-    async def _serve(self, api: WorkerApi, reporter: Reporter, burst: bool,
-                     task_status: trio.TaskStatus[None]) -> None:
+    async def _serve(
+        self, api: WorkerApi, reporter: Reporter, burst: bool, task_status: trio.TaskStatus[None]
+    ) -> None:
         assert self._intake is not None
         assert self._everything is not None
         config = self.config
         slots = trio.CapacityLimiter(config.max_activities)
-        runner = ActivityRunner(config=config, registry=self.registry, api=api, reporter=reporter,
-                                thread_limiter=trio.CapacityLimiter(config.max_activities))
+        runner = ActivityRunner(
+            config=config,
+            registry=self.registry,
+            api=api,
+            reporter=reporter,
+            thread_limiter=trio.CapacityLimiter(config.max_activities),
+        )
         with self._everything:
             async with trio.open_nursery() as root:
                 async with trio.open_nursery() as work:
                     with self._intake:
                         self.server_info = await api.info()
                         features = self.server_info.get("features") or []
-                        long_poll = ("long_poll" in features and config.long_poll_seconds > 0
-                                     and not burst)
+                        long_poll = (
+                            "long_poll" in features and config.long_poll_seconds > 0 and not burst
+                        )
                         self._log_start(long_poll)
                         task_status.started()
                         await reporter.drain_until_empty()
                         root.start_soon(reporter.serve)
                         await self._poll_loop(api, runner, work, slots, long_poll, burst)
                     if self._stopping and slots.borrowed_tokens:
-                        log.info("worker.draining", in_flight=slots.borrowed_tokens,
-                                 shutdown_timeout=config.shutdown_timeout)
+                        log.info(
+                            "worker.draining",
+                            in_flight=slots.borrowed_tokens,
+                            shutdown_timeout=config.shutdown_timeout,
+                        )
                         work.cancel_scope.deadline = trio.current_time() + config.shutdown_timeout
                 root.cancel_scope.cancel()
 
     def _log_start(self, long_poll: bool) -> None:
         config = self.config
         served = self.registry.names(config.worker)
-        log.info("worker.started", worker=config.worker, worker_id=config.worker_id,
-                 api_url=config.api_url, long_poll=long_poll, max_activities=config.max_activities,
-                 activities=served, server_version=(self.server_info or {}).get("version"))
+        log.info(
+            "worker.started",
+            worker=config.worker,
+            worker_id=config.worker_id,
+            api_url=config.api_url,
+            long_poll=long_poll,
+            max_activities=config.max_activities,
+            activities=served,
+            server_version=(self.server_info or {}).get("version"),
+        )
         if not served:
-            log.warning("worker.no_activities", worker=config.worker,
-                        registered=self.registry.activity_types())
+            log.warning(
+                "worker.no_activities",
+                worker=config.worker,
+                registered=self.registry.activity_types(),
+            )
         if config.insecure:
             log.warning("worker.insecure", detail="no credentials; requests carry no token")
 
-    async def _poll_loop(self, api: WorkerApi, runner: ActivityRunner, work: trio.Nursery,
-                         slots: trio.CapacityLimiter, long_poll: bool, burst: bool) -> None:
+    async def _poll_loop(
+        self,
+        api: WorkerApi,
+        runner: ActivityRunner,
+        work: trio.Nursery,
+        slots: trio.CapacityLimiter,
+        long_poll: bool,
+        burst: bool,
+    ) -> None:
         wait = self.config.long_poll_seconds if long_poll else None
         while True:
             tokens = await self._reserve(slots)
@@ -224,9 +261,13 @@ class WorkerManager:
                     work.start_soon(self._slot, runner, slots, items[index], token)
                 else:
                     slots.release_on_behalf_of(token)
-            for extra in items[len(tokens):]:
-                log.error("worker.poll.too_many", activity_id=str(extra.activity_id),
-                          asked=len(tokens), got=len(items))
+            for extra in items[len(tokens) :]:
+                log.error(
+                    "worker.poll.too_many",
+                    activity_id=str(extra.activity_id),
+                    asked=len(tokens),
+                    got=len(items),
+                )
             if items:
                 continue
             if burst:
@@ -261,8 +302,13 @@ class WorkerManager:
         """
         return await api.poll(count, wait)
 
-    async def _slot(self, runner: ActivityRunner, slots: trio.CapacityLimiter,
-                    item: ClaimedActivity, token: object) -> None:
+    async def _slot(
+        self,
+        runner: ActivityRunner,
+        slots: trio.CapacityLimiter,
+        item: ClaimedActivity,
+        token: object,
+    ) -> None:
         try:
             await runner.run(item)
         except Exception:

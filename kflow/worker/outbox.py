@@ -70,8 +70,12 @@ class Outbox:
     """
 
     def __init__(
-        self, path: str | pathlib.Path, *, owner: str | None = None,
-        claim_seconds: float = 120.0, run_sync: RunSync | None = None,
+        self,
+        path: str | pathlib.Path,
+        *,
+        owner: str | None = None,
+        claim_seconds: float = 120.0,
+        run_sync: RunSync | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = pathlib.Path(path)
@@ -102,8 +106,9 @@ class Outbox:
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
-                               check_same_thread=False)
+        conn = sqlite3.connect(
+            self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+        )
         try:
             conn.execute("PRAGMA busy_timeout = 30000")
             conn.execute("PRAGMA journal_mode = WAL")
@@ -138,48 +143,74 @@ class Outbox:
     async def put(self, report: Report) -> Report:
         """Store ``report``, claimed by this instance; returns it with ``outbox_id`` set."""
         until = self._clock() + self._claim_seconds
-        row = (str(report.activity_id), report.worker_id, report.kind, report.body,
-               format_datetime(report.created_at), self.owner, until)
-        cursor = await self._sql(lambda c: c.execute(
-            "INSERT INTO outbox (activity_id, worker_id, kind, body, created_at, claimed_by,"
-            " claimed_until) VALUES (?, ?, ?, ?, ?, ?, ?)", row))
+        row = (
+            str(report.activity_id),
+            report.worker_id,
+            report.kind,
+            report.body,
+            format_datetime(report.created_at),
+            self.owner,
+            until,
+        )
+        cursor = await self._sql(
+            lambda c: c.execute(
+                "INSERT INTO outbox (activity_id, worker_id, kind, body, created_at, claimed_by,"
+                " claimed_until) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                row,
+            )
+        )
         return attrs.evolve(report, outbox_id=cursor.lastrowid)
 
     async def claim(self, limit: int = 100) -> list[Report]:
         """Claim up to ``limit`` entries nobody holds (or whose claim expired), oldest first."""
         now = self._clock()
-        rows = await self._sql(lambda c: c.execute(
-            f"UPDATE outbox SET claimed_by = ?, claimed_until = ? WHERE id IN ("
-            f" SELECT id FROM outbox WHERE claimed_until IS NULL OR claimed_until < ?"
-            f" ORDER BY id LIMIT ?) RETURNING {_COLUMNS}",
-            (self.owner, now + self._claim_seconds, now, limit)).fetchall())
+        rows = await self._sql(
+            lambda c: c.execute(
+                f"UPDATE outbox SET claimed_by = ?, claimed_until = ? WHERE id IN ("
+                f" SELECT id FROM outbox WHERE claimed_until IS NULL OR claimed_until < ?"
+                f" ORDER BY id LIMIT ?) RETURNING {_COLUMNS}",
+                (self.owner, now + self._claim_seconds, now, limit),
+            ).fetchall()
+        )
         return sorted((_report(row) for row in rows), key=lambda r: r.outbox_id or 0)
 
     async def release(self, *reports: Report) -> None:
         """Give up this instance's claim on ``reports`` so anyone may send them."""
         ids = [(r.outbox_id, self.owner) for r in reports if r.outbox_id is not None]
         if ids:
-            await self._sql(lambda c: c.executemany(
-                "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL"
-                " WHERE id = ? AND claimed_by = ?", ids))
+            await self._sql(
+                lambda c: c.executemany(
+                    "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL"
+                    " WHERE id = ? AND claimed_by = ?",
+                    ids,
+                )
+            )
 
     async def delete(self, report: Report) -> None:
         """Forget ``report`` (the server answered it definitively)."""
         if report.outbox_id is not None:
-            await self._sql(lambda c: c.execute("DELETE FROM outbox WHERE id = ?",
-                                                (report.outbox_id,)))
+            await self._sql(
+                lambda c: c.execute("DELETE FROM outbox WHERE id = ?", (report.outbox_id,))
+            )
 
     async def entries(self) -> list[Report]:
         """Every stored report, claimed or not, oldest first (for inspection)."""
-        rows = await self._sql(lambda c: c.execute(
-            f"SELECT {_COLUMNS} FROM outbox ORDER BY id").fetchall())
+        rows = await self._sql(
+            lambda c: c.execute(f"SELECT {_COLUMNS} FROM outbox ORDER BY id").fetchall()
+        )
         return [_report(row) for row in rows]
 
 
 def _report(row: tuple[Any, ...]) -> Report:
     outbox_id, activity_id, worker_id, kind, body, created_at = row
-    return Report(activity_id=uuid.UUID(activity_id), worker_id=worker_id, kind=kind,
-                  body=bytes(body), created_at=parse_datetime(created_at), outbox_id=outbox_id)
+    return Report(
+        activity_id=uuid.UUID(activity_id),
+        worker_id=worker_id,
+        kind=kind,
+        body=bytes(body),
+        created_at=parse_datetime(created_at),
+        outbox_id=outbox_id,
+    )
 
 
 class Reporter:
@@ -230,8 +261,11 @@ class Reporter:
                 except (httpx.TransportError, ApiError) as exc:
                     if not is_transient(exc):
                         raise
-                    log.warning("worker.report.deferred", activity_id=str(report.activity_id),
-                                error=f"{type(exc).__name__}: {exc}")
+                    log.warning(
+                        "worker.report.deferred",
+                        activity_id=str(report.activity_id),
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
                     stored = await self._outbox.put(report)
                     outcome = await self._api.report(stored, retry=True)
         with trio.CancelScope(shield=True):  # cleanup: keep the outbox consistent
@@ -240,8 +274,11 @@ class Reporter:
                     stored = await self._outbox.put(report)
                 await self._outbox.release(stored)
                 self._wake.set()
-                log.warning("worker.report.pending", activity_id=str(report.activity_id),
-                            outbox_id=stored.outbox_id)
+                log.warning(
+                    "worker.report.pending",
+                    activity_id=str(report.activity_id),
+                    outbox_id=stored.outbox_id,
+                )
             elif stored is not None:
                 await self._outbox.delete(stored)
         return outcome
@@ -265,8 +302,13 @@ class Reporter:
                     with trio.CancelScope(shield=True):
                         await self._outbox.delete(entry)
                     answered += 1
-                    log.info("worker.outbox.reported", activity_id=str(entry.activity_id),
-                             worker_id=entry.worker_id, kind=entry.kind, outcome=outcome.value)
+                    log.info(
+                        "worker.outbox.reported",
+                        activity_id=str(entry.activity_id),
+                        worker_id=entry.worker_id,
+                        kind=entry.kind,
+                        outcome=outcome.value,
+                    )
             finally:
                 with trio.CancelScope(shield=True):
                     await self._outbox.release(*batch)
@@ -288,4 +330,3 @@ class Reporter:
             await self.drain_until_empty()
             with trio.move_on_after(RESCAN_SECONDS):
                 await self._wake.wait()
-

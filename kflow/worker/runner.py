@@ -88,8 +88,14 @@ class _AttemptApi:
             self._attempt.log.warning("activity.heartbeat_failed", error=describe(exc))
             return None
 
-    async def upload_file(self, workflow_id: uuid.UUID, activity_key: str, filename: str,
-                          data: bytes, content_type: str | None) -> Mapping[str, Any]:
+    async def upload_file(
+        self,
+        workflow_id: uuid.UUID,
+        activity_key: str,
+        filename: str,
+        data: bytes,
+        content_type: str | None,
+    ) -> Mapping[str, Any]:
         return await self._api.upload_file(workflow_id, activity_key, filename, data, content_type)
 
     async def download_file(
@@ -102,8 +108,13 @@ class ActivityRunner:
     """Runs claimed attempts for one worker process (shared by all its slots)."""
 
     def __init__(
-        self, *, config: WorkerConfig, registry: ActivityRegistry, api: WorkerApi,
-        reporter: Reporter, thread_limiter: trio.CapacityLimiter | None = None,
+        self,
+        *,
+        config: WorkerConfig,
+        registry: ActivityRegistry,
+        api: WorkerApi,
+        reporter: Reporter,
+        thread_limiter: trio.CapacityLimiter | None = None,
     ) -> None:
         self._config = config
         self._registry = registry
@@ -122,9 +133,13 @@ class ActivityRunner:
             sqlite3.Error, OSError: the outbox could not store an unsent result.
         """
         started = trio.current_time()
-        fields = {"activity_id": str(item.activity_id), "workflow_id": str(item.workflow_id),
-                  "activity_key": item.activity_key, "activity_name": item.activity_name,
-                  "attempt": item.attempt}
+        fields = {
+            "activity_id": str(item.activity_id),
+            "workflow_id": str(item.workflow_id),
+            "activity_key": item.activity_key,
+            "activity_name": item.activity_name,
+            "attempt": item.attempt,
+        }
         attempt = _Attempt(item=item, log=logger.bind(**fields))
         with structlog.contextvars.bound_contextvars(**fields):
             async with trio.open_nursery() as nursery:
@@ -134,7 +149,9 @@ class ActivityRunner:
                 except trio.Cancelled:
                     result = ActivityResult.error(
                         "the worker shut down before the activity finished",
-                        code="WORKER_SHUTDOWN", retryable=True)
+                        code="WORKER_SHUTDOWN",
+                        retryable=True,
+                    )
                     await self._report(attempt, result, "cancelled", started)
                     raise
                 if result is None:
@@ -150,25 +167,30 @@ class ActivityRunner:
         impl = self._registry.get(item.worker, item.activity_name)
         if impl is None:
             served = ", ".join(self._registry.activity_types()) or "nothing"
-            message = (f"no activity {item.activity_name!r} for worker {item.worker!r} here; "
-                       f"this worker serves: {served}")
+            message = (
+                f"no activity {item.activity_name!r} for worker {item.worker!r} here; "
+                f"this worker serves: {served}"
+            )
             return ActivityResult.error(message, code="UNKNOWN_ACTIVITY", retryable=False), "error"
         timeout = item.timeout_seconds or self._config.activity_timeout
         workdir = pathlib.Path(tempfile.gettempdir()) / (
-            f"kflow-{item.activity_id}-{secrets.token_hex(3)}")
+            f"kflow-{item.activity_id}-{secrets.token_hex(3)}"
+        )
         outcome: tuple[ActivityResult | None, str] = (None, "cancelled")
         try:
             with attempt.scope:  # cancelled by a heartbeat answered 409
-                outcome = await self._execute(impl, attempt, self._context(attempt, workdir),
-                                              timeout)
+                outcome = await self._execute(
+                    impl, attempt, self._context(attempt, workdir), timeout
+                )
             return outcome
         finally:
             if workdir.exists():
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(shutil.rmtree, workdir, True)
 
-    async def _execute(self, impl: Activity, attempt: _Attempt, ctx: ActivityContext,
-                       limit: float) -> tuple[ActivityResult | None, str]:
+    async def _execute(
+        self, impl: Activity, attempt: _Attempt, ctx: ActivityContext, limit: float
+    ) -> tuple[ActivityResult | None, str]:
         try:
             with trio.fail_after(limit):
                 raw: Any = await impl.execute(dict(attempt.item.parameters), ctx)
@@ -184,19 +206,29 @@ class ActivityRunner:
             return ActivityResult.values(raw), "ok"
         return ActivityResult.error(
             f"activity returned {type(raw).__name__}; expected an ActivityResult or a mapping "
-            "of output names to values", code="INVALID_OUTPUT", retryable=False), "error"
+            "of output names to values",
+            code="INVALID_OUTPUT",
+            retryable=False,
+        ), "error"
 
     def _context(self, attempt: _Attempt, workdir: pathlib.Path) -> ActivityContext:
         item = attempt.item
         return ActivityContext(
-            workflow_id=item.workflow_id, activity_id=item.activity_id,
-            activity_key=item.activity_key, activity_name=item.activity_name, worker=item.worker,
-            worker_id=self._config.worker_id, attempt=item.attempt or 1,
+            workflow_id=item.workflow_id,
+            activity_id=item.activity_id,
+            activity_key=item.activity_key,
+            activity_name=item.activity_name,
+            worker=item.worker,
+            worker_id=self._config.worker_id,
+            attempt=item.attempt or 1,
             timeout_seconds=item.timeout_seconds or self._config.activity_timeout,
-            settings=item.settings, signal=item.signal_data,
+            settings=item.settings,
+            signal=item.signal_data,
             heartbeat_details=item.heartbeat_details,
-            budget_remaining_usd=item.budget_remaining_usd, workdir=workdir,
-            api=_AttemptApi(self._api, attempt), thread_limiter=self._thread_limiter,
+            budget_remaining_usd=item.budget_remaining_usd,
+            workdir=workdir,
+            api=_AttemptApi(self._api, attempt),
+            thread_limiter=self._thread_limiter,
         )
 
     async def _heartbeats(self, attempt: _Attempt) -> None:
@@ -205,8 +237,9 @@ class ActivityRunner:
         while True:
             await trio.sleep(interval)
             try:
-                wanted = await self._api.heartbeat(attempt.item.activity_id,
-                                                   self._config.worker_id, None)
+                wanted = await self._api.heartbeat(
+                    attempt.item.activity_id, self._config.worker_id, None
+                )
             except ActivityCancelled as exc:
                 attempt.cancel_by_server(exc.message)
                 return
@@ -215,15 +248,17 @@ class ActivityRunner:
                 continue
             interval = wanted or self._config.heartbeat_interval
 
-    async def _report(self, attempt: _Attempt, result: ActivityResult, outcome: str,
-                      started: float) -> str:
+    async def _report(
+        self, attempt: _Attempt, result: ActivityResult, outcome: str, started: float
+    ) -> str:
         """Deliver the result (shielded by the reporter); log the canonical line."""
         item = attempt.item
         try:
             report = Report.from_result(item.activity_id, self._config.worker_id, result)
         except TypeError as exc:
-            failure = Failure(code="INVALID_OUTPUT", retryable=False,
-                              message=f"an output has no JSON form: {exc}")
+            failure = Failure(
+                code="INVALID_OUTPUT", retryable=False, message=f"an output has no JSON form: {exc}"
+            )
             result = attrs.evolve(result, outputs=(), failure=failure)
             report = Report.from_result(item.activity_id, self._config.worker_id, result)
             outcome = "error"
@@ -233,10 +268,17 @@ class ActivityRunner:
         self._finished(attempt, started, outcome, result, reported)
         return outcome
 
-    def _finished(self, attempt: _Attempt, started: float, outcome: str,
-                  result: ActivityResult | None, reported: ReportOutcome | None) -> None:
+    def _finished(
+        self,
+        attempt: _Attempt,
+        started: float,
+        outcome: str,
+        result: ActivityResult | None,
+        reported: ReportOutcome | None,
+    ) -> None:
         fields: dict[str, Any] = {
-            "outcome": outcome, "duration_ms": round((trio.current_time() - started) * 1000),
+            "outcome": outcome,
+            "duration_ms": round((trio.current_time() - started) * 1000),
             "cost_usd": _total_cost(result),
         }
         if result is not None and result.failure is not None:
@@ -250,13 +292,15 @@ class ActivityRunner:
 
 def _from_exception(exc: BaseException, timeout: float, log: Any) -> tuple[ActivityResult, str]:
     if isinstance(exc, trio.TooSlowError):
-        return ActivityResult.error(f"activity timed out after {timeout:g} s", code="TIMEOUT",
-                                    retryable=True), "timeout"
+        return ActivityResult.error(
+            f"activity timed out after {timeout:g} s", code="TIMEOUT", retryable=True
+        ), "timeout"
     if isinstance(exc, ActivityError):
         return ActivityResult.error(exc.message, code=exc.code, retryable=exc.retryable), "error"
     log.error("activity.exception", exc_info=exc)
-    return ActivityResult.error(f"{type(exc).__name__}: {exc}", code="EXECUTION_ERROR",
-                                retryable=True), "error"
+    return ActivityResult.error(
+        f"{type(exc).__name__}: {exc}", code="EXECUTION_ERROR", retryable=True
+    ), "error"
 
 
 def _unwrap(exc: BaseException) -> BaseException:

@@ -180,8 +180,12 @@ class Report:
 
     @classmethod
     def complete(
-        cls, activity_id: uuid.UUID, worker_id: str, output: Mapping[str, Any],
-        cost_usd: Any = None, usage: Iterable[Usage] = (),
+        cls,
+        activity_id: uuid.UUID,
+        worker_id: str,
+        output: Mapping[str, Any],
+        cost_usd: Any = None,
+        usage: Iterable[Usage] = (),
     ) -> Report:
         """A complete call carrying ``output`` (name → value).
 
@@ -189,19 +193,31 @@ class Report:
             TypeError: an output value has no JSON form.
         """
         body: dict[str, Any] = {"worker_id": worker_id, "output": dict(output)}
-        return cls(activity_id=activity_id, worker_id=worker_id, kind="complete",
-                   body=dumps(_with_cost(body, cost_usd, usage)))
+        return cls(
+            activity_id=activity_id,
+            worker_id=worker_id,
+            kind="complete",
+            body=dumps(_with_cost(body, cost_usd, usage)),
+        )
 
     @classmethod
     def fail(
-        cls, activity_id: uuid.UUID, worker_id: str, failure: Failure,
-        cost_usd: Any = None, usage: Iterable[Usage] = (),
+        cls,
+        activity_id: uuid.UUID,
+        worker_id: str,
+        failure: Failure,
+        cost_usd: Any = None,
+        usage: Iterable[Usage] = (),
     ) -> Report:
         """A fail call carrying ``failure``'s code, message and retry flag."""
         error = {"code": failure.code, "message": failure.message, "retryable": failure.retryable}
         body: dict[str, Any] = {"worker_id": worker_id, "error": error}
-        return cls(activity_id=activity_id, worker_id=worker_id, kind="fail",
-                   body=dumps(_with_cost(body, cost_usd, usage)))
+        return cls(
+            activity_id=activity_id,
+            worker_id=worker_id,
+            kind="fail",
+            body=dumps(_with_cost(body, cost_usd, usage)),
+        )
 
     @classmethod
     def from_result(cls, activity_id: uuid.UUID, worker_id: str, result: ActivityResult) -> Report:
@@ -212,15 +228,18 @@ class Report:
         """
         if result.failure is not None:
             return cls.fail(activity_id, worker_id, result.failure, result.cost_usd, result.usage)
-        return cls.complete(activity_id, worker_id, result.to_output_dict(), result.cost_usd,
-                            result.usage)
+        return cls.complete(
+            activity_id, worker_id, result.to_output_dict(), result.cost_usd, result.usage
+        )
 
 
 def usage_to_wire(usage: Usage) -> dict[str, Any]:
     """One ``usage`` entry of a complete/fail body (``cost_usd`` only when known)."""
     entry: dict[str, Any] = {
-        "provider": usage.provider, "model": usage.model,
-        "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
+        "provider": usage.provider,
+        "model": usage.model,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
         "cache_read_tokens": usage.cache_read_tokens,
         "cache_creation_tokens": usage.cache_creation_tokens,
     }
@@ -257,8 +276,13 @@ def error_from_response(response: httpx.Response) -> ApiError:
         message = error
     else:
         message = response.text.strip()[:500]
-    return ApiError(message or response.reason_phrase or f"HTTP {status}", status=status,
-                    code=code, details=details)
+    return ApiError(
+        message or response.reason_phrase or f"HTTP {status}",
+        status=status,
+        code=code,
+        details=details,
+    )
+
 
 # -- which failures are transient, and how to wait them out -----------------------
 
@@ -275,7 +299,10 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def retrying(
-    *, cap: float, attempts: int | None = None, what: str = "request",
+    *,
+    cap: float,
+    attempts: int | None = None,
+    what: str = "request",
     when: Callable[[BaseException], bool] = is_transient,
 ) -> AsyncRetrying:
     """A tenacity policy: exponential backoff (0.5 s doubling up to ``cap``) plus jitter.
@@ -287,8 +314,13 @@ def retrying(
 
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
-        log.warning("worker.api.retry", what=what, attempt=state.attempt_number,
-                    sleep_s=round(state.upcoming_sleep, 3), error=describe(exc))
+        log.warning(
+            "worker.api.retry",
+            what=what,
+            attempt=state.attempt_number,
+            sleep_s=round(state.upcoming_sleep, 3),
+            error=describe(exc),
+        )
 
     return AsyncRetrying(
         retry=retry_if_exception(when),
