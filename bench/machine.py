@@ -17,7 +17,7 @@ PACKAGES = (
     "kombu",
     "redis",
     "psycopg",
-    "psycopg-pool",
+    "greenlet",
     "kruxiaflow",
     "psutil",
 )

@@ -13,17 +13,15 @@ scheduler looks again, and a sweep every few seconds wakes parked polls of
 queues that have claimable work — so a lost notification costs latency at
 most, never work.
 
-The listening connection is owned by one worker thread (psycopg connections
-are not thread-safe); notifications are handed to Trio with
-``trio.from_thread.run_sync``.
+The listening connection waits on the Trio thread itself (a cancellable
+unit of :mod:`kflow.store.pg_green`): no thread, and no hand-off per
+notification — a single-server deployment receives every one of its own.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import threading
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -33,27 +31,14 @@ import trio
 from kflow._serde import loads
 from kflow.errors import InvalidInputError, StoreError
 from kflow.server.transitions import NOTIFY_CHANNEL
+from kflow.store.pg_green import connect, run_unit
 
 log = structlog.get_logger("kflow.listener")
 
 SWEEP_SECONDS = 5.0
-POLL_SECONDS = 0.5
+CONNECT_TIMEOUT = 10.0
 
 _CONNECTED = "\x00connected"
-
-
-def _listen(url: str, name: str, stop: threading.Event, deliver: Callable[[str], None]) -> None:
-    """Thread body: LISTEN and hand every payload to ``deliver`` until ``stop``.
-
-    Raises:
-        psycopg.Error: the connection failed or dropped.
-    """
-    with psycopg.connect(url, autocommit=True, connect_timeout=10, application_name=name) as conn:
-        conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-        deliver(_CONNECTED)
-        while not stop.is_set():
-            for notification in conn.notifies(timeout=POLL_SECONDS, stop_after=500):
-                deliver(notification.payload)
 
 
 class Listener:
@@ -105,16 +90,12 @@ class Listener:
             started = False
             delay = 0.5
             while True:
-                stop = threading.Event()
-                deliver = self._deliverer(stop)
+                if not started:
+                    task_status.started()
+                    started = True
                 try:
-                    if not started:
-                        task_status.started()
-                        started = True
-                    await trio.to_thread.run_sync(
-                        _listen, url, self.application_name, stop, deliver, abandon_on_cancel=True
-                    )
-                except psycopg.Error as exc:
+                    await self._listen(url)
+                except (psycopg.Error, StoreError) as exc:
                     self.connected = False
                     log.warning(
                         "listener.disconnected",
@@ -124,20 +105,36 @@ class Listener:
                     await trio.sleep(delay)
                     delay = min(delay * 2, 10.0)
                     continue
-                finally:
-                    stop.set()
                 delay = 0.5
 
-    def _deliverer(self, stop: threading.Event) -> Callable[[str], None]:
-        """What the listening thread calls per payload (it stops once Trio is gone)."""
+    async def _listen(self, url: str) -> None:
+        """LISTEN and apply every notification until cancelled.
 
-        def deliver(payload: str) -> None:
-            try:
-                trio.from_thread.run_sync(self.handle, payload)
-            except trio.RunFinishedError:
-                stop.set()
+        Raises:
+            psycopg.Error: the connection failed or dropped.
+            StoreUnavailableError: PostgreSQL cannot be reached.
+        """
+        conn = await connect(
+            url,
+            timeout=CONNECT_TIMEOUT,
+            autocommit=True,
+            application_name=self.application_name,
+        )
+        try:
+            await run_unit(self._receive, conn, cancellable=True)
+        finally:
+            conn.close()
 
-        return deliver
+    def _receive(self, conn: psycopg.Connection[Any]) -> None:
+        """The listening unit: runs until its connection drops or it is cancelled."""
+        conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        self.handle(_CONNECTED)
+        while True:
+            for notification in conn.notifies():
+                try:
+                    self.handle(notification.payload)
+                except (ValueError, TypeError) as exc:  # a malformed payload: skip it
+                    log.warning("listener.bad_payload", error=str(exc)[:200])
 
     async def _sweep(self) -> None:
         """Every few seconds, wake parked polls of queues that have claimable work."""

@@ -297,7 +297,11 @@ class TransitionEngine:
         workflow_id: uuid.UUID | str,
         make_event: Callable[[WorkflowState], Event],
         now: dt.datetime,
+        *,
+        locked: Row | None = None,
     ) -> Transition:
-        """Lock the run, load it, and apply the event ``make_event(state)``."""
-        state = self.load_state(tx, self.lock(tx, workflow_id))
+        """Lock the run (unless ``locked`` is its row, locked earlier in ``tx``), load it,
+        and apply the event ``make_event(state)``."""
+        row = locked if locked is not None else self.lock(tx, workflow_id)
+        state = self.load_state(tx, row)
         return self.transition(tx, effects, state, make_event(state), now)

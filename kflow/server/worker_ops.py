@@ -74,8 +74,8 @@ class WorkerOps(WorkerReports):
             # two claims cannot deadlock on each other): a run's history then
             # commits in id order, and a stream reading "after id N" never skips.
             for workflow_id in sorted({item["workflow_id"] for item in items}):
-                self.engine.lock(tx, workflow_id)
-                tx.run("mark_workflow_running", id=workflow_id, now=tx.time(now))
+                if self.engine.lock(tx, workflow_id)["status"] == "created":
+                    tx.run("mark_workflow_running", id=workflow_id, now=tx.time(now))
                 events = [
                     Emit(
                         type="activity.started",

@@ -155,12 +155,10 @@ class WorkerReports:
         now = engine.clock.now()
 
         def report_tx(tx: Tx, effects: Effects) -> dict[str, Any]:
-            row = tx.one("activity_by_attempt", attempt_id=str(attempt_id))
-            if row is not None:
-                # Lock the run first, then look again: a transition of another server
-                # (a lease expiry, a cancel) may have changed the row meanwhile.
-                engine.lock(tx, row["workflow_id"])
-                row = tx.one("activity_by_attempt", attempt_id=str(attempt_id))
+            # Lock the run first, then read the activity: a transition of another
+            # server (a lease expiry, a cancel) may have changed it just before.
+            run = tx.one("lock_workflow_of_attempt", attempt_id=str(attempt_id))
+            row = tx.one("activity_by_attempt", attempt_id=str(attempt_id)) if run else None
             if row is None or (row["status"] != "running" and row["status"] != "cancelled"):
                 finished_attempt(tx, attempt_id, worker_id, outcome)
                 return {
@@ -198,7 +196,12 @@ class WorkerReports:
                     usage=list(usage),
                 )
                 engine.transition_row(
-                    tx, effects, row["workflow_id"], lambda _: make_event(row["key"]), now
+                    tx,
+                    effects,
+                    row["workflow_id"],
+                    lambda _: make_event(row["key"]),
+                    now,
+                    locked=run,
                 )
                 return {
                     "acknowledged": True,
@@ -216,7 +219,7 @@ class WorkerReports:
                 usage=list(usage),
             )
             result = engine.transition_row(
-                tx, effects, row["workflow_id"], lambda _: make_event(row["key"]), now
+                tx, effects, row["workflow_id"], lambda _: make_event(row["key"]), now, locked=run
             )
             put = result.put_for(row["key"])
             will_retry = bool(put is not None and put.new_attempt)

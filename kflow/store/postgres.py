@@ -1,9 +1,11 @@
-"""PostgreSQL store: psycopg 3 (sync) and a connection pool, driven from Trio.
+"""PostgreSQL store: psycopg 3 (synchronous API) driven from the Trio thread.
 
-Each unit of work runs in a worker thread — one thread hop per unit of work,
-not per statement — with a connection from a :class:`psycopg_pool.ConnectionPool`,
-inside one transaction. The thread limiter is sized to the pool, so a burst
-of requests queues in Trio instead of in threads blocked on the pool.
+Each unit of work — a plain function over a :class:`PgTx` — runs on a pooled
+connection inside one transaction, in a greenlet (:mod:`kflow.store.pg_green`):
+where psycopg would block on the socket, the Trio thread waits for it and
+serves other requests meanwhile. No worker threads: handing each statement's
+result back across the GIL from a busy event loop cost more than the
+statements (see bench/README.md).
 
 Transitions lock their workflow row (``SELECT ... FOR UPDATE``), claims use
 ``FOR UPDATE SKIP LOCKED``, so work on different runs never waits on each
@@ -20,15 +22,12 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import decimal
-import functools
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import psycopg
 import psycopg.errors
-import psycopg_pool
 import structlog
-import trio
 from psycopg.adapt import Loader
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
@@ -36,6 +35,7 @@ from psycopg.types.json import Jsonb
 from kflow._serde import dumps_str
 from kflow.errors import ConflictError, KflowError, StoreError, StoreUnavailableError
 from kflow.store.base import Row
+from kflow.store.pg_green import GreenPool, run_unit
 from kflow.store.queries import load_queries, migration_files
 
 T = TypeVar("T")
@@ -90,6 +90,11 @@ class PgTx:
         row: Row | None = cursor.fetchone() if cursor.description else None
         return row
 
+    def raw(self, sql: str) -> Row | None:
+        """First row of a literal statement without parameters (schema checks)."""
+        row: Row | None = self._conn.execute(sql).fetchone()
+        return row
+
     def all(self, query: str, /, **params: Any) -> list[Row]:
         return self._conn.execute(self._sql(query), params).fetchall()
 
@@ -136,11 +141,11 @@ def _begin(conn: psycopg.Connection[Any], mode: str, inside: contextlib.ExitStac
         inside.enter_context(conn.transaction())
 
 
-def _translate(exc: psycopg.Error | psycopg_pool.PoolTimeout) -> KflowError:
+def _translate(exc: psycopg.Error) -> KflowError:
     if isinstance(exc, psycopg.errors.UniqueViolation):
         # Two servers racing to insert the same thing (a client, a unique_key).
         return ConflictError("it already exists (created concurrently)")
-    if isinstance(exc, psycopg.OperationalError | psycopg_pool.PoolTimeout):
+    if isinstance(exc, psycopg.OperationalError):
         return StoreUnavailableError(f"PostgreSQL is unavailable: {exc}")
     return StoreError(f"PostgreSQL error: {type(exc).__name__}")
 
@@ -155,64 +160,64 @@ class PostgresStore:
     ) -> None:
         self.url = url
         self._queries = load_queries("postgres")
-        self._pool = psycopg_pool.ConnectionPool(
-            url,
-            min_size=min_size,
-            max_size=max_size,
-            timeout=timeout,
-            open=False,
-            kwargs={"row_factory": dict_row, "autocommit": False},
-            configure=_configure,
-            reconnect_timeout=timeout,
-        )
-        self._max_size = max_size
-        self._limiter = trio.CapacityLimiter(max_size)
+        self._min_size = min_size
+        self._pool = GreenPool(url, max_size=max_size, timeout=timeout, configure=_configure)
         self._closed = False
 
     @classmethod
     async def open(cls, url: str, **options: Any) -> PostgresStore:
-        """Connect (waiting for the first connection).
+        """Connect (making the first connections now).
 
         Raises:
-            StoreUnavailableError: no connection within the timeout.
+            StoreUnavailableError: PostgreSQL cannot be reached.
         """
         store = cls(url, **options)
         try:
-            await trio.to_thread.run_sync(functools.partial(store._pool.open, wait=True))
-        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
-            await trio.to_thread.run_sync(store._pool.close)
-            raise StoreUnavailableError(f"cannot connect to PostgreSQL: {exc}") from exc
+            await store._pool.open(store._min_size)
+        except BaseException:
+            store._pool.close()
+            raise
         return store
 
-    def _transact(self, fn: Callable[[PgTx], T], mode: str) -> T:
+    async def _transact(self, fn: Callable[[PgTx], T], mode: str) -> T:
         """Run ``fn`` on a pooled connection: ``mode`` is ``write`` (one transaction),
         ``read`` (autocommit, read only by convention) or ``locking-read`` (one
-        read-only transaction)."""
+        read-only transaction). Deadlocks and serialization failures run it again;
+        so does a connection found lost before anything was written.
+        """
+        self._check_open()
         attempt = 0
         while True:
             attempt += 1
             try:
-                with self._pool.connection() as conn, contextlib.ExitStack() as inside:
-                    try:
-                        _begin(conn, mode, inside)
-                        if mode == "read":
-                            return fn(PgTx(conn, self._queries, writable=False))
-                    except psycopg.OperationalError as exc:
-                        # The connection was lost before anything was written (a read,
-                        # or a write's BEGIN) — say a database restart killed the pooled
-                        # connections. The pool drops it and the unit runs again on
-                        # another: cheaper than testing every connection on checkout.
-                        if not conn.broken or attempt > self._max_size:
-                            raise
-                        log.info("store.reconnect", reason=str(exc).strip()[:200])
-                        continue
-                    return fn(PgTx(conn, self._queries))
+                async with self._pool.connection() as conn:
+                    return await run_unit(self._unit, conn, fn, mode)
+            except _LostBeforeWriting as lost:
+                # Say a database restart killed the pooled connections: the pool drops
+                # this one and the unit runs on another — cheaper than testing every
+                # connection on checkout.
+                if attempt > self._pool.max_size:
+                    raise _translate(lost.error) from lost.error
+                log.info("store.reconnect", reason=str(lost.error).strip()[:200])
             except _RETRYABLE as exc:
                 if attempt >= RETRIES:
                     raise _translate(exc) from exc
                 log.info("store.retry", reason=type(exc).__name__, attempt=attempt)
-            except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            except psycopg.Error as exc:
                 raise _translate(exc) from exc
+
+    def _unit(self, conn: psycopg.Connection[Any], fn: Callable[[PgTx], T], mode: str) -> T:
+        """The synchronous part of :meth:`_transact`, run by :func:`run_unit`."""
+        with contextlib.ExitStack() as inside:
+            try:
+                _begin(conn, mode, inside)
+                if mode == "read":
+                    return fn(PgTx(conn, self._queries, writable=False))
+            except psycopg.OperationalError as exc:
+                if conn.broken:
+                    raise _LostBeforeWriting(exc) from exc
+                raise
+            return fn(PgTx(conn, self._queries))
 
     async def write(self, fn: Callable[[PgTx], T]) -> T:
         """Run ``fn`` in a read-write transaction and commit (retrying deadlocks).
@@ -223,8 +228,7 @@ class PostgresStore:
             StoreError: another database error.
             Exception: whatever ``fn`` raised (rolled back).
         """
-        self._check_open()
-        return await trio.to_thread.run_sync(self._transact, fn, "write", limiter=self._limiter)
+        return await self._transact(fn, "write")
 
     async def read(self, fn: Callable[[PgTx], T], *, locking: bool = False) -> T:
         """Run ``fn`` statement by statement (autocommit), or with ``locking`` in one
@@ -235,9 +239,7 @@ class PostgresStore:
             StoreError: another database error.
             Exception: whatever ``fn`` raised.
         """
-        self._check_open()
-        mode = "locking-read" if locking else "read"
-        return await trio.to_thread.run_sync(self._transact, fn, mode, limiter=self._limiter)
+        return await self._transact(fn, "locking-read" if locking else "read")
 
     def _check_open(self) -> None:
         if self._closed:
@@ -245,52 +247,30 @@ class PostgresStore:
 
     async def migrate(self) -> list[str]:
         """Apply pending migrations, each in its own transaction under an advisory lock,
-        so servers starting together apply each migration once."""
-        self._check_open()
-        return await trio.to_thread.run_sync(self._migrate, limiter=self._limiter)
+        so servers starting together apply each migration once.
 
-    def _migrate(self) -> list[str]:
-        applied: list[str] = []
+        Raises:
+            StoreUnavailableError: PostgreSQL cannot be reached.
+            StoreError: a migration failed (it is rolled back).
+        """
+        self._check_open()
         try:
-            with self._pool.connection() as conn:
-                with conn.transaction():
-                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-                    conn.execute(
-                        "CREATE TABLE IF NOT EXISTS kflow_schema (version INTEGER PRIMARY KEY, "
-                        "name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-                    )
-                for version, name, sql in migration_files("postgres"):
-                    with conn.transaction():
-                        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-                        done = conn.execute(
-                            "SELECT 1 FROM kflow_schema WHERE version = %s", (version,)
-                        ).fetchone()
-                        if done:
-                            continue
-                        conn.execute(sql)
-                        conn.execute(
-                            "INSERT INTO kflow_schema (version, name) VALUES (%s, %s)",
-                            (version, name),
-                        )
-                    applied.append(name)
-        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            async with self._pool.connection() as conn:
+                return await run_unit(_migrate, conn)
+        except psycopg.Error as exc:
             raise _translate(exc) from exc
-        return applied
 
     async def schema_version(self) -> int:
         """The newest applied migration (0 for an empty database)."""
 
-        def version() -> int:
-            with self._pool.connection() as conn:
-                exists = conn.execute("SELECT to_regclass('kflow_schema') AS t").fetchone()
-                if not exists or exists["t"] is None:
-                    return 0
-                row = conn.execute(
-                    "SELECT COALESCE(MAX(version), 0) AS v FROM kflow_schema"
-                ).fetchone()
-                return int(row["v"]) if row else 0
+        def version(tx: PgTx) -> int:
+            exists = tx.raw("SELECT to_regclass('kflow_schema') AS t")
+            if not exists or exists["t"] is None:
+                return 0
+            row = tx.raw("SELECT COALESCE(MAX(version), 0) AS v FROM kflow_schema")
+            return int(row["v"]) if row else 0
 
-        return await trio.to_thread.run_sync(version, limiter=self._limiter)
+        return await self.read(version)
 
     def connect(self) -> psycopg.Connection[Any]:
         """A new dedicated connection (autocommit), e.g. for LISTEN. The caller closes it.
@@ -307,4 +287,35 @@ class PostgresStore:
         if self._closed:
             return
         self._closed = True
-        await trio.to_thread.run_sync(self._pool.close)
+        self._pool.close()
+
+
+class _LostBeforeWriting(Exception):
+    """The connection was lost before the unit wrote anything: safe to run again."""
+
+    def __init__(self, error: psycopg.OperationalError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _migrate(conn: psycopg.Connection[Any]) -> list[str]:
+    applied: list[str] = []
+    conn.autocommit = False
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS kflow_schema (version INTEGER PRIMARY KEY, "
+            "name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+    for version, name, sql in migration_files("postgres"):
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            done = conn.execute("SELECT 1 FROM kflow_schema WHERE version = %s", (version,))
+            if done.fetchone():
+                continue
+            conn.execute(sql)
+            conn.execute(
+                "INSERT INTO kflow_schema (version, name) VALUES (%s, %s)", (version, name)
+            )
+        applied.append(name)
+    return applied

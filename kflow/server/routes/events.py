@@ -22,12 +22,25 @@ from kflow.server.context import ServerContext, context_of
 from kflow.server.http import JSONResponse, QueryParams, path_uuid
 
 _FINAL = {"workflow.completed", "workflow.failed", "workflow.cancelled"}
+_DONE = {"completed", "failed", "cancelled"}
 KEEPALIVE_SECONDS = 15.0
 
 
-def _snapshot(tx: Any, *, workflow_id: Any, after: int) -> tuple[str, list[dict[str, Any]]]:
-    """The run's status and its events after ``after``, from one consistent read."""
-    return views.run_status(tx, workflow_id), views.run_events(tx, workflow_id, after)
+def _snapshot(tx: Any, *, workflow_id: Any, after: int) -> tuple[str | None, list[dict[str, Any]]]:
+    """The run's events after ``after`` and, only when there are none, its status.
+
+    The status is read after an empty read and, if final, the events are read
+    once more: the final event commits with the final status, so a stream
+    never ends before delivering it — even where each statement sees its own
+    snapshot (PostgreSQL reads).
+    """
+    events = views.run_events(tx, workflow_id, after)
+    if events:
+        return None, events
+    status = views.run_status(tx, workflow_id)
+    if status in _DONE:
+        return status, views.run_events(tx, workflow_id, after)
+    return status, []
 
 
 def _frames(events: list[dict[str, Any]]) -> tuple[bytes, bool]:
@@ -63,7 +76,7 @@ async def _stream(ctx: ServerContext, workflow_id: Any, after: int) -> AsyncIter
                 return
             after = events[-1]["event_id"]
             continue
-        if status in ("completed", "failed", "cancelled"):
+        if status in _DONE:
             return  # its final event lies before from_event_id
         if not await ctx.hub.wait(workflow_id, seen, KEEPALIVE_SECONDS):
             yield b": keep-alive\n\n"

@@ -15,6 +15,14 @@ SELECT id, definition_name, definition_version, status, input, unique_key, error
 FROM workflows WHERE id = %(id)s
 FOR UPDATE;
 
+-- name: lock_workflow_of_attempt
+-- The run an attempt belongs to, locked (one statement instead of a lookup and a lock).
+SELECT id, definition_name, definition_version, status, input, unique_key, error_message,
+       total_cost_usd, created_at, updated_at, completed_at, timeout_at
+FROM workflows
+WHERE id = (SELECT workflow_id FROM activities WHERE attempt_id = %(attempt_id)s)
+FOR UPDATE;
+
 -- name: workflow_by_unique_key
 SELECT id, status FROM workflows
 WHERE unique_key = %(unique_key)s AND status <> 'failed';

@@ -14,6 +14,13 @@ SELECT id, definition_name, definition_version, status, input, unique_key, error
        total_cost_usd, created_at, updated_at, completed_at, timeout_at
 FROM workflows WHERE id = :id;
 
+-- name: lock_workflow_of_attempt
+-- The run an attempt belongs to, locked (one statement instead of a lookup and a lock).
+SELECT id, definition_name, definition_version, status, input, unique_key, error_message,
+       total_cost_usd, created_at, updated_at, completed_at, timeout_at
+FROM workflows
+WHERE id = (SELECT workflow_id FROM activities WHERE attempt_id = :attempt_id);
+
 -- name: workflow_by_unique_key
 SELECT id, status FROM workflows
 WHERE unique_key = :unique_key AND status <> 'failed';

@@ -1,0 +1,220 @@
+"""Synchronous psycopg on the Trio thread, without blocking it.
+
+A unit of work is a plain function that calls psycopg (``conn.execute``,
+``conn.transaction()``). :func:`run_unit` runs it in its own greenlet; every
+time psycopg would block on the socket, :meth:`GreenConnection.wait` hands the
+file descriptor to the Trio task that started the greenlet, which waits with
+``trio.lowlevel.wait_readable``/``wait_writable`` and resumes the unit. Other
+tasks run meanwhile, so many units proceed at once on one thread.
+
+Why not worker threads: a query in a thread releases the GIL while it waits
+for PostgreSQL and must take it back from a busy Trio thread afterwards —
+up to a switch interval (5 ms) per statement, and half of the server's CPU
+went to futex hand-offs (measured with ``perf``; see bench/README.md).
+
+:class:`GreenPool` is the matching connection pool: LIFO reuse, bounded
+size, broken connections dropped on return, connecting in a thread.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import select
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import greenlet
+import psycopg
+import trio
+from psycopg import pq
+from psycopg.rows import dict_row
+from psycopg.waiting import Ready, Wait
+
+from kflow.errors import StoreUnavailableError
+
+T = TypeVar("T")
+
+_IDLE = pq.TransactionStatus.IDLE
+
+
+class _UnitGreenlet(greenlet.greenlet):  # type: ignore[misc]
+    """A greenlet running one unit of work for :func:`run_unit`."""
+
+
+class GreenConnection(psycopg.Connection[Any]):
+    """A psycopg connection that, inside :func:`run_unit`, waits through Trio.
+
+    Anywhere else (a plain thread) it blocks like any psycopg connection.
+    """
+
+    def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+        here = greenlet.getcurrent()
+        if not isinstance(here, _UnitGreenlet):
+            return super().wait(gen, interval, timeout)
+        fileno = self.pgconn.socket
+        try:
+            state = next(gen)
+            while True:
+                state = gen.send(here.parent.switch((fileno, state, timeout)))
+        except StopIteration as done:
+            return done.value
+
+
+async def _ready(fileno: int, state: int, timeout: float | None) -> int:
+    """Wait until ``fileno`` is ready as ``state`` (a psycopg ``Wait``) asks.
+
+    Raises:
+        trio.TooSlowError: ``timeout`` passed first.
+    """
+    if timeout is None:
+        return await _ready_for(fileno, state)
+    with trio.fail_after(timeout):
+        return await _ready_for(fileno, state)
+
+
+async def _ready_for(fileno: int, state: int) -> int:
+    if state == Wait.R:
+        await trio.lowlevel.wait_readable(fileno)
+        return int(Ready.R)
+    if state == Wait.W:
+        await trio.lowlevel.wait_writable(fileno)
+        return int(Ready.W)
+    # Both: whichever comes first (output still to flush while input arrives).
+    readable, writable, _ = select.select([fileno], [fileno], [], 0)
+    if readable or writable:
+        return (Ready.R if readable else 0) | (Ready.W if writable else 0)
+    ready = 0
+    async with trio.open_nursery() as nursery:
+
+        async def on(wait: Callable[[int], Any], flag: int) -> None:
+            nonlocal ready
+            await wait(fileno)
+            ready |= flag
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(on, trio.lowlevel.wait_readable, int(Ready.R))
+        nursery.start_soon(on, trio.lowlevel.wait_writable, int(Ready.W))
+    return ready
+
+
+async def run_unit(fn: Callable[..., T], *args: Any, cancellable: bool = False) -> T:
+    """Run ``fn(*args)`` — synchronous psycopg code — without blocking Trio.
+
+    By default the unit cannot be cancelled half-way: a cancellation of the
+    caller waits for it to finish (as a worker thread would), so a
+    transaction is never abandoned in the middle of the protocol. With
+    ``cancellable`` (a unit that only waits, such as LISTEN), the cancellation
+    is raised inside ``fn`` where it waits; its connection must then be closed.
+
+    Raises:
+        Exception: whatever ``fn`` raised.
+    """
+    unit = _UnitGreenlet(fn)
+    unit.gr_context = contextvars.copy_context()
+    with trio.CancelScope(shield=not cancellable):
+        request = unit.switch(*args)
+        while not unit.dead:
+            try:
+                ready = await _ready(*request)
+            except BaseException as exc:
+                request = unit.throw(exc)  # raised where the unit waits; re-raised here
+            else:
+                request = unit.switch(ready)
+    result: T = request
+    return result
+
+
+async def connect(url: str, *, timeout: float, **options: Any) -> GreenConnection:
+    """A new :class:`GreenConnection` (made in a thread: libpq connects blocking).
+
+    Raises:
+        StoreUnavailableError: PostgreSQL cannot be reached.
+    """
+    make = functools.partial(
+        GreenConnection.connect, url, connect_timeout=max(1, int(timeout)), **options
+    )
+    try:
+        conn: GreenConnection = await trio.to_thread.run_sync(make, abandon_on_cancel=True)
+    except psycopg.Error as exc:
+        raise StoreUnavailableError(f"cannot connect to PostgreSQL: {exc}") from exc
+    return conn
+
+
+class GreenPool:
+    """A bounded pool of :class:`GreenConnection` for one Trio thread.
+
+    Raises (from :meth:`connection`):
+        StoreUnavailableError: no connection could be made, or every one stayed
+            busy for ``timeout`` seconds.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_size: int,
+        timeout: float,
+        configure: Callable[[psycopg.Connection[Any]], None],
+    ) -> None:
+        self.url = url
+        self.max_size = max_size
+        self.timeout = timeout
+        self._configure = configure
+        self._slots = trio.Semaphore(max_size)
+        self._idle: list[GreenConnection] = []
+        self._closed = False
+
+    async def open(self, min_size: int) -> None:
+        """Make ``min_size`` connections now.
+
+        Raises:
+            StoreUnavailableError: PostgreSQL cannot be reached.
+        """
+        made = [await self._connect() for _ in range(min(min_size, self.max_size))]
+        self._idle.extend(made)
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[GreenConnection]:
+        """A connection for one unit of work, returned (or dropped if broken) after."""
+        with trio.move_on_after(self.timeout) as waited:
+            await self._slots.acquire()
+        if waited.cancelled_caught:
+            raise StoreUnavailableError(
+                f"all {self.max_size} PostgreSQL connections stayed busy for {self.timeout:g} s"
+            )
+        try:
+            conn = await self._checkout()
+            try:
+                yield conn
+            finally:
+                self._checkin(conn)
+        finally:
+            self._slots.release()
+
+    async def _checkout(self) -> GreenConnection:
+        while self._idle:
+            conn = self._idle.pop()
+            if not (conn.closed or conn.broken):
+                return conn
+            conn.close()
+        return await self._connect()
+
+    def _checkin(self, conn: GreenConnection) -> None:
+        usable = not (conn.closed or conn.broken) and conn.pgconn.transaction_status == _IDLE
+        if usable and not self._closed:
+            self._idle.append(conn)
+        else:
+            conn.close()
+
+    async def _connect(self) -> GreenConnection:
+        conn = await connect(self.url, timeout=self.timeout, autocommit=False, row_factory=dict_row)
+        self._configure(conn)
+        return conn
+
+    def close(self) -> None:
+        """Close the idle connections; those in use are closed when returned."""
+        self._closed = True
+        while self._idle:
+            self._idle.pop().close()
