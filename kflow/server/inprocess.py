@@ -1,14 +1,16 @@
 """The built-in ``std`` and ``py-std`` workers, run inside ``kflow serve``.
 
 They are ordinary :class:`~kflow.worker.WorkerManager` instances speaking
-the public HTTP API — only the transport differs: ``httpx.ASGITransport``
-calls the application directly, so a request takes no socket. Their
+the public HTTP API — only the transport differs: the worker-protocol routes
+are called as functions (:mod:`kflow.server.inprocess_api`) and the rest
+through ``httpx.ASGITransport``, so a request takes no socket. Their
 credential is an internal token signed by the server for the ``worker``
 scope; it never leaves the process.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 import socket
@@ -28,6 +30,7 @@ from kflow.activities import (
 from kflow.config import sqlite_path
 from kflow.server.auth import INTERNAL_CLIENT
 from kflow.server.context import ServerContext
+from kflow.server.inprocess_api import InProcessWorkerApi
 from kflow.worker.config import WorkerConfig, default_state_dir
 from kflow.worker.manager import WorkerManager
 
@@ -80,7 +83,14 @@ async def run_inprocess_workers(
                 long_poll_seconds=min(20.0, config.max_wait_seconds),
                 state_dir=_state_dir(ctx),
             )
-            managers.append(WorkerManager(worker_config, registry, http=http))
+            managers.append(
+                WorkerManager(
+                    worker_config,
+                    registry,
+                    http=http,
+                    api_factory=functools.partial(InProcessWorkerApi, app=app, ctx=ctx),
+                )
+            )
         try:
             async with pool, trio.open_nursery() as nursery:
                 for manager in managers:

@@ -1,8 +1,10 @@
 """The storage seam: a ``Store`` runs units of work, a ``Tx`` runs named queries.
 
 A unit of work is a plain synchronous function ``fn(tx) -> T``. The store runs
-it in a worker thread inside one database transaction (one thread hop per
-unit of work, not per statement) and commits, or rolls back if ``fn`` raises.
+it inside one database transaction and commits, or rolls back if ``fn``
+raises. Neither store uses worker threads for it: SQLite runs units on the
+Trio thread and group-commits them; PostgreSQL runs each unit in a greenlet
+that waits for the server through Trio (:mod:`kflow.store.pg_green`).
 SQL never appears in Python: ``tx.one("claim_activities", queue=...)`` looks
 the statement up among the dialect's named queries (``store/sql/<dialect>``).
 

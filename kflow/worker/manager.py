@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -60,8 +60,10 @@ class WorkerManager:
         http: httpx.AsyncClient | None = None,
         burst: bool = False,
         outbox: Outbox | None = None,
+        api_factory: Callable[[httpx.AsyncClient, WorkerConfig], WorkerApi] = WorkerApi,
     ) -> None:
         self.config = config
+        self._api_factory = api_factory
         self.registry = registry
         self._http = http
         self._burst = burst
@@ -149,7 +151,7 @@ class WorkerManager:
                     owner=self.config.worker_id,
                     claim_seconds=max(120.0, 4 * self.config.report_timeout),
                 )
-                api = WorkerApi(http, self.config)
+                api = self._api_factory(http, self.config)
                 async with outbox:
                     reporter = Reporter(api, outbox, report_timeout=self.config.report_timeout)
                     self._reporter = reporter
