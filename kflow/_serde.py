@@ -33,7 +33,10 @@ def format_datetime(value: dt.datetime) -> str:
     """RFC 3339 in UTC with ``Z`` and microseconds (``2026-01-02T03:04:05.000006Z``)."""
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.UTC)
-    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    elif value.tzinfo is not dt.UTC:
+        value = value.astimezone(dt.UTC)
+    # isoformat is C and about twice as fast as strftime; it ends in "+00:00" here.
+    return value.isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def parse_datetime(value: str) -> dt.datetime:

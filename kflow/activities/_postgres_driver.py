@@ -51,6 +51,11 @@ _RETRYABLE_CLASSES = {
 }
 
 
+def pipeline_supported() -> bool:
+    """Whether the libpq psycopg loaded has pipeline mode (libpq 14+)."""
+    return bool(psycopg.Pipeline.is_supported())
+
+
 def classify_sqlstate(sqlstate: str) -> tuple[str, bool]:
     """``(code, retryable)`` for an error the server reported with ``sqlstate``."""
     if sqlstate in _RETRYABLE:

@@ -1,10 +1,10 @@
 """The ``postgres_query`` and ``postgres_transaction`` activities of the ``std`` worker.
 
 PROTOCOL §9. Both need psycopg 3 (the ``postgres`` or ``std`` extra); it is
-imported only when an activity runs or :func:`postgres_available` is asked
-(by the registry builder, to decide whether to offer them), so
-``kflow.activities`` imports without it. Parameter validation lives in
-``_postgres_params``, the psycopg code (run in a worker thread) in
+imported only when an activity first runs (the registry builder only checks
+that it is installed, see :func:`postgres_available`), so ``kflow.activities``
+imports without it and a worker that never runs them does not load libpq.
+Parameter validation lives in ``_postgres_params``, the psycopg code (run in a worker thread) in
 ``_postgres_driver``, the JSON conversion of values in ``_postgres_values``.
 
 ``postgres_query {db_url, query, params?, max_rows?}`` runs one statement in
@@ -72,6 +72,7 @@ message (not retryable); ``TOO_MANY_ROWS`` (not retryable). The password of
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from typing import Any
 
@@ -93,12 +94,16 @@ CANCEL_TIMEOUT_SECONDS = 5.0
 
 
 def postgres_available() -> bool:
-    """Whether psycopg 3 is importable here with a libpq that supports pipeline mode."""
+    """Whether psycopg 3 is installed here.
+
+    Found without importing it: psycopg and its libpq cost a worker about
+    8 MiB, paid only when a postgres activity first runs. A libpq too old for
+    pipeline mode is reported then (``MISSING_DEPENDENCY``).
+    """
     try:
-        import psycopg
-    except ImportError:
+        return importlib.util.find_spec("psycopg") is not None
+    except (ImportError, ValueError):
         return False
-    return bool(psycopg.Pipeline.is_supported())
 
 
 class _PostgresActivity(Activity):
@@ -129,6 +134,13 @@ class _PostgresActivity(Activity):
                 code="MISSING_DEPENDENCY",
                 retryable=False,
             ) from exc
+        if not driver.pipeline_supported():
+            raise ActivityError(
+                "the libpq psycopg uses here has no pipeline mode (libpq 14 or later is "
+                "needed); install kflow[postgres], which brings its own",
+                code="MISSING_DEPENDENCY",
+                retryable=False,
+            )
         limit = ctx.timeout_seconds or self.timeout_seconds
         started = time.monotonic()
         session = driver.Session(

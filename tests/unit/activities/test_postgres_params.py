@@ -242,3 +242,35 @@ def test_activities_import_and_register_without_psycopg() -> None:
                           text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "MISSING_DEPENDENCY False"
+
+
+def test_building_the_std_registry_does_not_load_psycopg() -> None:
+    """A worker that never runs a postgres activity does not pay for libpq."""
+    script = textwrap.dedent("""\
+        import sys
+        from kflow.activities import std_registry
+        types = std_registry().activity_types()
+        assert "std.postgres_query" in types, types
+        print("psycopg" in sys.modules)
+        """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
+async def test_a_libpq_without_pipeline_mode_fails_the_activity_clearly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    driver = pytest.importorskip("kflow.activities._postgres_driver")
+    from kflow.activities import PostgresQueryActivity
+    from kflow.worker.context import ActivityContext
+
+    monkeypatch.setattr(driver, "pipeline_supported", lambda: False)
+    ctx = ActivityContext(workflow_id=uuid.uuid4(), activity_id=uuid.uuid4(), activity_key="k")
+    with pytest.raises(ActivityError) as caught:
+        await PostgresQueryActivity().execute(
+            {"db_url": "postgresql://h/db", "query": "SELECT 1"}, ctx
+        )
+    assert (caught.value.code, caught.value.retryable) == ("MISSING_DEPENDENCY", False)
+    assert "pipeline mode" in caught.value.message
