@@ -62,9 +62,16 @@ def _frames(events: list[dict[str, Any]]) -> tuple[bytes, bool]:
 
 
 async def _stream(ctx: ServerContext, workflow_id: Any, after: int) -> AsyncIterator[bytes]:
+    """The stream's chunks.
+
+    The hub's version of the run is taken before each read. Commits bump it
+    only after they are visible, so when it has not moved by the time a
+    chunk is sent, that read saw everything: the stream waits for the next
+    bump instead of reading again to find nothing.
+    """
     yield b": kflow event stream\n\n"
+    seen = ctx.hub.version(workflow_id)
     while True:
-        seen = ctx.hub.version(workflow_id)
         status, events = await ctx.store.read(
             functools.partial(_snapshot, workflow_id=workflow_id, after=after)
         )
@@ -75,11 +82,14 @@ async def _stream(ctx: ServerContext, workflow_id: Any, after: int) -> AsyncIter
             if final:
                 return
             after = events[-1]["event_id"]
-            continue
-        if status in _DONE:
+            if ctx.hub.version(workflow_id) != seen:
+                seen = ctx.hub.version(workflow_id)
+                continue
+        elif status in _DONE:
             return  # its final event lies before from_event_id
         if not await ctx.hub.wait(workflow_id, seen, KEEPALIVE_SECONDS):
             yield b": keep-alive\n\n"
+        seen = ctx.hub.version(workflow_id)
 
 
 async def events(request: Request) -> Response:
