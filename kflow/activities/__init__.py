@@ -54,16 +54,12 @@ def std_registry(
     """The ``std`` worker's registry: echo, http_request, email_send, and
     postgres_query / postgres_transaction when :func:`postgres_available`.
 
-    Without ``http`` a client is created here and owned by the registry's
-    ``http_request`` activity: call :func:`aclose_registry` when done.
+    Without ``http`` the ``http_request`` activity creates its own client
+    when it first runs and owns it: call :func:`aclose_registry` when done.
     """
-    owns = http is None
-    client = new_http_client() if http is None else http
     registry = ActivityRegistry(default_worker="std")
     registry.register(EchoActivity())
-    registry.register(
-        HttpRequestActivity(client, max_response_bytes=max_response_bytes, owns_client=owns)
-    )
+    registry.register(HttpRequestActivity(http, max_response_bytes=max_response_bytes))
     registry.register(EmailSendActivity())
     if postgres_available():  # psycopg is an optional extra, imported only here
         registry.register(PostgresQueryActivity())

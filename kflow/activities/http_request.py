@@ -171,27 +171,37 @@ def decode_body(content_type: str, data: bytes, charset: str | None) -> tuple[An
 class HttpRequestActivity(Activity):
     """``http_request``: one HTTP call through the injected client.
 
-    ``owns_client=True`` makes :meth:`aclose` close the client (set by the
-    registry builder when it created the client itself).
+    Without a client (``http=None``) the activity makes its own with
+    :func:`new_http_client` when it first runs — a worker that never makes
+    an HTTP call does not load the CA bundle — and owns it. ``owns_client=True``
+    makes :meth:`aclose` close an injected client too (set by the registry
+    builder when it created the client itself).
     """
 
     name = "http_request"
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        http: httpx.AsyncClient | None = None,
         *,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         owns_client: bool = False,
     ) -> None:
-        self.http = http
+        self._http = http
         self.max_response_bytes = max_response_bytes
-        self.owns_client = owns_client
+        self.owns_client = owns_client or http is None
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """The client requests go through (created on first use when none was given)."""
+        if self._http is None:
+            self._http = new_http_client()
+        return self._http
 
     async def aclose(self) -> None:
         """Close the client if this activity owns it; otherwise do nothing."""
-        if self.owns_client:
-            await self.http.aclose()
+        if self.owns_client and self._http is not None:
+            await self._http.aclose()
 
     async def execute(self, params: dict[str, Any], ctx: ActivityContext) -> ActivityResult:
         """Send the request and return ``response``.

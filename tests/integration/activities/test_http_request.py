@@ -214,3 +214,22 @@ async def test_injected_client_is_not_closed(http) -> None:
 async def test_streamed_body_under_the_cap(http, base_url) -> None:
     response = await call(http, {"method": "GET", "url": f"{base_url}/stream/"})
     assert (response["status"], response["body"]) == (200, "y" * 64 * 1024)
+
+
+async def test_without_a_client_one_is_made_on_first_use_and_closed(base_url) -> None:
+    activity = HttpRequestActivity()
+    await activity.aclose()  # never used: nothing was created, nothing to close
+    assert activity._http is None
+    result = await activity.execute({"method": "GET", "url": f"{base_url}/json"}, ctx())
+    assert result.to_output_dict()["response"]["body"] == {"hello": "world"}
+    client = activity._http
+    assert client is not None
+    await activity.aclose()
+    assert client.is_closed
+
+
+async def test_an_injected_client_is_left_open(http, base_url) -> None:
+    activity = HttpRequestActivity(http)
+    await activity.execute({"method": "GET", "url": f"{base_url}/json"}, ctx())
+    await activity.aclose()
+    assert not http.is_closed
