@@ -46,11 +46,11 @@ test-fast: $(TEST_STAMP)
 	$(BIN)/python -m pytest -m "not slow" -x -q
 
 lint: $(TEST_STAMP)
-	$(BIN)/ruff check kflow tests
-	$(BIN)/ruff format --check kflow
+	$(BIN)/ruff check kflow contrib tests
+	$(BIN)/ruff format --check kflow contrib
 
 typecheck: $(TEST_STAMP)
-	$(BIN)/mypy kflow
+	$(BIN)/mypy kflow contrib/kflow_llm
 
 clean:
 	rm -rf $(VENV) $(DATA) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import inspect
 import signal
 from typing import Any
@@ -311,6 +312,37 @@ async def cmd_start(args: argparse.Namespace, console: Console) -> int:
             run = await follow_run(kf, started["workflow_id"], console)
             return EXIT_OK if run["status"] == "completed" else EXIT_FAILED
     return EXIT_OK
+
+
+#: Commands that add-ons provide (``kflow.commands`` entry points), with the extra
+#: that installs each.
+PLUGIN_COMMANDS = {"prices": "llm"}
+
+
+async def cmd_prices(args: argparse.Namespace, console: Console) -> int:
+    return await _plugin_command("prices", args, console)
+
+
+async def _plugin_command(name: str, args: argparse.Namespace, console: Console) -> int:
+    """Run the command an add-on registered as entry point ``name`` of ``kflow.commands``.
+
+    Raises:
+        ConfigError: no installed add-on provides it, or it fails to load.
+    """
+    found = importlib.metadata.entry_points(group="kflow.commands", name=name)
+    if not found:
+        extra = PLUGIN_COMMANDS.get(name, "")
+        raise ConfigError(
+            f"'kflow {name}' comes with an add-on that is not installed here; "
+            f"install it with: pip install 'kflow[{extra}]'"
+        )
+    entry = next(iter(found))
+    try:
+        command = entry.load()
+    except Exception as exc:
+        raise ConfigError(f"the add-on providing 'kflow {name}' failed to load: {exc}") from exc
+    result: int = await command(args, console)
+    return result
 
 
 async def cmd_status(args: argparse.Namespace, console: Console) -> int:

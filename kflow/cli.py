@@ -154,6 +154,15 @@ def _client_args(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     cancel = with_url(sub.add_parser("cancel", help="cancel a run"))
     cancel.add_argument("workflow_id")
 
+    prices = sub.add_parser("prices", help="list LLM token prices (the llm extra)")
+    prices.add_argument("--provider", help="only this provider (anthropic, openai, ...)")
+    prices.add_argument("--model", help="only models whose id contains this text")
+    prices.add_argument("--at", help="the prices in force at this date or timestamp")
+    prices.add_argument(
+        "--file", help="a prices file applied over the shipped catalog (KFLOW_LLM_PRICES)"
+    )
+    prices.add_argument("--json", action="store_true", help="print JSON")
+
 
 async def _unwrapped(handler: Any, args: argparse.Namespace, console: Console) -> int:
     """Run a command; an exception group with one leaf re-raises that leaf."""
