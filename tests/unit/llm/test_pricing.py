@@ -211,3 +211,10 @@ def test_a_missing_overrides_file_is_a_clear_error(tmp_path: pathlib.Path) -> No
 def test_tiny_costs_are_written_without_an_exponent(catalog: PriceCatalog) -> None:
     entry = catalog.price("acme/small", Usage(input_tokens=1), at("2026-01-01")).usage_entry()
     assert entry["cost_usd"] == "0.00000025"
+
+
+def test_the_shipped_launch_price_of_gemini_3_8_flash_ends_with_2026() -> None:
+    catalog = load_catalog(environ={})
+    usage = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
+    assert catalog.price("google/gemini-3.8-flash", usage, at("2026-12-31T23:59")).cost_usd == 4.5
+    assert catalog.price("google/gemini-3.8-flash", usage, at("2027-01-01")).cost_usd == 9
