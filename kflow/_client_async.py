@@ -115,6 +115,31 @@ class AsyncClient:
         result: dict[str, Any] = await self._call("GET", f"/workflows/{workflow_id}/output")
         return result
 
+    async def cost(self, workflow_id: str) -> dict[str, Any]:
+        """What a run has cost so far, with its budget and what remains of it."""
+        result: dict[str, Any] = await self._call("GET", f"/workflows/{workflow_id}/cost")
+        return result
+
+    async def cost_history(self, workflow_id: str) -> list[dict[str, Any]]:
+        """A row per call of each attempt of a run (provider, model, tokens, cost)."""
+        result: list[dict[str, Any]] = await self._call(
+            "GET", f"/workflows/{workflow_id}/cost/history"
+        )
+        return result
+
+    async def cost_analytics(
+        self,
+        *,
+        start_date: str | None = None,
+        end_date: str | None = None,
+        group_by: str | None = None,
+    ) -> dict[str, Any]:
+        """Spend over a period grouped by provider, model, definition or day."""
+        result: dict[str, Any] = await self._call(
+            *Routes.cost_analytics(start_date, end_date, group_by)
+        )
+        return result
+
     async def cancel(self, workflow_id: str) -> dict[str, Any]:
         """Cancel a run (idempotent)."""
         result: dict[str, Any] = await self._call("POST", f"/workflows/{workflow_id}/cancel")

@@ -183,3 +183,10 @@ class Routes:
     def listing(**filters: Any) -> tuple[str, str, dict[str, Any]]:
         params = {k: v for k, v in filters.items() if v is not None}
         return "GET", "/workflows", {"params": params}
+
+    @staticmethod
+    def cost_analytics(
+        start_date: str | None, end_date: str | None, group_by: str | None
+    ) -> tuple[str, str, dict[str, Any]]:
+        filters = {"start_date": start_date, "end_date": end_date, "group_by": group_by}
+        return "GET", "/cost/analytics", {"params": {k: v for k, v in filters.items() if v}}

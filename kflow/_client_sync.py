@@ -109,6 +109,24 @@ class Client:
         result: dict[str, Any] = self._call("GET", f"/workflows/{workflow_id}/output")
         return result
 
+    def cost(self, workflow_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", f"/workflows/{workflow_id}/cost")
+        return result
+
+    def cost_history(self, workflow_id: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", f"/workflows/{workflow_id}/cost/history")
+        return result
+
+    def cost_analytics(
+        self,
+        *,
+        start_date: str | None = None,
+        end_date: str | None = None,
+        group_by: str | None = None,
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(*Routes.cost_analytics(start_date, end_date, group_by))
+        return result
+
     def cancel(self, workflow_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call("POST", f"/workflows/{workflow_id}/cancel")
         return result

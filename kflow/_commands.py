@@ -363,13 +363,26 @@ async def cmd_status(args: argparse.Namespace, console: Console) -> int:
             console.print(table)
             return EXIT_OK
         run = await kf.status(args.workflow_id)
+        cost = await kf.cost(args.workflow_id)
     if args.json:
-        console.print_json(data=run)
+        console.print_json(data={**run, "cost": cost})
     else:
         console.print(render_run(run, 0.0))
+        console.print(cost_line(cost), highlight=False)
         if run.get("error_message"):
             console.print(f"[red]{run['error_message']}[/]", highlight=False)
     return EXIT_OK
+
+
+def cost_line(cost: dict[str, Any]) -> str:
+    """``cost $X`` and, with a budget, ``of $L budget, $R left`` (or over by)."""
+    line = f"cost ${cost['total_cost_usd']}"
+    limit, remaining = cost.get("budget_limit_usd"), cost.get("budget_remaining_usd")
+    if limit is None or remaining is None:
+        return line + " (no budget)"
+    if str(remaining).startswith("-"):
+        return line + f" of a ${limit} budget: [red]over by ${str(remaining)[1:]}[/]"
+    return line + f" of a ${limit} budget, ${remaining} left"
 
 
 async def cmd_cancel(args: argparse.Namespace, console: Console) -> int:

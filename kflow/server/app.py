@@ -9,6 +9,7 @@ from kflow.server.context import ServerContext
 from kflow.server.errors import EXCEPTION_HANDLERS
 from kflow.server.middleware import RequestContextMiddleware
 from kflow.server.routes import (
+    costs,
     definitions,
     events,
     events_ws,
@@ -28,6 +29,7 @@ def build_app(ctx: ServerContext) -> Starlette:
         *oauth.routes,
         *definitions.routes,
         *workflows.routes,
+        *costs.routes,
         *schedules.routes,
         *events.routes,
         *events_ws.routes,

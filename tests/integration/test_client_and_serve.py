@@ -91,6 +91,12 @@ async def test_async_client_runs_the_examples(server: RunningServer) -> None:
         assert events[-1] == "workflow.completed"
         listing = await kf.list_workflows(definition_name="hello")
         assert listing["total"] == 1
+        cost = await kf.cost(started["workflow_id"])
+        assert (cost["workflow_name"], cost["budget_limit_usd"]) == ("hello", None)
+        history = await kf.cost_history(started["workflow_id"])
+        assert len(history) == len(done["activities"])
+        analytics = await kf.cost_analytics(group_by="definition")
+        assert "hello" in {g["key"] for g in analytics["groups"]}
 
 
 async def test_async_client_signal_and_cancel(server: RunningServer) -> None:
@@ -139,6 +145,9 @@ async def test_sync_client_in_a_thread(server: RunningServer) -> None:
             started = kf.start("hello", {"name": "sync"})
             done = kf.wait(started["workflow_id"])
             assert kf.status(started["workflow_id"])["status"] == done["status"]
+            assert kf.cost(started["workflow_id"])["total_activities"] == 2
+            assert kf.cost_history(started["workflow_id"])
+            assert kf.cost_analytics(group_by="day")["attempts"] >= 2
             return done
 
     done = await trio.to_thread.run_sync(use_sync_client)

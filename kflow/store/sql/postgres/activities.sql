@@ -144,3 +144,13 @@ SET status = 'cancelled', completed_at = %(now)s, wait_signal = NULL, wait_timeo
     updated_at = %(now)s
 WHERE workflow_id = %(workflow_id)s
   AND status IN ('not_scheduled', 'waiting', 'pending', 'running');
+
+-- name: count_workflow_activities
+SELECT COUNT(*) AS total FROM activities WHERE workflow_id = %(workflow_id)s;
+
+-- name: attempts_finished_between
+SELECT a.id, a.workflow_id, a.activity_key, a.cost_usd, a.usage, a.finished_at,
+       w.definition_name
+FROM attempts a JOIN workflows w ON w.id = a.workflow_id
+WHERE a.finished_at >= %(start)s::timestamptz AND a.finished_at < %(end)s::timestamptz
+ORDER BY a.finished_at, a.id;

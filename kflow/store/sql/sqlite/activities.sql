@@ -139,3 +139,13 @@ SET status = 'cancelled', completed_at = :now, wait_signal = NULL, wait_timeout_
     updated_at = :now
 WHERE workflow_id = :workflow_id
   AND status IN ('not_scheduled', 'waiting', 'pending', 'running');
+
+-- name: count_workflow_activities
+SELECT COUNT(*) AS total FROM activities WHERE workflow_id = :workflow_id;
+
+-- name: attempts_finished_between
+SELECT a.id, a.workflow_id, a.activity_key, a.cost_usd, a.usage, a.finished_at,
+       w.definition_name
+FROM attempts a JOIN workflows w ON w.id = a.workflow_id
+WHERE a.finished_at >= :start AND a.finished_at < :end
+ORDER BY a.finished_at, a.id;
