@@ -50,6 +50,8 @@ class Usage:
     cache_read_tokens: int = 0
     cache_creation_tokens: int = 0
     cost_usd: decimal.Decimal | None = attrs.field(default=None, converter=_opt_decimal)
+    #: How many of ``output_tokens`` were reasoning (already counted there).
+    reasoning_tokens: int = 0
 
 
 @attrs.frozen(kw_only=True)

@@ -15,12 +15,16 @@ import pathlib
 import re
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import structlog
 import trio
 
+from kflow._serde import to_decimal
 from kflow.errors import ActivityError
+
+if TYPE_CHECKING:
+    from kflow.worker.activity import Usage
 
 T = TypeVar("T")
 
@@ -115,6 +119,9 @@ class ActivityContext:
         #: Details of the last heartbeat of the previous attempt (a resumable checkpoint).
         self.heartbeat_details = heartbeat_details
         self.budget_remaining_usd = budget_remaining_usd
+        #: Usage and bare cost recorded during the attempt (see :meth:`record_usage`).
+        self.recorded_usage: list[Usage] = []
+        self.recorded_cost = decimal.Decimal(0)
         self._workdir = workdir
         self._workdir_ready = False
         self._api = api
@@ -142,6 +149,25 @@ class ActivityContext:
             self._workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._workdir_ready = True
         return self._workdir
+
+    def record_usage(self, *usage: Usage) -> None:
+        """Record model calls this attempt made (tokens and, when known, cost).
+
+        They reach the server with the attempt's report whatever its outcome:
+        a call that was paid for before the activity failed still counts.
+        """
+        self.recorded_usage.extend(usage)
+
+    def record_cost(self, cost_usd: decimal.Decimal | str | float | int) -> None:
+        """Add a cost in USD that no usage entry covers (an API priced per call, say).
+
+        Raises:
+            ValueError: not a finite, non-negative amount.
+        """
+        amount = to_decimal(cost_usd)
+        if amount < 0:
+            raise ValueError(f"a cost must not be negative, got {amount}")
+        self.recorded_cost += amount
 
     async def heartbeat(self, details: Any | None = None) -> None:
         """Tell the server the attempt is alive; ``details`` is kept as a checkpoint.

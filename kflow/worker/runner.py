@@ -191,6 +191,12 @@ class ActivityRunner:
     async def _execute(
         self, impl: Activity, attempt: _Attempt, ctx: ActivityContext, limit: float
     ) -> tuple[ActivityResult | None, str]:
+        result, outcome = await self._execute_bare(impl, attempt, ctx, limit)
+        return _with_recorded(result, ctx), outcome
+
+    async def _execute_bare(
+        self, impl: Activity, attempt: _Attempt, ctx: ActivityContext, limit: float
+    ) -> tuple[ActivityResult | None, str]:
         try:
             with trio.fail_after(limit):
                 raw: Any = await impl.execute(dict(attempt.item.parameters), ctx)
@@ -301,6 +307,16 @@ def _from_exception(exc: BaseException, timeout: float, log: Any) -> tuple[Activ
     return ActivityResult.error(
         f"{type(exc).__name__}: {exc}", code="EXECUTION_ERROR", retryable=True
     ), "error"
+
+
+def _with_recorded(result: ActivityResult | None, ctx: ActivityContext) -> ActivityResult | None:
+    """``result`` plus the usage and cost recorded on ``ctx`` during the attempt."""
+    if result is None or not (ctx.recorded_usage or ctx.recorded_cost):
+        return result
+    merged = result.with_usage(*ctx.recorded_usage)
+    if ctx.recorded_cost:
+        merged = merged.with_cost((result.cost_usd or 0) + ctx.recorded_cost)
+    return merged
 
 
 def _unwrap(exc: BaseException) -> BaseException:

@@ -243,6 +243,8 @@ def usage_to_wire(usage: Usage) -> dict[str, Any]:
         "cache_read_tokens": usage.cache_read_tokens,
         "cache_creation_tokens": usage.cache_creation_tokens,
     }
+    if usage.reasoning_tokens:
+        entry["reasoning_tokens"] = usage.reasoning_tokens
     if usage.cost_usd is not None:
         entry["cost_usd"] = format_decimal(usage.cost_usd)
     return entry

@@ -119,6 +119,7 @@ class _Fields:
                 "output_tokens",
                 "cache_read_tokens",
                 "cache_creation_tokens",
+                "reasoning_tokens",
             ):
                 tokens = entry.get(counter, 0)
                 if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:

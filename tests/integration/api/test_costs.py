@@ -61,7 +61,8 @@ async def run_budgeted(api: Api) -> str:
         review,
         cost_usd="0.05",
         usage=[
-            usage("openai", "gpt-6-luna", "0.0002", input_tokens=100, output_tokens=300),
+            usage("openai", "gpt-6-luna", "0.0002", input_tokens=100, output_tokens=300,
+                  reasoning_tokens=120),
             usage("anthropic", "claude-haiku-5-5", "0.0003", input_tokens=10,
                   cache_creation_tokens=20, output_tokens=5),
         ],

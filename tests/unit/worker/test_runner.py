@@ -360,3 +360,37 @@ async def test_context_heartbeat_survives_a_flaky_server(
     logs = await burst(make_manager, chatty)
     assert fake.activities[act].status == "completed"
     assert [e["event"] for e in logs].count("activity.heartbeat_failed") == 1
+
+
+async def test_usage_recorded_on_the_context_is_reported_even_when_the_attempt_fails(
+    make_manager: MakeManager, fake: Any, autojump_clock: trio.abc.Clock
+) -> None:
+    @activity("paid")
+    async def paid(params: dict[str, Any], ctx: ActivityContext) -> ActivityResult:
+        ctx.record_usage(Usage(provider="openai", model="gpt-6-luna", input_tokens=100,
+                               output_tokens=40, reasoning_tokens=8, cost_usd="0.00003"))
+        ctx.record_cost("0.002")
+        if params.get("fail"):
+            raise RuntimeError("the answer was unusable")
+        return ActivityResult.value("ok", True).with_cost("0.001")
+
+    good = fake.enqueue("paid", {}, key="good")
+    bad = fake.enqueue("paid", {"fail": True}, key="bad")
+    await burst(make_manager, paid)
+    done = fake.activities[good].result
+    assert done["cost_usd"] == "0.003"  # the result's 0.001 plus the recorded 0.002
+    [entry] = done["usage"]
+    assert (entry["model"], entry["reasoning_tokens"], entry["cost_usd"]) == (
+        "gpt-6-luna", 8, "0.00003")
+    failed = fake.activities[bad]
+    assert failed.status == "failed"
+    assert failed.result["cost_usd"] == "0.002"
+    assert failed.result["usage"][0]["input_tokens"] == 100
+
+
+def test_a_negative_recorded_cost_is_refused() -> None:
+    import uuid
+
+    ctx = ActivityContext(workflow_id=uuid.uuid4(), activity_id=uuid.uuid4(), activity_key="k")
+    with pytest.raises(ValueError, match="must not be negative"):
+        ctx.record_cost("-1")
