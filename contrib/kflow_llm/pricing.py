@@ -149,17 +149,6 @@ class Priced:
     def known(self) -> bool:
         return self.price is not None
 
-    def usage_entry(self) -> dict[str, Any]:
-        """The usage entry of the worker protocol's complete/fail calls."""
-        provider, _, name = self.model.partition("/")
-        return {
-            "provider": provider,
-            "model": name or provider,
-            **{counter: getattr(self.usage, counter) for counter in _COUNTERS},
-            "cost_usd": f"{self.cost_usd:f}",
-            "priced": self.known,
-        }
-
 
 @attrs.frozen
 class PriceCatalog:
