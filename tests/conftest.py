@@ -13,7 +13,8 @@ import os
 import secrets
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -71,3 +72,27 @@ def reset_postgres(url: str) -> None:
         if tables:
             joined = ", ".join(f'"{t}"' for t in tables)
             conn.execute(f"TRUNCATE {joined} RESTART IDENTITY CASCADE")
+
+
+_FIGURES = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """``figures(line)``: print a measurement and repeat it in the terminal summary
+    (section "kflow figures"), so load figures show without ``-s``."""
+    lines = request.config.stash.setdefault(_FIGURES, [])
+
+    def add(line: str) -> None:
+        print(line)
+        lines.append(f"{request.node.name}: {line}")
+
+    return add
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    lines = config.stash.get(_FIGURES, [])
+    if lines:
+        terminalreporter.section("kflow figures")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -47,6 +47,8 @@ class FakeProviders:
     requests: list[dict[str, Any]] = attrs.field(factory=list)
     failures: dict[str, list[Failure]] = attrs.field(factory=dict)
     mid_stream_error: set[str] = attrs.field(factory=set)
+    #: Seconds every answer takes (so parallel callers overlap).
+    delay_seconds: float = 0.0
     url: str = ""
 
     def fail(self, vendor: str, status: int, *, times: int = 1, **headers: str) -> None:
@@ -256,6 +258,8 @@ def _vendor_route(path: str, vendor: str, handler: Any, state: FakeProviders) ->
                                "headers": dict(request.headers),
                                "query": dict(request.query_params),
                                "body": json.loads(raw) if raw else None})
+        if state.delay_seconds:
+            await trio.sleep(state.delay_seconds)
         queue = state.failures.get(vendor)
         if queue:
             failure = queue.pop(0)

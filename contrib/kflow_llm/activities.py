@@ -156,7 +156,9 @@ def budget_of(ctx: ActivityContext) -> Budget:
     return Budget(remaining=min(known) if known else None, action=action)
 
 
-def to_entry(priced: Priced, provider: str, model: str) -> UsageEntry:
+def to_entry(
+    priced: Priced, provider: str, model: str, *, budget_event: str | None = None
+) -> UsageEntry:
     """The worker protocol's usage entry for one priced call."""
     usage = priced.usage
     return UsageEntry(
@@ -168,6 +170,7 @@ def to_entry(priced: Priced, provider: str, model: str) -> UsageEntry:
         cache_creation_tokens=usage.cache_creation_tokens,
         reasoning_tokens=usage.reasoning_tokens,
         cost_usd=priced.cost_usd,
+        budget_event=budget_event,
     )
 
 
@@ -242,14 +245,7 @@ class LlmPromptActivity(_LlmActivity):
                 and estimate is not None
                 and estimate > budget.remaining
             ):
-                skipped.append(
-                    {
-                        "model": model,
-                        "reason": "over budget",
-                        "estimate_usd": f"{estimate:f}",
-                        "remaining_usd": f"{budget.remaining:f}",
-                    }
-                )
+                skipped.append(_over(model, estimate, budget.remaining))
             else:
                 fits.append((model, estimate))
         return fits, skipped
@@ -276,80 +272,121 @@ class LlmPromptActivity(_LlmActivity):
         parsed = parse_prompt_params(params)
         budget = budget_of(ctx)
         candidates, skipped = self.choose(parsed, budget)
-        event = None
-        if not candidates:
-            over = [s for s in skipped if s["reason"] == "over budget"]
-            if not over or budget.action != "continue":
-                raise ActivityError(
-                    _no_fit_message(skipped, budget),
-                    code="BUDGET_EXCEEDED" if over else "LLM_PROVIDER_ERROR",
-                    retryable=not over,
-                )
-            cheapest = min(over, key=lambda s: decimal.Decimal(s["estimate_usd"]))
-            candidates = [(cheapest["model"], decimal.Decimal(cheapest["estimate_usd"]))]
-            event = "budget_exceeded"
-        elif candidates[0][0] != parsed.models[0]:
-            event = "downgrade"
-        last_error: ProviderError | None = None
-        for model, _estimate in candidates:
-            provider_name, model_name = split_model(model)
-            try:
-                provider = provider_for(provider_name, self.http, self.environ)
-                request = attrs.evolve(parsed.request, model=model_name)
-                result = await self._call(provider, request, parsed.stream)
-            except ProviderError as exc:
-                self.cooldowns.failed(provider_name)
-                skipped.append({"model": model, "reason": f"failed: {exc.message}"})
-                ctx.logger.warning("llm.call_failed", model=model, error=str(exc))
-                last_error = exc
+        # With a run budget (the claim said how much is left) each call first
+        # reserves its estimate, so parallel branches cannot jointly overspend.
+        shared = ctx.budget_remaining_usd is not None
+        failure: ProviderError | None = None
+        for model, estimate in candidates:
+            if shared:
+                reservation = await ctx.reserve_budget(estimate or decimal.Decimal(0))
+                if not reservation.granted:
+                    left = reservation.remaining_usd or decimal.Decimal(0)
+                    skipped.append(_over(model, estimate, left))
+                    continue
+            outcome = await self._try(model, parsed, ctx, skipped)
+            if isinstance(outcome, ProviderError):
+                failure = outcome
                 continue
-            self.cooldowns.succeeded(provider_name)
-            priced = self.catalog.price(model, result.usage)
-            ctx.record_usage(to_entry(priced, provider_name, model_name))
-            if event is None and model != parsed.models[0]:
-                event = "downgrade"
-            ctx.logger.info(
-                "llm.call", model=model, cost_usd=f"{priced.cost_usd:f}", budget_event=event
+            event = None if model == parsed.models[0] else "downgrade"
+            return self._result(outcome, model, event, skipped, ctx)
+        over = [s for s in skipped if s["reason"] == "over budget"]
+        if failure is not None or not over:
+            reasons = "; ".join(f"{s['model']}: {s['reason']}" for s in skipped)
+            raise ActivityError(
+                f"every model failed: {reasons}",
+                code="LLM_PROVIDER_ERROR",
+                retryable=failure.retryable if failure is not None else True,
             )
-            usage = result.usage
-            return ActivityResult.value(
-                "result",
-                {
-                    "content": result.content,
-                    "model": result.model,
-                    "provider": provider_name,
-                    "finish_reason": result.finish_reason,
-                    "cost_usd": f"{priced.cost_usd:f}",
-                    "priced": priced.known,
-                    "budget_skipped_models": skipped,
-                    "budget_event": event,
-                    "cache_hit": False,
-                    "usage": {
-                        "prompt_tokens": usage.prompt_tokens,
-                        "output_tokens": usage.output_tokens,
-                        "total_tokens": usage.prompt_tokens + usage.output_tokens,
-                        "cached_tokens": usage.cache_read_tokens,
-                        "reasoning_tokens": usage.reasoning_tokens,
-                    },
+        if budget.action != "continue":
+            raise ActivityError(
+                _no_fit_message(skipped, budget), code="BUDGET_EXCEEDED", retryable=False
+            )
+        cheapest = min(over, key=lambda s: decimal.Decimal(s["estimate_usd"]))
+        outcome = await self._try(cheapest["model"], parsed, ctx, skipped)
+        if isinstance(outcome, ProviderError):
+            raise ActivityError(
+                f"{cheapest['model']}: {outcome.message}",
+                code="LLM_PROVIDER_ERROR",
+                retryable=outcome.retryable,
+            )
+        return self._result(outcome, cheapest["model"], "budget_exceeded", skipped, ctx)
+
+    async def _try(
+        self, model: str, parsed: PromptParams, ctx: ActivityContext, skipped: list[dict[str, Any]]
+    ) -> tuple[ChatResult, Priced] | ProviderError:
+        """Call ``model``; a failure is noted in ``skipped`` and its provider cooled down."""
+        provider_name, model_name = split_model(model)
+        try:
+            provider = provider_for(provider_name, self.http, self.environ)
+            request = attrs.evolve(parsed.request, model=model_name)
+            result = await self._call(provider, request, parsed.stream)
+        except ProviderError as exc:
+            self.cooldowns.failed(provider_name)
+            skipped.append({"model": model, "reason": f"failed: {exc.message}"})
+            ctx.logger.warning("llm.call_failed", model=model, error=str(exc))
+            return exc
+        self.cooldowns.succeeded(provider_name)
+        return result, self.catalog.price(model, result.usage)
+
+    def _result(
+        self,
+        outcome: tuple[ChatResult, Priced],
+        model: str,
+        event: str | None,
+        skipped: list[dict[str, Any]],
+        ctx: ActivityContext,
+    ) -> ActivityResult:
+        result, priced = outcome
+        provider_name, model_name = split_model(model)
+        ctx.record_usage(to_entry(priced, provider_name, model_name, budget_event=event))
+        ctx.logger.info(
+            "llm.call", model=model, cost_usd=f"{priced.cost_usd:f}", budget_event=event
+        )
+        usage = result.usage
+        return ActivityResult.value(
+            "result",
+            {
+                "content": result.content,
+                "model": result.model,
+                "provider": provider_name,
+                "finish_reason": result.finish_reason,
+                "cost_usd": f"{priced.cost_usd:f}",
+                "priced": priced.known,
+                "budget_skipped_models": skipped,
+                "budget_event": event,
+                "cache_hit": False,
+                "usage": {
+                    "prompt_tokens": usage.prompt_tokens,
+                    "output_tokens": usage.output_tokens,
+                    "total_tokens": usage.prompt_tokens + usage.output_tokens,
+                    "cached_tokens": usage.cache_read_tokens,
+                    "reasoning_tokens": usage.reasoning_tokens,
                 },
-            )
-        assert last_error is not None
-        raise ActivityError(
-            f"every model failed: {'; '.join(s['model'] + ': ' + s['reason'] for s in skipped)}",
-            code="LLM_PROVIDER_ERROR",
-            retryable=last_error.retryable,
+            },
         )
 
 
+def _over(model: str, estimate: decimal.Decimal | None, left: decimal.Decimal) -> dict[str, Any]:
+    return {
+        "model": model,
+        "reason": "over budget",
+        "estimate_usd": f"{estimate or 0:f}",
+        "remaining_usd": f"{left:f}",
+    }
+
+
 def _no_fit_message(skipped: list[dict[str, Any]], budget: Budget) -> str:
+    """Why nothing was called: each model with its estimate and the budget left then."""
     parts = []
     for s in skipped:
         if s["reason"] == "over budget":
-            parts.append(f"{s['model']} (estimate ${s['estimate_usd']})")
+            parts.append(
+                f"{s['model']} (estimate ${s['estimate_usd']}, "
+                f"remaining budget ${s['remaining_usd']})"
+            )
         else:
             parts.append(f"{s['model']} ({s['reason']})")
-    limit = f"${budget.remaining:f}" if budget.remaining is not None else "none"
-    return f"no model fits the remaining budget {limit}: " + ", ".join(parts)
+    return f"no model fits the budget ({budget.action}): " + ", ".join(parts)
 
 
 class EmbeddingActivity(_LlmActivity):

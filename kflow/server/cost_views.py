@@ -105,7 +105,9 @@ def cost_history(tx: Tx, cache: DefinitionCache, workflow_id: uuid.UUID) -> list
     ``budget_limit_usd`` is the activity's budget, else the run's;
     ``budget_exceeded`` says whether the run's spend so far (this row
     included) is over the run's budget, or the attempt's over its
-    activity's. ``budget_event`` is null: no budget event is recorded yet.
+    activity's. ``budget_event`` is what the worker reported for the call
+    (``downgrade``: a fallback chain picked a cheaper model; ``budget_exceeded``:
+    nothing fitted and the budget's action was ``continue``), else null.
 
     Raises:
         NotFoundError: no such run.
@@ -135,7 +137,7 @@ def cost_history(tx: Tx, cache: DefinitionCache, workflow_id: uuid.UUID) -> list
                     "model": entry.get("model"),
                     "budget_limit_usd": activity_limit if activity_limit is not None else run_limit,
                     "budget_exceeded": over_run or over_activity,
-                    "budget_event": None,
+                    "budget_event": entry.get("budget_event"),
                     "created_at": load_time(attempt["finished_at"]),
                 }
             )

@@ -13,10 +13,12 @@ reports are :mod:`kflow.server.worker_reports`, lease ownership
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import uuid
 from typing import Any
 
 from kflow.errors import TemplateError
+from kflow.server.budgets import available, run_budget
 from kflow.server.engine import Effects, Engine
 from kflow.server.persistence import append_events, record_attempt
 from kflow.server.state import ActivityFailed, Emit, ErrorInfo
@@ -74,8 +76,12 @@ class WorkerOps(WorkerReports):
             # two claims cannot deadlock on each other): a run's history then
             # commits in id order, and a stream reading "after id N" never skips.
             for workflow_id in sorted({item["workflow_id"] for item in items}):
-                if self.engine.lock(tx, workflow_id)["status"] == "created":
+                run = self.engine.lock(tx, workflow_id)
+                if run["status"] == "created":
                     tx.run("mark_workflow_running", id=workflow_id, now=tx.time(now))
+                self._hand_out_budget(
+                    tx, run, [i for i in items if i["workflow_id"] == workflow_id]
+                )
                 events = [
                     Emit(
                         type="activity.started",
@@ -91,6 +97,15 @@ class WorkerOps(WorkerReports):
 
         claimed: list[dict[str, Any]] = await engine.write(claim_tx)
         return claimed
+
+    def _hand_out_budget(self, tx: Tx, run: Row, items: list[dict[str, Any]]) -> None:
+        """Tell each claimed attempt what its run may still spend (runs with a budget)."""
+        budget = run_budget(tx, self.engine.definitions, run)
+        if budget is None:
+            return
+        remaining = max(available(tx, run, budget.limit), decimal.Decimal(0))
+        for item in items:
+            item["budget_remaining_usd"] = remaining
 
     def _fail_unsendable(
         self, tx: Tx, effects: Effects, row: Row, now: dt.datetime, message: str

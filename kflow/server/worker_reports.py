@@ -18,12 +18,14 @@ from typing import Any
 
 import structlog
 
-from kflow.errors import ConflictError, KflowError
+from kflow.errors import ConflictError, KflowError, NotFoundError
+from kflow.server.budgets import available, run_budget
 from kflow.server.engine import Effects, Engine
 from kflow.server.persistence import record_attempt
 from kflow.server.state import ZERO, ActivityCompleted, ActivityFailed, ErrorInfo
 from kflow.server.worker_leases import finished_attempt, holds_lease
 from kflow.store.base import Tx
+from kflow.store.codec import load_money
 
 log = structlog.get_logger("kflow.engine")
 
@@ -88,6 +90,68 @@ class WorkerReports:
             )
 
         result: dict[str, Any] = await engine.write(heartbeat_tx)
+        return result
+
+    # ---- budget reservations ---------------------------------------------------------------
+
+    async def reserve(
+        self,
+        attempt_id: uuid.UUID,
+        worker_id: str,
+        amount: decimal.Decimal,
+        client_id: str = "dev",
+    ) -> dict[str, Any]:
+        """Set aside ``amount`` of the run's budget for this running attempt
+        (replacing its previous reservation) if it fits; see :mod:`kflow.server.budgets`.
+
+        Returns ``granted``, ``reserved_usd`` (what the attempt now holds),
+        ``budget_limit_usd`` and ``budget_remaining_usd`` (what is left for
+        others; None without a run budget, when every amount is granted).
+
+        Raises:
+            NotFoundError: unknown attempt.
+            ConflictError: the attempt is not running or is leased by another worker.
+        """
+        engine = self.engine
+        now = engine.clock.now()
+
+        def reserve_tx(tx: Tx, effects: Effects) -> dict[str, Any]:
+            row = tx.one("activity_by_attempt", attempt_id=str(attempt_id))
+            if row is None:
+                raise NotFoundError(f"activity {attempt_id} not found or already finished")
+            if row["status"] != "running":
+                raise ConflictError(
+                    f"activity {attempt_id} is {row['status']}; nothing to reserve for",
+                    details={"status": row["status"]},
+                )
+            if not holds_lease(row, worker_id, client_id):
+                raise ConflictError(f"activity {attempt_id} is leased by another worker")
+            run = engine.lock(tx, row["workflow_id"])
+            budget = run_budget(tx, engine.definitions, run)
+            if budget is None:
+                return {
+                    "granted": True,
+                    "reserved_usd": ZERO,
+                    "budget_limit_usd": None,
+                    "budget_remaining_usd": None,
+                }
+            left = available(tx, run, budget.limit, besides=attempt_id)
+            granted = amount <= left
+            if granted:
+                tx.run(
+                    "set_reservation",
+                    attempt_id=str(attempt_id),
+                    amount=tx.money(amount),
+                    now=tx.time(now),
+                )
+            return {
+                "granted": granted,
+                "reserved_usd": amount if granted else load_money(row["reserved_usd"]),
+                "budget_limit_usd": budget.limit,
+                "budget_remaining_usd": left - amount if granted else left,
+            }
+
+        result: dict[str, Any] = await engine.write(reserve_tx)
         return result
 
     # ---- reports -------------------------------------------------------------------------

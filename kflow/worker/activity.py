@@ -52,6 +52,8 @@ class Usage:
     cost_usd: decimal.Decimal | None = attrs.field(default=None, converter=_opt_decimal)
     #: How many of ``output_tokens`` were reasoning (already counted there).
     reasoning_tokens: int = 0
+    #: Why this model was used when a budget decided it (``downgrade``, ``budget_exceeded``).
+    budget_event: str | None = None
 
 
 @attrs.frozen(kw_only=True)

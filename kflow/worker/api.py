@@ -19,6 +19,7 @@ envelope ``{"error": {"code", "message", "details"}}``.
 
 from __future__ import annotations
 
+import decimal
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeGuard, TypeVar
@@ -32,6 +33,7 @@ from kflow._serde import dumps, loads
 from kflow.errors import (
     ActivityCancelled,
     ApiError,
+    ConflictError,
     InvalidInputError,
     NotFoundError,
     UnauthorizedError,
@@ -158,6 +160,33 @@ class WorkerApi:
         data = self._json(response)
         nxt = data.get("next_heartbeat_seconds") if isinstance(data, dict) else None
         return float(nxt) if _positive_number(nxt) else None
+
+    async def reserve_budget(
+        self, activity_id: uuid.UUID, worker_id: str, amount: decimal.Decimal
+    ) -> dict[str, Any]:
+        """Reserve part of the run's budget for a running attempt (one try, no retry).
+
+        Raises:
+            kflow.errors.ConflictError: 409 — the attempt is not running here any more.
+            ApiError: another error answer. httpx.TransportError: network failure.
+        """
+        body = {"worker_id": worker_id, "amount_usd": format(amount, "f")}
+        try:
+            response = await self._send(
+                "POST", f"/activities/{activity_id}/budget/reserve", body=dumps(body)
+            )
+        except ApiError as exc:
+            if exc.status == 409:
+                raise ConflictError(exc.message, details=dict(exc.details)) from exc
+            raise
+        data = self._json(response)
+        if not isinstance(data, dict):
+            raise ApiError(
+                "reservation answer is not an object",
+                status=response.status_code,
+                code="INVALID_RESPONSE",
+            )
+        return data
 
     async def complete(
         self,

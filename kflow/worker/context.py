@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+import attrs
 import structlog
 import trio
 
@@ -62,6 +63,12 @@ class ActivityApi(Protocol):
         """Fetch a stored file. Raises kflow.errors.NotFoundError if absent."""
         ...
 
+    async def reserve_budget(
+        self, activity_id: uuid.UUID, worker_id: str, amount: decimal.Decimal
+    ) -> Mapping[str, Any]:
+        """Reserve part of the run's budget; the server's answer (granted, remaining)."""
+        ...
+
 
 def file_reference(workflow_id: uuid.UUID | str, activity_key: str, filename: str) -> str:
     """The reference string handed between activities (PROTOCOL §3, Files)."""
@@ -81,6 +88,18 @@ def parse_file_reference(reference: str) -> tuple[uuid.UUID, str, str]:
             "(expected postgres://<workflow_id>/<activity_key>/<filename>)"
         )
     return uuid.UUID(match["wf"]), match["key"], match["name"]
+
+
+@attrs.frozen
+class BudgetReservation:
+    """The server's answer to :meth:`ActivityContext.reserve_budget`.
+
+    ``remaining_usd`` is what the run has left for others (None: no run budget).
+    """
+
+    granted: bool
+    reserved_usd: decimal.Decimal
+    remaining_usd: decimal.Decimal | None
 
 
 class ActivityContext:
@@ -168,6 +187,31 @@ class ActivityContext:
         if amount < 0:
             raise ValueError(f"a cost must not be negative, got {amount}")
         self.recorded_cost += amount
+
+    async def reserve_budget(self, amount_usd: decimal.Decimal) -> BudgetReservation:
+        """Set aside ``amount_usd`` of the run's budget before spending it.
+
+        Granted only if it fits what the run has left net of the reservations
+        of its other running activities; a new call replaces this attempt's
+        previous reservation. The reservation ends when the attempt does, its
+        real cost counted instead. Without a server connection (tests) or a
+        run budget every amount is granted.
+
+        Raises:
+            kflow.errors.ConflictError: the attempt is no longer running here.
+        """
+        if self._api is None:
+            return BudgetReservation(granted=True, reserved_usd=amount_usd, remaining_usd=None)
+        answer = await self._api.reserve_budget(self.activity_id, self.worker_id, amount_usd)
+        remaining = answer.get("budget_remaining_usd")
+        reservation = BudgetReservation(
+            granted=bool(answer.get("granted")),
+            reserved_usd=to_decimal(answer.get("reserved_usd") or 0),
+            remaining_usd=None if remaining is None else to_decimal(remaining),
+        )
+        if reservation.remaining_usd is not None:
+            self.budget_remaining_usd = reservation.remaining_usd + reservation.reserved_usd
+        return reservation
 
     async def heartbeat(self, details: Any | None = None) -> None:
         """Tell the server the attempt is alive; ``details`` is kept as a checkpoint.

@@ -103,6 +103,11 @@ class _AttemptApi:
     ) -> bytes:
         return await self._api.download_file(workflow_id, activity_key, filename)
 
+    async def reserve_budget(
+        self, activity_id: uuid.UUID, worker_id: str, amount: decimal.Decimal
+    ) -> Mapping[str, Any]:
+        return await self._api.reserve_budget(activity_id, worker_id, amount)
+
 
 class ActivityRunner:
     """Runs claimed attempts for one worker process (shared by all its slots)."""

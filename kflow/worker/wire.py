@@ -245,6 +245,8 @@ def usage_to_wire(usage: Usage) -> dict[str, Any]:
     }
     if usage.reasoning_tokens:
         entry["reasoning_tokens"] = usage.reasoning_tokens
+    if usage.budget_event:
+        entry["budget_event"] = usage.budget_event
     if usage.cost_usd is not None:
         entry["cost_usd"] = format_decimal(usage.cost_usd)
     return entry

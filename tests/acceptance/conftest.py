@@ -7,7 +7,7 @@ PostgreSQL database (emptied first), so several servers can share it.
 from __future__ import annotations
 
 import pathlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -30,30 +30,6 @@ async def pg_cluster(
     reset_postgres(postgres_url)
     async with cluster_context(tmp_path, request, postgres=postgres_url) as state:
         yield state
-
-
-_FIGURES = pytest.StashKey[list[str]]()
-
-
-@pytest.fixture
-def figures(request: pytest.FixtureRequest) -> Callable[[str], None]:
-    """``figures(line)``: print a measurement and repeat it in the terminal summary
-    (section "kflow figures"), so load figures show without ``-s``."""
-    lines = request.config.stash.setdefault(_FIGURES, [])
-
-    def add(line: str) -> None:
-        print(line)
-        lines.append(f"{request.node.name}: {line}")
-
-    return add
-
-
-def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    lines = config.stash.get(_FIGURES, [])
-    if lines:
-        terminalreporter.section("kflow figures")
-        for line in lines:
-            terminalreporter.write_line(line)
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)

@@ -299,9 +299,25 @@ async def fail(request: Request) -> JSONResponse:
     return JSONResponse(answer)
 
 
+async def reserve_budget(request: Request) -> JSONResponse:
+    """Reserve part of the run's budget for a running attempt (kflow extension of §7)."""
+    ctx = context_of(request)
+    principal = await ctx.principal(request, "worker")
+    attempt_id = path_uuid(request, "activity_id", "activity")
+    fields = _Fields(await read_object(request))
+    worker_id = fields.text("worker_id")
+    amount = fields.money("amount_usd")
+    if amount is None and "amount_usd" not in fields.errors:
+        fields.add("amount_usd", "is required")
+    fields.check("budget reservation")
+    answer = await ctx.worker_ops.reserve(attempt_id, worker_id, amount, principal.client_id)
+    return JSONResponse(answer)
+
+
 routes = [
     Route("/api/v1/workers/poll", poll, methods=["POST"]),
     Route("/api/v1/activities/{activity_id}/heartbeat", heartbeat, methods=["POST"]),
     Route("/api/v1/activities/{activity_id}/complete", complete, methods=["POST"]),
     Route("/api/v1/activities/{activity_id}/fail", fail, methods=["POST"]),
+    Route("/api/v1/activities/{activity_id}/budget/reserve", reserve_budget, methods=["POST"]),
 ]

@@ -22,7 +22,7 @@ FROM activities WHERE workflow_id = %(workflow_id)s AND key = %(key)s;
 
 -- name: activity_by_attempt
 SELECT workflow_id, key, status, attempt_id, worker_id, lease_client, attempt, iteration,
-       timeout_seconds, lease_expires_at, claimed_at
+       timeout_seconds, lease_expires_at, claimed_at, reserved_usd
 FROM activities WHERE attempt_id = %(attempt_id)s;
 
 -- name: update_activity
@@ -55,6 +55,7 @@ UPDATE activities
 SET status = 'running',
     worker_id = %(worker_id)s,
     lease_client = %(client_id)s,
+    reserved_usd = 0,
     claimed_at = %(now)s,
     started_at = %(now)s,
     lease_expires_at = %(now)s + make_interval(secs => activities.timeout_seconds)
@@ -154,3 +155,11 @@ SELECT a.id, a.workflow_id, a.activity_key, a.cost_usd, a.usage, a.finished_at,
 FROM attempts a JOIN workflows w ON w.id = a.workflow_id
 WHERE a.finished_at >= %(start)s::timestamptz AND a.finished_at < %(end)s::timestamptz
 ORDER BY a.finished_at, a.id;
+
+-- name: run_reservations
+SELECT attempt_id, reserved_usd FROM activities
+WHERE workflow_id = %(workflow_id)s AND status = 'running' AND reserved_usd <> 0;
+
+-- name: set_reservation
+UPDATE activities SET reserved_usd = %(amount)s, updated_at = %(now)s
+WHERE attempt_id = %(attempt_id)s AND status = 'running';

@@ -22,7 +22,7 @@ FROM activities WHERE workflow_id = :workflow_id AND key = :key;
 
 -- name: activity_by_attempt
 SELECT workflow_id, key, status, attempt_id, worker_id, lease_client, attempt, iteration,
-       timeout_seconds, lease_expires_at, claimed_at
+       timeout_seconds, lease_expires_at, claimed_at, reserved_usd
 FROM activities WHERE attempt_id = :attempt_id;
 
 -- name: update_activity
@@ -55,6 +55,7 @@ UPDATE activities
 SET status = 'running',
     worker_id = :worker_id,
     lease_client = :client_id,
+    reserved_usd = '0',
     claimed_at = :now,
     started_at = :now,
     lease_expires_at = :now + timeout_seconds * 1000000 + :lease_grace_micros,
@@ -149,3 +150,11 @@ SELECT a.id, a.workflow_id, a.activity_key, a.cost_usd, a.usage, a.finished_at,
 FROM attempts a JOIN workflows w ON w.id = a.workflow_id
 WHERE a.finished_at >= :start AND a.finished_at < :end
 ORDER BY a.finished_at, a.id;
+
+-- name: run_reservations
+SELECT attempt_id, reserved_usd FROM activities
+WHERE workflow_id = :workflow_id AND status = 'running' AND reserved_usd <> '0';
+
+-- name: set_reservation
+UPDATE activities SET reserved_usd = :amount, updated_at = :now
+WHERE attempt_id = :attempt_id AND status = 'running';

@@ -1,0 +1,62 @@
+"""Fixtures of the LLM tests: the loopback providers and a server whose built-in
+std worker (with kflow_llm's activities) talks to them."""
+
+from __future__ import annotations
+
+import gc
+import pathlib
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+
+from kflow.server.serve import RunningServer, seed_client, serve
+from tests.integration.conftest import DIALECTS, database_for, make_config
+from tests.llm_providers import FakeProviders, environ_for
+from tests.llm_providers import serve_fake_providers as serve_fake
+
+
+@pytest.fixture
+def llm_prices() -> str:
+    """A prices file applied over the shipped catalog (none by default)."""
+    return "models: []\n"
+
+
+@pytest.fixture
+async def fake(nursery: trio.Nursery) -> FakeProviders:
+    state = await serve_fake(nursery)
+    state.delay_seconds = 0.3  # every branch reserves before any answer comes back
+    return state
+
+
+@pytest.fixture(params=DIALECTS)
+async def server(
+    request: pytest.FixtureRequest,
+    tmp_path: pathlib.Path,
+    fake: FakeProviders,
+    monkeypatch: pytest.MonkeyPatch,
+    llm_prices: str,
+) -> AsyncIterator[RunningServer]:
+    prices = tmp_path / "prices.yaml"
+    prices.write_text(llm_prices)
+    for name, value in {**environ_for(fake), "KFLOW_LLM_PRICES": str(prices)}.items():
+        monkeypatch.setenv(name, value)
+    config = make_config(
+        tmp_path,
+        database_url=database_for(request, tmp_path),
+        port=0,
+        run_workers=True,
+        inprocess_workers=("std",),
+        insecure_dev=False,
+    )
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        running: RunningServer = await nursery.start(
+            lambda task_status: serve(config, shutdown=shutdown, task_status=task_status)
+        )
+        await seed_client(running.context, "tester", "tester-secret-value")
+        yield running
+        shutdown.set()
+    gc.collect()
+
+
