@@ -17,7 +17,7 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
-from kflow._progress import follow_run
+from kflow._progress import cost_line, follow_run
 from kflow.activities.hardening import protect_process_memory
 from kflow.cli import EXIT_FAILED, EXIT_OK, parse_input
 from kflow.client import AsyncClient, ClientConfig
@@ -372,17 +372,6 @@ async def cmd_status(args: argparse.Namespace, console: Console) -> int:
         if run.get("error_message"):
             console.print(f"[red]{run['error_message']}[/]", highlight=False)
     return EXIT_OK
-
-
-def cost_line(cost: dict[str, Any]) -> str:
-    """``cost $X`` and, with a budget, ``of $L budget, $R left`` (or over by)."""
-    line = f"cost ${cost['total_cost_usd']}"
-    limit, remaining = cost.get("budget_limit_usd"), cost.get("budget_remaining_usd")
-    if limit is None or remaining is None:
-        return line + " (no budget)"
-    if str(remaining).startswith("-"):
-        return line + f" of a ${limit} budget: [red]over by ${str(remaining)[1:]}[/]"
-    return line + f" of a ${limit} budget, ${remaining} left"
 
 
 async def cmd_cancel(args: argparse.Namespace, console: Console) -> int:

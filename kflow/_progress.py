@@ -22,6 +22,7 @@ from rich.text import Text
 
 from kflow._serde import parse_datetime
 from kflow.client import AsyncClient
+from kflow.errors import ApiError
 
 _STYLE = {
     "not_scheduled": "dim",
@@ -96,8 +97,22 @@ def render_run(run: dict[str, Any], elapsed: float) -> Table:
     return table
 
 
-def render_result(run: dict[str, Any], output: dict[str, Any] | None) -> Group:
-    """Outputs of the final activities (or the error) after the run ended."""
+def cost_line(cost: dict[str, Any]) -> str:
+    """``cost $X`` and, with a budget, ``of a $L budget, $R left`` (or over by)."""
+    line = f"cost ${cost['total_cost_usd']}"
+    limit, remaining = cost.get("budget_limit_usd"), cost.get("budget_remaining_usd")
+    if limit is None or remaining is None:
+        return line + " (no budget)"
+    if str(remaining).startswith("-"):
+        return line + f" of a ${limit} budget: [red]over by ${str(remaining)[1:]}[/]"
+    return line + f" of a ${limit} budget, ${remaining} left"
+
+
+def render_result(
+    run: dict[str, Any], output: dict[str, Any] | None, cost: dict[str, Any] | None = None
+) -> Group:
+    """Outputs of the final activities (or the error) after the run ended, and its
+    cost against its budget when ``cost`` (the cost route's answer) is given."""
     parts: list[Any] = []
     if output is not None:
         for item in output.get("terminal_outputs", []):
@@ -112,11 +127,13 @@ def render_result(run: dict[str, Any], output: dict[str, Any] | None) -> Group:
     if run.get("error_message"):
         parts.append(Text(f"✘ {run['error_message']}", style="bold red"))
     status = run["status"]
+    spent = (
+        Text.from_markup(f"  {cost_line(cost)}")
+        if cost is not None
+        else Text(f"  total cost ${run.get('total_cost_usd', '0')}")
+    )
     parts.append(
-        Text.assemble(
-            (f"{_ICON.get(status, '')} workflow {status}", _STYLE[status]),
-            f"  total cost ${run.get('total_cost_usd', '0')}",
-        )
+        Text.assemble((f"{_ICON.get(status, '')} workflow {status}", _STYLE[status]), spent)
     )
     return Group(*parts)
 
@@ -153,5 +170,9 @@ async def follow_run(client: AsyncClient, workflow_id: str, console: Console) ->
                 console.print(f"{event['created_at']} {event['type']}{key}{extra}", highlight=False)
         run = await client.status(workflow_id)
     output = await client.output(workflow_id) if run["status"] == "completed" else None
-    console.print(render_result(run, output))
+    try:
+        cost: dict[str, Any] | None = await client.cost(workflow_id)
+    except ApiError:  # a server without the cost route: the run's total is shown instead
+        cost = None
+    console.print(render_result(run, output, cost))
     return run

@@ -53,7 +53,7 @@ async def test_run_deploys_starts_follows_and_prints_outputs(cluster: Cluster) -
     assert "deployed hello version" in out
     assert "activity.completed greet" in out  # one line per event when not on a terminal
     assert "HELLO, ADA!" in out
-    assert "workflow completed" in out
+    assert "workflow completed  cost $0 (no budget)" in out
 
 
 async def test_run_of_the_make_run_pipeline(cluster: Cluster) -> None:

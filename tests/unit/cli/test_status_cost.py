@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kflow._commands import cost_line
+from kflow._progress import cost_line
 
 
 def test_status_shows_cost_against_the_budget() -> None:
