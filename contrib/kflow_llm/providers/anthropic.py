@@ -22,25 +22,21 @@ from kflow_llm.providers.base import (
     OnText,
     ProviderError,
     bad_answer,
-    raise_for_status,
-    transport_error,
+    count,
+    open_stream,
+    post_json,
 )
 
 API_VERSION = "2023-06-01"
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 
 
-def _count(data: Any, name: str) -> int:
-    value = data.get(name) if isinstance(data, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
-
-
 def usage_of(data: Any) -> Usage:
     return Usage(
-        input_tokens=_count(data, "input_tokens"),
-        output_tokens=_count(data, "output_tokens"),
-        cache_read_tokens=_count(data, "cache_read_input_tokens"),
-        cache_creation_tokens=_count(data, "cache_creation_input_tokens"),
+        input_tokens=count(data, "input_tokens"),
+        output_tokens=count(data, "output_tokens"),
+        cache_read_tokens=count(data, "cache_read_input_tokens"),
+        cache_creation_tokens=count(data, "cache_creation_input_tokens"),
     )
 
 
@@ -81,15 +77,10 @@ class AnthropicProvider:
         """
         url = f"{self.base_url}/v1/messages"
         body = self._body(request, stream)
+        if stream:
+            return await self._stream(url, body, request, on_text)
+        data = await post_json(self.http, self.name, url, json=body, headers=self._headers())
         try:
-            if stream:
-                return await self._stream(url, body, request, on_text)
-            response = await self.http.post(url, json=body, headers=self._headers())
-        except httpx.TransportError as exc:
-            raise transport_error(self.name, exc) from exc
-        raise_for_status(self.name, response)
-        try:
-            data = response.json()
             blocks = data["content"]
             text = "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
             return ChatResult(
@@ -99,7 +90,7 @@ class AnthropicProvider:
                 finish_reason=str(data.get("stop_reason") or "unknown"),
                 usage=usage_of(data.get("usage")),
             )
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (KeyError, TypeError, AttributeError) as exc:
             raise bad_answer(self.name, f"no message content ({exc})") from exc
 
     async def _stream(
@@ -111,10 +102,8 @@ class AnthropicProvider:
         model = request.model
         stop = "unknown"
         failure: ProviderError | None = None
-        async with self.http.stream("POST", url, json=body, headers=self._headers()) as response:
-            if not response.is_success:
-                await response.aread()
-                raise_for_status(self.name, response)
+        stream = open_stream(self.http, self.name, url, json=body, headers=self._headers())
+        async with stream as response:
             try:
                 events = httpx_sse.EventSource(response).aiter_sse()
                 async with contextlib.aclosing(events):

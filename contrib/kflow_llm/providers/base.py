@@ -14,10 +14,11 @@ that keeps failing aside for a while so a fallback chain moves on.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import attrs
@@ -153,6 +154,61 @@ def transport_error(provider: str, exc: httpx.TransportError) -> ProviderError:
 
 def bad_answer(provider: str, what: str) -> ProviderError:
     return ProviderError(provider, f"unexpected answer: {what}")
+
+
+def count(data: Any, name: str) -> int:
+    """A token counter of a vendor's usage object (0 when missing or not a count)."""
+    value = data.get(name) if isinstance(data, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+async def post_json(
+    http: httpx.AsyncClient,
+    provider: str,
+    url: str,
+    *,
+    json: Any,
+    headers: Mapping[str, str] | None = None,
+) -> Any:
+    """POST ``json`` and decode the JSON answer.
+
+    Raises:
+        ProviderError: a network failure, an error answer, or an answer that is not JSON.
+    """
+    try:
+        response = await http.post(url, json=json, headers=headers)
+    except httpx.TransportError as exc:
+        raise transport_error(provider, exc) from exc
+    raise_for_status(provider, response)
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise bad_answer(provider, f"not JSON ({exc})") from exc
+
+
+@contextlib.asynccontextmanager
+async def open_stream(
+    http: httpx.AsyncClient,
+    provider: str,
+    url: str,
+    *,
+    json: Any,
+    headers: Mapping[str, str] | None = None,
+    params: Mapping[str, str] | None = None,
+) -> AsyncIterator[httpx.Response]:
+    """POST ``json`` for a streamed answer; yields the response once it is a success.
+
+    Raises:
+        ProviderError: an error answer, or a network failure at any point of the stream.
+    """
+    try:
+        async with http.stream("POST", url, json=json, headers=headers, params=params) as response:
+            if not response.is_success:
+                await response.aread()
+                raise_for_status(provider, response)
+            yield response
+    except httpx.TransportError as exc:
+        raise transport_error(provider, exc) from exc
 
 
 def _wait(state: tenacity.RetryCallState, *, base: float, cap: float) -> float:

@@ -22,26 +22,22 @@ from kflow_llm.providers.base import (
     EmbeddingResult,
     OnText,
     bad_answer,
-    raise_for_status,
-    transport_error,
+    count,
+    open_stream,
+    post_json,
 )
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 
 
-def _count(data: Any, name: str) -> int:
-    value = data.get(name) if isinstance(data, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
-
-
 def usage_of(data: Any) -> Usage:
-    prompt = _count(data, "promptTokenCount")
-    cached = min(prompt, _count(data, "cachedContentTokenCount"))
-    thoughts = _count(data, "thoughtsTokenCount")
+    prompt = count(data, "promptTokenCount")
+    cached = min(prompt, count(data, "cachedContentTokenCount"))
+    thoughts = count(data, "thoughtsTokenCount")
     return Usage(
         input_tokens=prompt - cached,
         cache_read_tokens=cached,
-        output_tokens=_count(data, "candidatesTokenCount") + thoughts,
+        output_tokens=count(data, "candidatesTokenCount") + thoughts,
         reasoning_tokens=thoughts,
     )
 
@@ -91,17 +87,16 @@ class GeminiProvider:
         ProviderError: an error answer, a network failure or an answer of the wrong shape.
         """
         base = f"{self.base_url}/v1beta/models/{request.model}"
+        if stream:
+            return await self._stream(base, request, on_text)
+        data = await post_json(
+            self.http,
+            self.name,
+            f"{base}:generateContent",
+            json=self._body(request),
+            headers=self._headers(),
+        )
         try:
-            if stream:
-                return await self._stream(base, request, on_text)
-            response = await self.http.post(
-                f"{base}:generateContent", json=self._body(request), headers=self._headers()
-            )
-        except httpx.TransportError as exc:
-            raise transport_error(self.name, exc) from exc
-        raise_for_status(self.name, response)
-        try:
-            data = response.json()
             if not data.get("candidates"):
                 blocked = (data.get("promptFeedback") or {}).get("blockReason")
                 raise bad_answer(self.name, f"no candidates (blocked: {blocked})")
@@ -113,7 +108,7 @@ class GeminiProvider:
                 finish_reason=str(finish or "unknown"),
                 usage=usage_of(data.get("usageMetadata")),
             )
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (KeyError, TypeError, AttributeError) as exc:
             raise bad_answer(self.name, f"unreadable answer ({exc})") from exc
 
     async def _stream(self, base: str, request: ChatRequest, on_text: OnText | None) -> ChatResult:
@@ -122,12 +117,15 @@ class GeminiProvider:
         finish = "unknown"
         usage: Any = None
         url = f"{base}:streamGenerateContent"
-        async with self.http.stream(
-            "POST", url, params={"alt": "sse"}, json=self._body(request), headers=self._headers()
-        ) as response:
-            if not response.is_success:
-                await response.aread()
-                raise_for_status(self.name, response)
+        stream = open_stream(
+            self.http,
+            self.name,
+            url,
+            json=self._body(request),
+            headers=self._headers(),
+            params={"alt": "sse"},
+        )
+        async with stream as response:
             try:
                 events = httpx_sse.EventSource(response).aiter_sse()
                 async with contextlib.aclosing(events):
@@ -165,13 +163,9 @@ class GeminiProvider:
                 for text in inputs
             ]
         }
+        data = await post_json(self.http, self.name, url, json=body, headers=self._headers())
         try:
-            response = await self.http.post(url, json=body, headers=self._headers())
-        except httpx.TransportError as exc:
-            raise transport_error(self.name, exc) from exc
-        raise_for_status(self.name, response)
-        try:
-            vectors = [[float(x) for x in e["values"]] for e in response.json()["embeddings"]]
+            vectors = [[float(x) for x in e["values"]] for e in data["embeddings"]]
         except (ValueError, KeyError, TypeError) as exc:
             raise bad_answer(self.name, f"no embeddings in the answer ({exc})") from exc
         if len(vectors) != len(inputs):

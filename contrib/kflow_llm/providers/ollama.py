@@ -22,21 +22,17 @@ from kflow_llm.providers.base import (
     OnText,
     ProviderError,
     bad_answer,
-    raise_for_status,
-    transport_error,
+    count,
+    open_stream,
+    post_json,
 )
 
 DEFAULT_BASE_URL = "http://localhost:11434"
 
 
-def _count(data: Any, name: str) -> int:
-    value = data.get(name) if isinstance(data, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
-
-
 def usage_of(data: Any) -> Usage:
     return Usage(
-        input_tokens=_count(data, "prompt_eval_count"), output_tokens=_count(data, "eval_count")
+        input_tokens=count(data, "prompt_eval_count"), output_tokens=count(data, "eval_count")
     )
 
 
@@ -69,15 +65,10 @@ class OllamaProvider:
         """
         url = f"{self.base_url}/api/chat"
         body = self._body(request, stream)
+        if stream:
+            return await self._stream(url, body, request, on_text)
+        data = await post_json(self.http, self.name, url, json=body)
         try:
-            if stream:
-                return await self._stream(url, body, request, on_text)
-            response = await self.http.post(url, json=body)
-        except httpx.TransportError as exc:
-            raise transport_error(self.name, exc) from exc
-        raise_for_status(self.name, response)
-        try:
-            data = response.json()
             return ChatResult(
                 provider=self.name,
                 model=str(data.get("model") or request.model),
@@ -85,7 +76,7 @@ class OllamaProvider:
                 finish_reason=str(data.get("done_reason") or "unknown"),
                 usage=usage_of(data),
             )
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (KeyError, TypeError, AttributeError) as exc:
             raise bad_answer(self.name, f"no message in the answer ({exc})") from exc
 
     async def _stream(
@@ -94,10 +85,7 @@ class OllamaProvider:
         parts: list[str] = []
         last: dict[str, Any] = {}
         failure: ProviderError | None = None
-        async with self.http.stream("POST", url, json=body) as response:
-            if not response.is_success:
-                await response.aread()
-                raise_for_status(self.name, response)
+        async with open_stream(self.http, self.name, url, json=body) as response:
             try:
                 # an async generator in fact; typed as a plain iterator by httpx
                 lines = cast(AsyncGenerator[str, None], response.aiter_lines())
@@ -136,15 +124,9 @@ class OllamaProvider:
         """Raises:
         ProviderError: as for :meth:`chat`.
         """
+        url = f"{self.base_url}/api/embed"
+        data = await post_json(self.http, self.name, url, json={"model": model, "input": inputs})
         try:
-            response = await self.http.post(
-                f"{self.base_url}/api/embed", json={"model": model, "input": inputs}
-            )
-        except httpx.TransportError as exc:
-            raise transport_error(self.name, exc) from exc
-        raise_for_status(self.name, response)
-        try:
-            data = response.json()
             vectors = [[float(x) for x in row] for row in data["embeddings"]]
         except (ValueError, KeyError, TypeError) as exc:
             raise bad_answer(self.name, f"no embeddings in the answer ({exc})") from exc
@@ -154,5 +136,5 @@ class OllamaProvider:
             provider=self.name,
             model=model,
             embeddings=vectors,
-            usage=Usage(input_tokens=_count(data, "prompt_eval_count")),
+            usage=Usage(input_tokens=count(data, "prompt_eval_count")),
         )

@@ -24,23 +24,19 @@ from kflow_llm.providers.base import (
     EmbeddingResult,
     OnText,
     bad_answer,
-    raise_for_status,
-    transport_error,
+    count,
+    open_stream,
+    post_json,
 )
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
-def _count(data: Any, name: str) -> int:
-    value = data.get(name) if isinstance(data, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
-
-
 def usage_of(data: Any) -> Usage:
-    prompt = _count(data, "prompt_tokens")
-    cached = min(prompt, _count((data or {}).get("prompt_tokens_details"), "cached_tokens"))
-    output = _count(data, "completion_tokens")
-    reasoning = _count((data or {}).get("completion_tokens_details"), "reasoning_tokens")
+    prompt = count(data, "prompt_tokens")
+    cached = min(prompt, count((data or {}).get("prompt_tokens_details"), "cached_tokens"))
+    output = count(data, "completion_tokens")
+    reasoning = count((data or {}).get("completion_tokens_details"), "reasoning_tokens")
     return Usage(
         input_tokens=prompt - cached,
         cache_read_tokens=cached,
@@ -89,15 +85,10 @@ class OpenAIProvider:
         """
         url = f"{self.base_url}/chat/completions"
         body = self._body(request, stream)
+        if stream:
+            return await self._stream(url, body, request, on_text)
+        data = await post_json(self.http, self.name, url, json=body, headers=self._headers())
         try:
-            if stream:
-                return await self._stream(url, body, request, on_text)
-            response = await self.http.post(url, json=body, headers=self._headers())
-        except httpx.TransportError as exc:
-            raise transport_error(self.name, exc) from exc
-        raise_for_status(self.name, response)
-        try:
-            data = response.json()
             choice = data["choices"][0]
             return ChatResult(
                 provider=self.name,
@@ -106,7 +97,7 @@ class OpenAIProvider:
                 finish_reason=str(choice.get("finish_reason") or "unknown"),
                 usage=usage_of(data.get("usage")),
             )
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:
             raise bad_answer(self.name, f"no choice in the answer ({exc})") from exc
 
     async def _stream(
@@ -116,10 +107,8 @@ class OpenAIProvider:
         model = request.model
         finish = "unknown"
         usage: Any = None
-        async with self.http.stream("POST", url, json=body, headers=self._headers()) as response:
-            if not response.is_success:
-                await response.aread()
-                raise_for_status(self.name, response)
+        stream = open_stream(self.http, self.name, url, json=body, headers=self._headers())
+        async with stream as response:
             try:
                 events = httpx_sse.EventSource(response).aiter_sse()
                 async with contextlib.aclosing(events):
@@ -155,18 +144,12 @@ class OpenAIProvider:
             ProviderError: as for :meth:`chat`.
         """
         url = f"{self.base_url}/embeddings"
+        body = {"model": model, "input": inputs}
+        data = await post_json(self.http, self.name, url, json=body, headers=self._headers())
         try:
-            response = await self.http.post(
-                url, json={"model": model, "input": inputs}, headers=self._headers()
-            )
-        except httpx.TransportError as exc:
-            raise transport_error(self.name, exc) from exc
-        raise_for_status(self.name, response)
-        try:
-            data = response.json()
             rows = sorted(data["data"], key=lambda row: row.get("index", 0))
             vectors = [[float(x) for x in row["embedding"]] for row in rows]
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # ValueError: float()
             raise bad_answer(self.name, f"no embeddings in the answer ({exc})") from exc
         if len(vectors) != len(inputs):
             raise bad_answer(self.name, f"{len(vectors)} embeddings for {len(inputs)} inputs")
@@ -174,5 +157,5 @@ class OpenAIProvider:
             provider=self.name,
             model=str(data.get("model") or model),
             embeddings=vectors,
-            usage=Usage(input_tokens=_count(data.get("usage"), "prompt_tokens")),
+            usage=Usage(input_tokens=count(data.get("usage"), "prompt_tokens")),
         )

@@ -7,6 +7,7 @@ import gc
 import pathlib
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 import trio
 
@@ -24,9 +25,14 @@ def llm_prices() -> str:
 
 @pytest.fixture
 async def fake(nursery: trio.Nursery) -> FakeProviders:
-    state = await serve_fake(nursery)
-    state.delay_seconds = 0.3  # every branch reserves before any answer comes back
-    return state
+    """The loopback providers (answers at once unless a test sets ``delay_seconds``)."""
+    return await serve_fake(nursery)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=10) as client:
+        yield client
 
 
 @pytest.fixture(params=DIALECTS)
@@ -58,5 +64,3 @@ async def server(
         yield running
         shutdown.set()
     gc.collect()
-
-

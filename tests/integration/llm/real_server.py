@@ -16,16 +16,18 @@ async def run_against_real_providers(
     tmp_path: pathlib.Path, example: pathlib.Path, data: dict[str, Any]
 ) -> dict[str, Any]:
     """Deploy and run ``example`` on a fresh embedded server; the finished run with its cost."""
-    config = make_config(tmp_path, port=0, run_workers=True, inprocess_workers=("std",),
-                         insecure_dev=False)
+    config = make_config(
+        tmp_path, port=0, run_workers=True, inprocess_workers=("std",), insecure_dev=False
+    )
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
         running: RunningServer = await nursery.start(
             lambda task_status: serve(config, shutdown=shutdown, task_status=task_status)
         )
         await seed_client(running.context, "tester", "tester-secret-value")
-        client = ClientConfig(api_url=running.url, client_id="tester",
-                              client_secret="tester-secret-value")
+        client = ClientConfig(
+            api_url=running.url, client_id="tester", client_secret="tester-secret-value"
+        )
         try:
             async with AsyncClient(config=client) as kf:
                 await kf.deploy(example)

@@ -15,6 +15,7 @@ from tests.llm_providers import FakeProviders
 
 D = decimal.Decimal
 
+
 @pytest.fixture
 def llm_prices() -> str:
     """Input is free, so an estimate is max_tokens x the output price: with
@@ -40,7 +41,7 @@ def three_branches(limit: str) -> str:
         for key in ("intro", "body", "outro")
     )
     return f"""
-name: report-{limit.replace('.', '-')}
+name: report-{limit.replace(".", "-")}
 settings:
   budget: {{limit: {limit}, action: abort}}
 activities:
@@ -48,9 +49,15 @@ activities:
 """
 
 
-async def run(server: RunningServer, limit: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    config = ClientConfig(api_url=server.url, client_id="tester",
-                          client_secret="tester-secret-value")
+async def run(
+    server: RunningServer, fake: FakeProviders, limit: str
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    # Every branch reserves long before any answer comes back (when its real cost
+    # replaces its reservation), even on a loaded machine: the outcome is deterministic.
+    fake.delay_seconds = 2.0
+    config = ClientConfig(
+        api_url=server.url, client_id="tester", client_secret="tester-secret-value"
+    )
     async with AsyncClient(config=config) as kf:
         await kf.deploy(three_branches(limit))
         started = await kf.start(f"report-{limit.replace('.', '-')}", {})
@@ -81,7 +88,7 @@ def show(figures: Callable[[str], None], limit: str, history: list[dict[str, Any
 async def test_a_branch_that_cannot_fit_downgrades_and_spend_stays_under_the_limit(
     server: RunningServer, fake: FakeProviders, figures: Callable[[str], None]
 ) -> None:
-    done, history = await run(server, "0.05")
+    done, history = await run(server, fake, "0.05")
     show(figures, "0.05", history)
     assert done["status"] == "completed", done
     results = outputs(done)
@@ -91,19 +98,25 @@ async def test_a_branch_that_cannot_fit_downgrades_and_spend_stays_under_the_lim
     assert downgraded["budget_event"] == "downgrade"
     [why] = downgraded["budget_skipped_models"]
     assert (why["model"], why["reason"], why["remaining_usd"]) == (
-        "openai/model-a", "over budget", "0.01")
+        "openai/model-a",
+        "over budget",
+        "0.01",
+    )
     total = D(done["cost"]["total_cost_usd"])
     assert 0 < total <= D("0.05")
     assert sum(D(r["cost_usd"]) for r in history) == total
     assert sorted((r["model"], r["budget_event"]) for r in history) == [
-        ("model-a", None), ("model-a", None), ("model-b", "downgrade")]
+        ("model-a", None),
+        ("model-a", None),
+        ("model-b", "downgrade"),
+    ]
     assert len(fake.calls("openai")) == 3
 
 
 async def test_a_branch_that_fits_nowhere_fails_before_spending(
     server: RunningServer, fake: FakeProviders, figures: Callable[[str], None]
 ) -> None:
-    done, history = await run(server, "0.045")
+    done, history = await run(server, fake, "0.045")
     show(figures, "0.045", history)
     assert done["status"] == "failed", done
     by_status = sorted(a["status"] for a in done["activities"])

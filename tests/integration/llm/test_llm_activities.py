@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import decimal
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-import trio
 from structlog.testing import capture_logs
 
 from kflow.activities import load_plugins, std_registry
@@ -19,7 +17,6 @@ from kflow_llm.activities import EmbeddingActivity, LlmPromptActivity, estimate_
 from kflow_llm.pricing import PriceCatalog, load_catalog, merge, parse_catalog
 from kflow_llm.providers import Cooldowns
 from tests.llm_providers import FakeProviders, environ_for
-from tests.llm_providers import serve_fake_providers as serve
 
 D = decimal.Decimal
 
@@ -33,30 +30,26 @@ models:
 
 
 @pytest.fixture
-async def fake(nursery: trio.Nursery) -> FakeProviders:
-    return await serve(nursery)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=10) as client:
-        yield client
-
-
-@pytest.fixture
 def catalog() -> PriceCatalog:
     shipped = load_catalog(environ={})
     return PriceCatalog(entries=tuple(merge(shipped.entries, parse_catalog(PRICES, "test"))))
 
 
 def make(cls: Any, fake: FakeProviders, http: httpx.AsyncClient, catalog: PriceCatalog) -> Any:
-    return cls(http=http, catalog=catalog, environ=environ_for(fake), retry_base_seconds=0.01,
-               cooldowns=Cooldowns(threshold=1, seconds=60))
+    return cls(
+        http=http,
+        catalog=catalog,
+        environ=environ_for(fake),
+        retry_base_seconds=0.01,
+        cooldowns=Cooldowns(threshold=1, seconds=60),
+    )
 
 
 def context(budget: dict[str, Any] | None = None, remaining: str | None = None) -> ActivityContext:
     return ActivityContext(
-        workflow_id=uuid.uuid4(), activity_id=uuid.uuid4(), activity_key="ask",
+        workflow_id=uuid.uuid4(),
+        activity_id=uuid.uuid4(),
+        activity_key="ask",
         settings={"budget": budget} if budget else {},
         budget_remaining_usd=D(remaining) if remaining else None,
     )
@@ -75,16 +68,30 @@ async def test_a_prompt_is_answered_priced_and_recorded(
     out = result.to_output_dict()["result"]
     assert out["content"] == f"Answer to: {PROMPT}"
     assert (out["provider"], out["model"], out["finish_reason"]) == (
-        "anthropic", "claude-sonnet-5", "end_turn")
+        "anthropic",
+        "claude-sonnet-5",
+        "end_turn",
+    )
     # 90 uncached input at 2.00, 30 cache reads at 0.20, 40 output at 10.00 per million
     assert D(out["cost_usd"]) == D("0.000586")
-    assert out["usage"] == {"prompt_tokens": 120, "output_tokens": 40, "total_tokens": 160,
-                            "cached_tokens": 30, "reasoning_tokens": 0}
+    assert out["usage"] == {
+        "prompt_tokens": 120,
+        "output_tokens": 40,
+        "total_tokens": 160,
+        "cached_tokens": 30,
+        "reasoning_tokens": 0,
+    }
     assert (out["budget_event"], out["budget_skipped_models"], out["cache_hit"]) == (
-        None, [], False)
+        None,
+        [],
+        False,
+    )
     [entry] = ctx.recorded_usage
     assert (entry.provider, entry.model, entry.cost_usd) == (
-        "anthropic", "claude-sonnet-5", D("0.000586"))
+        "anthropic",
+        "claude-sonnet-5",
+        D("0.000586"),
+    )
     assert entry.cache_read_tokens == 30
 
 
@@ -94,8 +101,7 @@ async def test_streaming_gives_the_same_answer_and_usage(
 ) -> None:
     activity = make(LlmPromptActivity, fake, http, catalog)
     whole = await activity.execute({"model": model, "prompt": PROMPT}, context())
-    streamed = await activity.execute({"model": model, "prompt": PROMPT, "stream": True},
-                                      context())
+    streamed = await activity.execute({"model": model, "prompt": PROMPT, "stream": True}, context())
     a, b = whole.to_output_dict()["result"], streamed.to_output_dict()["result"]
     assert a["content"] == b["content"] == f"Answer to: {PROMPT}"
     assert a["usage"] == b["usage"]
@@ -114,14 +120,23 @@ async def test_a_fallback_chain_under_a_tight_budget_picks_the_model_that_fits(
     assert medium < D("0.01") < big
     ctx = context(budget={"limit": "0.01", "action": "abort"})
     result = await make(LlmPromptActivity, fake, http, catalog).execute(
-        {"model": ["anthropic/big", "openai/medium", "ollama/small"], "prompt": PROMPT,
-         "max_tokens": 1000}, ctx)
+        {
+            "model": ["anthropic/big", "openai/medium", "ollama/small"],
+            "prompt": PROMPT,
+            "max_tokens": 1000,
+        },
+        ctx,
+    )
     out = result.to_output_dict()["result"]
     assert out["provider"] == "openai"
     assert out["budget_event"] == "downgrade"
     [skipped] = out["budget_skipped_models"]
-    assert skipped == {"model": "anthropic/big", "reason": "over budget",
-                       "estimate_usd": f"{big:f}", "remaining_usd": "0.01"}
+    assert skipped == {
+        "model": "anthropic/big",
+        "reason": "over budget",
+        "estimate_usd": f"{big:f}",
+        "remaining_usd": "0.01",
+    }
     assert [c["vendor"] for c in fake.requests] == ["openai"]  # the big model was never called
 
 
@@ -130,7 +145,8 @@ async def test_the_servers_remaining_budget_counts_when_it_is_smaller(
 ) -> None:
     ctx = context(budget={"limit": "5", "action": "abort"}, remaining="0.01")
     result = await make(LlmPromptActivity, fake, http, catalog).execute(
-        {"model": ["anthropic/big", "openai/medium"], "prompt": PROMPT, "max_tokens": 1000}, ctx)
+        {"model": ["anthropic/big", "openai/medium"], "prompt": PROMPT, "max_tokens": 1000}, ctx
+    )
     assert result.to_output_dict()["result"]["provider"] == "openai"
 
 
@@ -140,7 +156,8 @@ async def test_nothing_fits_so_abort_fails_before_spending(
     ctx = context(budget={"limit": "0.000001", "action": "abort"})
     with pytest.raises(ActivityError) as caught:
         await make(LlmPromptActivity, fake, http, catalog).execute(
-            {"model": ["anthropic/big", "openai/medium"], "prompt": PROMPT}, ctx)
+            {"model": ["anthropic/big", "openai/medium"], "prompt": PROMPT}, ctx
+        )
     assert (caught.value.code, caught.value.retryable) == ("BUDGET_EXCEEDED", False)
     assert "anthropic/big (estimate $" in caught.value.message
     assert fake.requests == []
@@ -152,7 +169,8 @@ async def test_nothing_fits_so_continue_calls_the_cheapest_and_says_so(
 ) -> None:
     ctx = context(budget={"limit": "0.000001", "action": "continue"})
     result = await make(LlmPromptActivity, fake, http, catalog).execute(
-        {"model": ["anthropic/big", "openai/medium"], "prompt": PROMPT}, ctx)
+        {"model": ["anthropic/big", "openai/medium"], "prompt": PROMPT}, ctx
+    )
     out = result.to_output_dict()["result"]
     assert (out["provider"], out["budget_event"]) == ("openai", "budget_exceeded")
 
@@ -172,7 +190,8 @@ async def test_a_failing_provider_falls_back_and_cools_down(
     assert any(e["event"] == "llm.call_failed" for e in logs)
     second = (await activity.execute(chain, context())).to_output_dict()["result"]
     assert second["budget_skipped_models"] == [
-        {"model": "anthropic/big", "reason": "provider cooling down"}]
+        {"model": "anthropic/big", "reason": "provider cooling down"}
+    ]
     assert len(fake.calls("anthropic")) == 3  # not asked again while cooling down
 
 
@@ -182,7 +201,8 @@ async def test_when_every_model_fails_the_attempt_fails_retryably(
     fake.fail("openai", 500, times=10)
     with pytest.raises(ActivityError) as caught:
         await make(LlmPromptActivity, fake, http, catalog).execute(
-            {"model": "openai/medium", "prompt": PROMPT}, context())
+            {"model": "openai/medium", "prompt": PROMPT}, context()
+        )
     assert (caught.value.code, caught.value.retryable) == ("LLM_PROVIDER_ERROR", True)
 
 
@@ -192,7 +212,8 @@ async def test_a_model_without_a_price_costs_zero_with_a_warning(
     ctx = context()
     with capture_logs() as logs:
         result = await make(LlmPromptActivity, fake, http, catalog).execute(
-            {"model": "openai/brand-new-model", "prompt": PROMPT}, ctx)
+            {"model": "openai/brand-new-model", "prompt": PROMPT}, ctx
+        )
     out = result.to_output_dict()["result"]
     assert (out["cost_usd"], out["priced"]) == ("0", False)
     assert any(e["event"] == "llm.price_unknown" for e in logs)
@@ -216,8 +237,11 @@ async def test_a_model_without_a_price_costs_zero_with_a_warning(
     ],
 )
 async def test_bad_parameters_name_the_field(
-    fake: FakeProviders, http: httpx.AsyncClient, catalog: PriceCatalog,
-    params: dict[str, Any], field: str,
+    fake: FakeProviders,
+    http: httpx.AsyncClient,
+    catalog: PriceCatalog,
+    params: dict[str, Any],
+    field: str,
 ) -> None:
     with pytest.raises(ActivityError) as caught:
         await make(LlmPromptActivity, fake, http, catalog).execute(params, context())
@@ -231,7 +255,8 @@ async def test_embeddings_are_returned_and_priced(
 ) -> None:
     ctx = context()
     result = await make(EmbeddingActivity, fake, http, catalog).execute(
-        {"model": "openai/text-embedding-3-small", "input": ["a", "bbb"]}, ctx)
+        {"model": "openai/text-embedding-3-small", "input": ["a", "bbb"]}, ctx
+    )
     out = result.to_output_dict()["result"]
     assert out["embedding_count"] == 2
     assert [v[0] for v in out["embeddings"]] == [1.0, 3.0]
@@ -244,7 +269,8 @@ async def test_an_embedding_from_a_provider_without_one_is_a_clear_error(
 ) -> None:
     with pytest.raises(ActivityError, match="has no embedding API") as caught:
         await make(EmbeddingActivity, fake, http, catalog).execute(
-            {"model": "anthropic/claude-sonnet-5", "input": "x"}, context())
+            {"model": "anthropic/claude-sonnet-5", "input": "x"}, context()
+        )
     assert caught.value.code == "LLM_PROVIDER_ERROR"
 
 

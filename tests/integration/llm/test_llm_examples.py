@@ -19,8 +19,9 @@ EXAMPLES = pathlib.Path(__file__).resolve().parents[3] / "examples"
 
 
 async def run_example(server: RunningServer, name: str, data: dict[str, Any]) -> dict[str, Any]:
-    config = ClientConfig(api_url=server.url, client_id="tester",
-                          client_secret="tester-secret-value")
+    config = ClientConfig(
+        api_url=server.url, client_id="tester", client_secret="tester-secret-value"
+    )
     async with AsyncClient(config=config) as kf:
         await kf.deploy(EXAMPLES / f"{name}.yaml")
         started = await kf.start(name, data)
@@ -42,17 +43,23 @@ async def test_the_research_assistant_runs_its_chain_within_budget(
     total = D(done["cost"]["total_cost_usd"])
     assert 0 < total <= D("0.05")
     assert [(r["activity_key"], r["provider"]) for r in done["history"]] == [
-        ("outline", "anthropic"), ("answer", "anthropic"), ("summary", "openai")]
+        ("outline", "anthropic"),
+        ("answer", "anthropic"),
+        ("summary", "openai"),
+    ]
     outline_prompt = fake.calls("anthropic")[0]["body"]["messages"][0]["content"]
     assert "home batteries" in outline_prompt
     # each step is fed the previous step's answer
     assert "Answer to:" in fake.calls("anthropic")[1]["body"]["messages"][0]["content"]
 
 
-@pytest.mark.parametrize(("message", "branch"), [
-    ("The invoice is wrong and the account is locked, this is urgent", "review"),
-    ("Just saying thanks for the quick delivery", "acknowledge"),
-])
+@pytest.mark.parametrize(
+    ("message", "branch"),
+    [
+        ("The invoice is wrong and the account is locked, this is urgent", "review"),
+        ("Just saying thanks for the quick delivery", "acknowledge"),
+    ],
+)
 async def test_content_moderation_branches_on_the_classification(
     server: RunningServer, fake: FakeProviders, message: str, branch: str
 ) -> None:
@@ -74,7 +81,8 @@ REAL_KEYS = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY")
 async def test_the_research_assistant_against_the_real_providers(tmp_path: pathlib.Path) -> None:
     from tests.integration.llm.real_server import run_against_real_providers
 
-    done = await run_against_real_providers(tmp_path, EXAMPLES / "research_assistant.yaml",
-                                            {"topic": "home batteries"})
+    done = await run_against_real_providers(
+        tmp_path, EXAMPLES / "research_assistant.yaml", {"topic": "home batteries"}
+    )
     assert done["status"] == "completed", done
     assert 0 < D(done["cost"]["total_cost_usd"]) <= D("0.05")

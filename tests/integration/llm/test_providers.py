@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
 import pytest
 import trio
@@ -18,34 +16,36 @@ from kflow_llm.providers import (
     with_retries,
 )
 from tests.llm_providers import CACHED, INPUT, OUTPUT, REASONING, FakeProviders, environ_for
-from tests.llm_providers import serve_fake_providers as serve
 
 VENDORS = ["anthropic", "openai", "google", "ollama"]
 
 #: The usage each vendor's fake answer maps to (the same numbers, in each vendor's fields).
 EXPECTED = {
     "anthropic": Usage(input_tokens=INPUT - CACHED, cache_read_tokens=CACHED, output_tokens=OUTPUT),
-    "openai": Usage(input_tokens=INPUT - CACHED, cache_read_tokens=CACHED, output_tokens=OUTPUT,
-                    reasoning_tokens=REASONING),
-    "google": Usage(input_tokens=INPUT - CACHED, cache_read_tokens=CACHED, output_tokens=OUTPUT,
-                    reasoning_tokens=REASONING),
+    "openai": Usage(
+        input_tokens=INPUT - CACHED,
+        cache_read_tokens=CACHED,
+        output_tokens=OUTPUT,
+        reasoning_tokens=REASONING,
+    ),
+    "google": Usage(
+        input_tokens=INPUT - CACHED,
+        cache_read_tokens=CACHED,
+        output_tokens=OUTPUT,
+        reasoning_tokens=REASONING,
+    ),
     "ollama": Usage(input_tokens=INPUT, output_tokens=OUTPUT),
 }
 
 
-@pytest.fixture
-async def fake(nursery: trio.Nursery) -> FakeProviders:
-    return await serve(nursery)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=10) as client:
-        yield client
-
-
-REQUEST = ChatRequest(model="m-1", prompt="What is 2+2?", system_prompt="Be brief.",
-                      max_tokens=64, temperature=0.2, stop_sequences=("END",))
+REQUEST = ChatRequest(
+    model="m-1",
+    prompt="What is 2+2?",
+    system_prompt="Be brief.",
+    max_tokens=64,
+    temperature=0.2,
+    stop_sequences=("END",),
+)
 
 
 @pytest.mark.parametrize("vendor", VENDORS)
@@ -98,8 +98,15 @@ async def test_the_request_carries_the_vendor_fields(
         assert body["stream"] is False
         assert body["options"]["num_predict"] == 64
         assert body["options"]["stop"] == ["END"]
-    assert body.get("temperature", body.get("options", {}).get("temperature",
-           body.get("generationConfig", {}).get("temperature"))) == 0.2
+    assert (
+        body.get(
+            "temperature",
+            body.get("options", {}).get(
+                "temperature", body.get("generationConfig", {}).get("temperature")
+            ),
+        )
+        == 0.2
+    )
 
 
 @pytest.mark.parametrize("vendor", ["openai", "google", "ollama"])
@@ -113,8 +120,9 @@ async def test_embeddings_come_back_in_input_order(
 
 
 @pytest.mark.parametrize("vendor", VENDORS)
-@pytest.mark.parametrize(("status", "retryable"), [(429, True), (500, True), (503, True),
-                                                    (400, False), (401, False)])
+@pytest.mark.parametrize(
+    ("status", "retryable"), [(429, True), (500, True), (503, True), (400, False), (401, False)]
+)
 async def test_error_answers_are_classified(
     fake: FakeProviders, http: httpx.AsyncClient, vendor: str, status: int, retryable: bool
 ) -> None:
@@ -195,14 +203,19 @@ def test_a_missing_api_key_names_the_variable() -> None:
 
 
 def test_an_openai_compatible_server_needs_no_key() -> None:
-    provider = provider_for("openai", httpx.AsyncClient(), {"OPENAI_BASE_URL": "http://vllm:8000/v1"})
+    provider = provider_for(
+        "openai", httpx.AsyncClient(), {"OPENAI_BASE_URL": "http://vllm:8000/v1"}
+    )
     assert provider.base_url == "http://vllm:8000/v1"  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(
     ("model", "message"),
-    [("claude", "expected 'provider/model'"), ("mistral/large", "unknown provider 'mistral'"),
-     ("openai/", "expected 'provider/model'")],
+    [
+        ("claude", "expected 'provider/model'"),
+        ("mistral/large", "unknown provider 'mistral'"),
+        ("openai/", "expected 'provider/model'"),
+    ],
 )
 def test_model_ids_are_provider_slash_model(model: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
