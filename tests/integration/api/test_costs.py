@@ -179,3 +179,32 @@ async def test_the_cost_of_an_unknown_run_is_404(api: Api) -> None:
             f"/api/v1/workflows/00000000-0000-7000-8000-000000000000/{suffix}"
         )
         assert_error(response, 404)
+
+
+COST_AWARE = """
+name: cost-aware
+settings:
+  budget: {limit: 0.10, action: abort}
+activities:
+  - key: first
+    activity_name: echo
+  - key: second
+    activity_name: echo
+    depends_on: [first]
+    parameters:
+      spent: "{{ ACTIVITY.accumulated_cost_usd }}"
+      left: "{{ ACTIVITY.remaining_budget_usd }}"
+      cheap_mode: "{{ ACTIVITY.remaining_budget_usd < 0.08 }}"
+"""
+
+
+async def test_later_steps_see_what_was_spent_and_what_is_left(api: Api) -> None:
+    await api.deploy(COST_AWARE)
+    await api.start("cost-aware")
+    [first] = await api.poll()
+    await complete(api, first, usage=[usage("openai", "gpt-6-luna", "0.025", input_tokens=10)])
+    [second] = await api.poll(wait=5)
+    params = second["parameters"]
+    assert D(params["spent"]) == D("0.025")
+    assert D(params["left"]) == D("0.075")
+    assert params["cheap_mode"] is True
