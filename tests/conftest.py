@@ -41,7 +41,7 @@ def postgres_url() -> Iterator[str]:
         message = f"PostgreSQL is not reachable at {admin} ({POSTGRES_ENV}): {exc}"
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message + " — CI requires it")
-        pytest.skip(message)
+        pytest.skip(reason=message)
     try:
         yield urllib.parse.urlsplit(admin)._replace(path=f"/{name}").geturl()
     finally:

@@ -157,7 +157,7 @@ async def test_a_locking_read_holds_its_transaction_locks_until_it_returns(store
     unit has read: with ``locking=True`` the lock outlives its statement; in a plain
     (autocommit) read it would not."""
     if store.dialect != "postgres":
-        pytest.skip("SQLite has no transaction-scoped locks")
+        pytest.skip(reason="SQLite has no transaction-scoped locks")
     import psycopg
 
     def appender_blocked(tx: Any) -> bool:
