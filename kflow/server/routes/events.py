@@ -61,20 +61,24 @@ def _frames(events: list[dict[str, Any]]) -> tuple[bytes, bool]:
     return b"".join(parts), False
 
 
-async def _stream(ctx: ServerContext, workflow_id: Any, after: int) -> AsyncIterator[bytes]:
-    """The stream's chunks.
+async def _stream(
+    ctx: ServerContext,
+    workflow_id: Any,
+    after: int,
+    seen: int,
+    first: tuple[str | None, list[dict[str, Any]]],
+) -> AsyncIterator[bytes]:
+    """The stream's chunks, starting from ``first`` (the route's own read).
 
-    The hub's version of the run is taken before each read. Commits bump it
-    only after they are visible, so when it has not moved by the time a
-    chunk is sent, that read saw everything: the stream waits for the next
+    ``seen`` is the hub's version of the run taken before that read. Commits
+    bump it only after they are visible, so when it has not moved by the time
+    a chunk is sent, that read saw everything: the stream waits for the next
     bump instead of reading again to find nothing.
     """
-    yield b": kflow event stream\n\n"
-    seen = ctx.hub.version(workflow_id)
+    status, events = first
+    if not events and status not in _DONE:
+        yield b": kflow event stream\n\n"  # the headers go out before the first event
     while True:
-        status, events = await ctx.store.read(
-            functools.partial(_snapshot, workflow_id=workflow_id, after=after)
-        )
         if events:
             # One chunk per read: a burst of events costs one send, not one each.
             chunk, final = _frames(events)
@@ -82,14 +86,18 @@ async def _stream(ctx: ServerContext, workflow_id: Any, after: int) -> AsyncIter
             if final:
                 return
             after = events[-1]["event_id"]
-            if ctx.hub.version(workflow_id) != seen:
-                seen = ctx.hub.version(workflow_id)
-                continue
+            if ctx.hub.version(workflow_id) == seen and not await ctx.hub.wait(
+                workflow_id, seen, KEEPALIVE_SECONDS
+            ):
+                yield b": keep-alive\n\n"
         elif status in _DONE:
             return  # its final event lies before from_event_id
-        if not await ctx.hub.wait(workflow_id, seen, KEEPALIVE_SECONDS):
+        elif not await ctx.hub.wait(workflow_id, seen, KEEPALIVE_SECONDS):
             yield b": keep-alive\n\n"
         seen = ctx.hub.version(workflow_id)
+        status, events = await ctx.store.read(
+            functools.partial(_snapshot, workflow_id=workflow_id, after=after)
+        )
 
 
 async def events(request: Request) -> Response:
@@ -99,15 +107,19 @@ async def events(request: Request) -> Response:
     query = QueryParams(request)
     after = query.integer("from_event_id", 0, low=0, high=2**62)
     query.check()
-    await ctx.store.read(lambda tx: views.run_status(tx, workflow_id))  # 404 early
     if "application/json" in request.headers.get(
         "accept", ""
     ) and "text/event-stream" not in request.headers.get("accept", ""):
+        await ctx.store.read(lambda tx: views.run_status(tx, workflow_id))  # 404 early
         return JSONResponse(
             await ctx.store.read(lambda tx: views.run_events(tx, workflow_id, after, limit=10_000))
         )
+    # The stream's first read happens here: an unknown run is a 404 (run_status
+    # raises), not an empty stream.
+    seen = ctx.hub.version(workflow_id)
+    first = await ctx.store.read(functools.partial(_snapshot, workflow_id=workflow_id, after=after))
     return StreamingResponse(
-        _stream(ctx, workflow_id, after),
+        _stream(ctx, workflow_id, after, seen, first),
         media_type="text/event-stream",
         headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
     )

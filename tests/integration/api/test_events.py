@@ -144,3 +144,25 @@ async def test_sse_stream_of_a_finished_run_replays_and_ends(api: Api) -> None:
     assert events[0]["event"] == "workflow.started"
     assert events[-1]["event"] == "workflow.failed"
     assert len(events) == len(await _history(api, workflow_id))
+
+
+async def test_sse_stream_of_an_unknown_run_is_404(api: Api) -> None:
+    response = await api.client.get(
+        f"/api/v1/workflows/{uuid.uuid4()}/events", headers={"accept": "text/event-stream"}
+    )
+    assert_error(response, 404)
+
+
+async def test_sse_stream_after_a_finished_runs_last_event_ends_at_once(api: Api) -> None:
+    await api.deploy(FLOW)
+    workflow_id = await api.start("evented")
+    [a] = await api.poll()
+    await api.fail(a, retryable=False)
+    await api.wait_status(workflow_id, "failed")
+    last = (await _history(api, workflow_id))[-1]["event_id"]
+    with trio.fail_after(3):
+        response = await api.client.get(
+            f"/api/v1/workflows/{workflow_id}/events", params={"from_event_id": last}
+        )
+    assert response.status_code == 200
+    assert _parse_sse(response.text) == []
