@@ -21,6 +21,7 @@ from kflow_llm.providers.base import (
     ChatResult,
     OnText,
     ProviderError,
+    TextStream,
     bad_answer,
     count,
     open_stream,
@@ -96,7 +97,7 @@ class AnthropicProvider:
     async def _stream(
         self, url: str, body: dict[str, Any], request: ChatRequest, on_text: OnText | None
     ) -> ChatResult:
-        parts: list[str] = []
+        text = TextStream(on_text)
         start: dict[str, Any] = {}
         final: dict[str, Any] = {}
         model = request.model
@@ -116,10 +117,8 @@ class AnthropicProvider:
                             start = message.get("usage") or {}
                         elif kind == "content_block_delta":
                             delta = data.get("delta") or {}
-                            if delta.get("type") == "text_delta" and delta.get("text"):
-                                parts.append(delta["text"])
-                                if on_text is not None:
-                                    await on_text(delta["text"])
+                            if delta.get("type") == "text_delta":
+                                await text.add(delta.get("text"))
                         elif kind == "message_delta":
                             stop = str((data.get("delta") or {}).get("stop_reason") or stop)
                             final = data.get("usage") or final
@@ -138,7 +137,7 @@ class AnthropicProvider:
         return ChatResult(
             provider=self.name,
             model=model,
-            content="".join(parts),
+            content=text.content,
             finish_reason=stop,
             usage=usage_of({**start, **{k: v for k, v in final.items() if v is not None}}),
         )

@@ -211,6 +211,32 @@ async def open_stream(
         raise transport_error(provider, exc) from exc
 
 
+class TextStream:
+    """The text of a streamed answer, gathered as it arrives and handed to ``on_text``."""
+
+    def __init__(self, on_text: OnText | None) -> None:
+        self._parts: list[str] = []
+        self._on_text = on_text
+
+    async def add(self, text: str | None) -> None:
+        if text:
+            self._parts.append(text)
+            if self._on_text is not None:
+                await self._on_text(text)
+
+    @property
+    def content(self) -> str:
+        return "".join(self._parts)
+
+
+def one_per_input(provider: str, vectors: list[list[float]], inputs: list[str]) -> None:
+    """Raises:
+    ProviderError: the answer has not exactly one embedding per input.
+    """
+    if len(vectors) != len(inputs):
+        raise bad_answer(provider, f"{len(vectors)} embeddings for {len(inputs)} inputs")
+
+
 def _wait(state: tenacity.RetryCallState, *, base: float, cap: float) -> float:
     exc = state.outcome.exception() if state.outcome else None
     backoff = min(cap, base * 2 ** (state.attempt_number - 1))

@@ -21,8 +21,10 @@ from kflow_llm.providers.base import (
     ChatResult,
     EmbeddingResult,
     OnText,
+    TextStream,
     bad_answer,
     count,
+    one_per_input,
     open_stream,
     post_json,
 )
@@ -112,7 +114,7 @@ class GeminiProvider:
             raise bad_answer(self.name, f"unreadable answer ({exc})") from exc
 
     async def _stream(self, base: str, request: ChatRequest, on_text: OnText | None) -> ChatResult:
-        parts: list[str] = []
+        text = TextStream(on_text)
         model = request.model
         finish = "unknown"
         usage: Any = None
@@ -133,11 +135,8 @@ class GeminiProvider:
                         data = event.json()
                         model = str(data.get("modelVersion") or model)
                         usage = data.get("usageMetadata") or usage
-                        text, reason = _text_of(data)
-                        if text:
-                            parts.append(text)
-                            if on_text is not None:
-                                await on_text(text)
+                        piece, reason = _text_of(data)
+                        await text.add(piece)
                         if reason:
                             finish = str(reason)
             except (ValueError, AttributeError, httpx_sse.SSEError) as exc:
@@ -145,7 +144,7 @@ class GeminiProvider:
         return ChatResult(
             provider=self.name,
             model=model,
-            content="".join(parts),
+            content=text.content,
             finish_reason=finish,
             usage=usage_of(usage),
         )
@@ -168,6 +167,5 @@ class GeminiProvider:
             vectors = [[float(x) for x in e["values"]] for e in data["embeddings"]]
         except (ValueError, KeyError, TypeError) as exc:
             raise bad_answer(self.name, f"no embeddings in the answer ({exc})") from exc
-        if len(vectors) != len(inputs):
-            raise bad_answer(self.name, f"{len(vectors)} embeddings for {len(inputs)} inputs")
+        one_per_input(self.name, vectors, inputs)
         return EmbeddingResult(provider=self.name, model=model, embeddings=vectors, usage=Usage())

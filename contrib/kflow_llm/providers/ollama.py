@@ -21,8 +21,10 @@ from kflow_llm.providers.base import (
     EmbeddingResult,
     OnText,
     ProviderError,
+    TextStream,
     bad_answer,
     count,
+    one_per_input,
     open_stream,
     post_json,
 )
@@ -82,7 +84,7 @@ class OllamaProvider:
     async def _stream(
         self, url: str, body: dict[str, Any], request: ChatRequest, on_text: OnText | None
     ) -> ChatResult:
-        parts: list[str] = []
+        text = TextStream(on_text)
         last: dict[str, Any] = {}
         failure: ProviderError | None = None
         async with open_stream(self.http, self.name, url, json=body) as response:
@@ -99,11 +101,7 @@ class OllamaProvider:
                                 self.name, f"stream error: {data['error']}"
                             )
                             continue
-                        text = (data.get("message") or {}).get("content")
-                        if text:
-                            parts.append(text)
-                            if on_text is not None:
-                                await on_text(text)
+                        await text.add((data.get("message") or {}).get("content"))
                         if data.get("done"):
                             last = data  # the server closes the stream after it
             except (ValueError, AttributeError) as exc:
@@ -115,7 +113,7 @@ class OllamaProvider:
         return ChatResult(
             provider=self.name,
             model=str(last.get("model") or request.model),
-            content="".join(parts),
+            content=text.content,
             finish_reason=str(last.get("done_reason") or "unknown"),
             usage=usage_of(last),
         )
@@ -130,8 +128,7 @@ class OllamaProvider:
             vectors = [[float(x) for x in row] for row in data["embeddings"]]
         except (ValueError, KeyError, TypeError) as exc:
             raise bad_answer(self.name, f"no embeddings in the answer ({exc})") from exc
-        if len(vectors) != len(inputs):
-            raise bad_answer(self.name, f"{len(vectors)} embeddings for {len(inputs)} inputs")
+        one_per_input(self.name, vectors, inputs)
         return EmbeddingResult(
             provider=self.name,
             model=model,

@@ -23,8 +23,10 @@ from kflow_llm.providers.base import (
     ChatResult,
     EmbeddingResult,
     OnText,
+    TextStream,
     bad_answer,
     count,
+    one_per_input,
     open_stream,
     post_json,
 )
@@ -103,7 +105,7 @@ class OpenAIProvider:
     async def _stream(
         self, url: str, body: dict[str, Any], request: ChatRequest, on_text: OnText | None
     ) -> ChatResult:
-        parts: list[str] = []
+        text = TextStream(on_text)
         model = request.model
         finish = "unknown"
         usage: Any = None
@@ -120,11 +122,7 @@ class OpenAIProvider:
                         if chunk.get("usage"):
                             usage = chunk["usage"]
                         for choice in chunk.get("choices") or []:
-                            text = (choice.get("delta") or {}).get("content")
-                            if text:
-                                parts.append(text)
-                                if on_text is not None:
-                                    await on_text(text)
+                            await text.add((choice.get("delta") or {}).get("content"))
                             if choice.get("finish_reason"):
                                 finish = str(choice["finish_reason"])
             except (ValueError, AttributeError, httpx_sse.SSEError) as exc:
@@ -132,7 +130,7 @@ class OpenAIProvider:
         return ChatResult(
             provider=self.name,
             model=model,
-            content="".join(parts),
+            content=text.content,
             finish_reason=finish,
             usage=usage_of(usage),
         )
@@ -151,8 +149,7 @@ class OpenAIProvider:
             vectors = [[float(x) for x in row["embedding"]] for row in rows]
         except (ValueError, KeyError, TypeError, AttributeError) as exc:  # ValueError: float()
             raise bad_answer(self.name, f"no embeddings in the answer ({exc})") from exc
-        if len(vectors) != len(inputs):
-            raise bad_answer(self.name, f"{len(vectors)} embeddings for {len(inputs)} inputs")
+        one_per_input(self.name, vectors, inputs)
         return EmbeddingResult(
             provider=self.name,
             model=str(data.get("model") or model),
