@@ -219,9 +219,17 @@ async def fetch_token(http: httpx.AsyncClient, url: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def bench_client(url: str, connections: int = 250) -> AsyncIterator[BenchClient]:
-    """A client with the bench credential and room for many concurrent streams."""
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+async def bench_client(
+    url: str, connections: int = 250, keepalive: int = 20
+) -> AsyncIterator[BenchClient]:
+    """A client with the bench credential and room for many concurrent requests.
+
+    Up to ``connections`` requests are in flight at once (every waiting
+    submitter holds one); idle connections beyond ``keepalive`` (httpx's
+    default, 20) are closed. A large keep-alive pool is slow: httpcore scans
+    every pooled connection once per idle connection on each request.
+    """
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=keepalive)
     async with httpx.AsyncClient(limits=limits, timeout=60.0) as http:
         token = await fetch_token(http, url)
         config = ClientConfig(api_url=url, token=token, timeout=60.0)
@@ -404,11 +412,16 @@ async def run_scenario(
     client: BenchClient,
     scenario: Scenario,
     *,
-    wait: str = "events",
+    wait: str = "result",
     shape: str | None = None,
     budget: float = 300.0,
 ) -> dict[str, Any]:
-    """Run ``scenario`` on ``stack``; returns its figures (see :func:`summarise`)."""
+    """Run ``scenario`` on ``stack``; returns its figures (see :func:`summarise`).
+
+    ``wait``: how each submitter waits for its run — ``result`` (the client's
+    long-poll ``wait()``), ``events`` (the event stream, checked against the
+    stored history afterwards) or ``poll`` (GET the run every 50 ms).
+    """
     shape = shape or scenario.key
     name = stack.definition_name(shape)
     n = scenario.workflows
@@ -423,7 +436,9 @@ async def run_scenario(
             try:
                 run = await client.kf.start(name, {"i": i})
                 wid = run["workflow_id"]
-                if wait == "events":
+                if wait == "result":
+                    status = (await client.kf.wait(wid))["status"]
+                elif wait == "events":
                     status, events = await wait_events(client, wid)
                     histories[wid] = events
                 else:

@@ -18,12 +18,14 @@ import trio
 from kflow._client_common import (
     FINAL_EVENTS,
     FINAL_STATUSES,
+    WAIT_REQUEST_SECONDS,
     ClientConfig,
     Reconnect,
     Routes,
     parse_response,
     token_from,
     token_request,
+    wait_pause,
 )
 from kflow._serde import loads
 from kflow.worker.wire import error_from_response
@@ -210,14 +212,34 @@ class AsyncClient:
                 await trio.sleep(pause)
 
     async def wait(self, workflow_id: str, *, timeout: float | None = None) -> dict[str, Any]:
-        """Wait for the run to finish; returns its final state.
+        """Wait for the run to finish; returns its final state (as :meth:`status`).
+
+        One long-poll request at a time (``GET /workflows/{id}?wait_seconds=``)
+        that the server answers when the run finishes; a server that cannot be
+        reached is retried for ``config.reconnect_seconds``.
 
         Raises:
             trio.TooSlowError: ``timeout`` seconds passed first.
+            httpx.TransportError: the server stayed unreachable (the last error).
+            ApiError: an error answer (unknown run, refused token...).
         """
         scope = trio.fail_after(timeout) if timeout is not None else contextlib.nullcontext()
+        retry = Reconnect(limit=self.config.reconnect_seconds)
         with scope:
-            async with contextlib.aclosing(self.events(workflow_id)) as events:
-                async for _ in events:
-                    pass
-            return await self.status(workflow_id)
+            while True:
+                asked = WAIT_REQUEST_SECONDS
+                started = trio.current_time()
+                try:
+                    state: dict[str, Any] = await self._call(
+                        *Routes.wait(workflow_id, asked, self.config.timeout)
+                    )
+                except httpx.TransportError:
+                    pause = retry.pause(trio.current_time())
+                    if pause is None:
+                        raise
+                    await trio.sleep(pause)
+                    continue
+                retry.connected()
+                if state.get("status") in FINAL_STATUSES:
+                    return state
+                await trio.sleep(wait_pause(asked, trio.current_time() - started))

@@ -23,6 +23,11 @@ from kflow.worker.wire import error_from_response
 FINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 FINAL_EVENTS = frozenset({"workflow.completed", "workflow.failed", "workflow.cancelled"})
 
+#: How long one long-poll request of ``wait()`` asks the server to hold it.
+WAIT_REQUEST_SECONDS = 20.0
+#: Between status reads against a server that answers long-polls at once.
+FALLBACK_POLL_SECONDS = 0.1
+
 
 @attrs.frozen(kw_only=True)
 class ClientConfig:
@@ -114,6 +119,16 @@ class Reconnect:
         return min(5.0, 0.2 * 2.0**self.failures, remaining)
 
 
+def wait_pause(asked: float, took: float) -> float:
+    """Seconds to pause after a long-poll answered with a run still going.
+
+    kflow holds the request until the run finishes or ``asked`` passes; a
+    server that answered much sooner does not support the long-poll (the
+    reference server), so the client falls back to polling its status.
+    """
+    return FALLBACK_POLL_SECONDS if took < asked / 2 else 0.0
+
+
 def _definition_body(source: str | pathlib.Path | Mapping[str, Any]) -> tuple[bytes, str]:
     if isinstance(source, pathlib.Path):
         return source.read_bytes(), "application/yaml"
@@ -177,6 +192,18 @@ class Routes:
             "POST",
             f"/workflows/{workflow_id}/signal",
             {"json": {"activity_key": key, "event_name": event, "data": dict(data or {})}},
+        )
+
+    @staticmethod
+    def wait(workflow_id: str, seconds: float, timeout: float) -> tuple[str, str, dict[str, Any]]:
+        """A long-poll for the run's final state (held up to ``seconds``)."""
+        return (
+            "GET",
+            f"/workflows/{workflow_id}",
+            {
+                "params": {"wait_seconds": f"{seconds:g}"},
+                "timeout": httpx.Timeout(timeout, read=seconds + timeout),
+            },
         )
 
     @staticmethod

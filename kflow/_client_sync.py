@@ -18,12 +18,14 @@ import httpx_sse
 from kflow._client_common import (
     FINAL_EVENTS,
     FINAL_STATUSES,
+    WAIT_REQUEST_SECONDS,
     ClientConfig,
     Reconnect,
     Routes,
     parse_response,
     token_from,
     token_request,
+    wait_pause,
 )
 from kflow._serde import loads
 from kflow.worker.wire import error_from_response
@@ -198,8 +200,37 @@ class Client:
                         retry.received()
                         yield loads(message.data)
 
-    def wait(self, workflow_id: str) -> dict[str, Any]:
-        """Block until the run finishes; returns its final state."""
-        for _ in self.events(workflow_id):
-            pass
-        return self.status(workflow_id)
+    def wait(self, workflow_id: str, *, timeout: float | None = None) -> dict[str, Any]:
+        """Block until the run finishes; returns its final state (as :meth:`status`).
+
+        One long-poll request at a time (``GET /workflows/{id}?wait_seconds=``);
+        a server that cannot be reached is retried for ``config.reconnect_seconds``.
+
+        Raises:
+            TimeoutError: ``timeout`` seconds passed first.
+            httpx.TransportError: the server stayed unreachable (the last error).
+            ApiError: an error answer (unknown run, refused token...).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        retry = Reconnect(limit=self.config.reconnect_seconds)
+        while True:
+            asked = WAIT_REQUEST_SECONDS
+            if deadline is not None:
+                asked = min(asked, deadline - time.monotonic())
+                if asked <= 0:
+                    raise TimeoutError(f"run {workflow_id} did not finish in {timeout:g} s")
+            started = time.monotonic()
+            try:
+                state: dict[str, Any] = self._call(
+                    *Routes.wait(workflow_id, asked, self.config.timeout)
+                )
+            except httpx.TransportError:
+                pause = retry.pause(time.monotonic())
+                if pause is None:
+                    raise
+                time.sleep(pause)
+                continue
+            retry.connected()
+            if state.get("status") in FINAL_STATUSES:
+                return state
+            time.sleep(wait_pause(asked, time.monotonic() - started))

@@ -113,64 +113,150 @@ async def _anthropic(state: FakeProviders, request: Request) -> Response:
     body = await request.json()
     prompt = body["messages"][-1]["content"]
     text = reply_to(prompt)
-    usage = {"input_tokens": INPUT - CACHED, "cache_read_input_tokens": CACHED,
-             "cache_creation_input_tokens": 0, "output_tokens": OUTPUT}
+    usage = {
+        "input_tokens": INPUT - CACHED,
+        "cache_read_input_tokens": CACHED,
+        "cache_creation_input_tokens": 0,
+        "output_tokens": OUTPUT,
+    }
     if not body.get("stream"):
-        return JSONResponse({
-            "id": "msg_fake", "type": "message", "role": "assistant", "model": body["model"],
-            "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
-            "stop_sequence": None, "usage": usage,
-        })
+        return JSONResponse(
+            {
+                "id": "msg_fake",
+                "type": "message",
+                "role": "assistant",
+                "model": body["model"],
+                "content": [{"type": "text", "text": text}],
+                "stop_reason": "end_turn",
+                "stop_sequence": None,
+                "usage": usage,
+            }
+        )
     events: list[tuple[str | None, Any]] = [
-        ("message_start", {"type": "message_start", "message": {
-            "id": "msg_fake", "type": "message", "role": "assistant", "content": [],
-            "model": body["model"], "stop_reason": None, "stop_sequence": None,
-            "usage": {**usage, "output_tokens": 1}}}),
-        ("content_block_start", {"type": "content_block_start", "index": 0,
-                                 "content_block": {"type": "text", "text": ""}}),
+        (
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    "id": "msg_fake",
+                    "type": "message",
+                    "role": "assistant",
+                    "content": [],
+                    "model": body["model"],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": {**usage, "output_tokens": 1},
+                },
+            },
+        ),
+        (
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+        ),
         ("ping", {"type": "ping"}),
     ]
     for piece in _pieces(text):
-        events.append(("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                               "delta": {"type": "text_delta", "text": piece}}))
+        events.append(
+            (
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": piece},
+                },
+            )
+        )
     if "anthropic" in state.mid_stream_error:
-        events.append(("error", {"type": "error", "error": {"type": "overloaded_error",
-                                                             "message": "Overloaded"}}))
+        events.append(
+            (
+                "error",
+                {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+            )
+        )
         return _sse(events)
     events += [
         ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-        ("message_delta", {"type": "message_delta",
-                           "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                           "usage": {"output_tokens": OUTPUT}}),
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": OUTPUT},
+            },
+        ),
         ("message_stop", {"type": "message_stop"}),
     ]
     return _sse(events)
 
 
 def _openai_usage() -> dict[str, Any]:
-    return {"prompt_tokens": INPUT, "completion_tokens": OUTPUT,
-            "total_tokens": INPUT + OUTPUT,
-            "prompt_tokens_details": {"cached_tokens": CACHED, "audio_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": REASONING, "audio_tokens": 0}}
+    return {
+        "prompt_tokens": INPUT,
+        "completion_tokens": OUTPUT,
+        "total_tokens": INPUT + OUTPUT,
+        "prompt_tokens_details": {"cached_tokens": CACHED, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": REASONING, "audio_tokens": 0},
+    }
 
 
 async def _openai(state: FakeProviders, request: Request) -> Response:
     body = await request.json()
     text = reply_to(body["messages"][-1]["content"])
-    base = {"id": "chatcmpl-fake", "created": 1_790_000_000, "model": body["model"],
-            "system_fingerprint": "fp_fake"}
+    base = {
+        "id": "chatcmpl-fake",
+        "created": 1_790_000_000,
+        "model": body["model"],
+        "system_fingerprint": "fp_fake",
+    }
     if not body.get("stream"):
-        return JSONResponse({**base, "object": "chat.completion", "choices": [{
-            "index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-            "logprobs": None, "finish_reason": "stop"}], "usage": _openai_usage()})
+        return JSONResponse(
+            {
+                **base,
+                "object": "chat.completion",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text, "refusal": None},
+                        "logprobs": None,
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": _openai_usage(),
+            }
+        )
     chunk = {**base, "object": "chat.completion.chunk"}
-    events: list[tuple[str | None, Any]] = [(None, {**chunk, "choices": [{
-        "index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})]
+    events: list[tuple[str | None, Any]] = [
+        (
+            None,
+            {
+                **chunk,
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {"role": "assistant", "content": ""},
+                        "finish_reason": None,
+                    }
+                ],
+            },
+        )
+    ]
     for piece in _pieces(text):
-        events.append((None, {**chunk, "choices": [{"index": 0, "delta": {"content": piece},
-                                                    "finish_reason": None}]}))
-    events.append((None, {**chunk, "choices": [{"index": 0, "delta": {},
-                                                "finish_reason": "stop"}]}))
+        events.append(
+            (
+                None,
+                {
+                    **chunk,
+                    "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
+                },
+            )
+        )
+    events.append(
+        (None, {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    )
     if body.get("stream_options", {}).get("include_usage"):
         events.append((None, {**chunk, "choices": [], "usage": _openai_usage()}))
     events.append((None, "[DONE]"))
@@ -180,34 +266,55 @@ async def _openai(state: FakeProviders, request: Request) -> Response:
 async def _openai_embeddings(state: FakeProviders, request: Request) -> Response:
     body = await request.json()
     inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
-    return JSONResponse({"object": "list", "model": body["model"], "data": [
-        {"object": "embedding", "index": i, "embedding": [float(len(t)), 0.5, -0.25]}
-        for i, t in reversed(list(enumerate(inputs)))],  # out of order on purpose
-        "usage": {"prompt_tokens": 4 * len(inputs), "total_tokens": 4 * len(inputs)}})
+    return JSONResponse(
+        {
+            "object": "list",
+            "model": body["model"],
+            "data": [
+                {"object": "embedding", "index": i, "embedding": [float(len(t)), 0.5, -0.25]}
+                for i, t in reversed(list(enumerate(inputs)))
+            ],  # out of order on purpose
+            "usage": {"prompt_tokens": 4 * len(inputs), "total_tokens": 4 * len(inputs)},
+        }
+    )
 
 
 def _gemini_usage() -> dict[str, Any]:
-    return {"promptTokenCount": INPUT, "cachedContentTokenCount": CACHED,
-            "candidatesTokenCount": OUTPUT - REASONING, "thoughtsTokenCount": REASONING,
-            "totalTokenCount": INPUT + OUTPUT}
+    return {
+        "promptTokenCount": INPUT,
+        "cachedContentTokenCount": CACHED,
+        "candidatesTokenCount": OUTPUT - REASONING,
+        "thoughtsTokenCount": REASONING,
+        "totalTokenCount": INPUT + OUTPUT,
+    }
 
 
 async def _gemini(state: FakeProviders, request: Request) -> Response:
     model, _, method = request.path_params["call"].partition(":")
     body = await request.json()
     if method == "batchEmbedContents":
-        return JSONResponse({"embeddings": [
-            {"values": [float(len(r["content"]["parts"][0]["text"])), 0.5]}
-            for r in body["requests"]]})
+        return JSONResponse(
+            {
+                "embeddings": [
+                    {"values": [float(len(r["content"]["parts"][0]["text"])), 0.5]}
+                    for r in body["requests"]
+                ]
+            }
+        )
     text = reply_to(body["contents"][-1]["parts"][0]["text"])
 
     def response(piece: str, finish: str | None, usage: bool) -> dict[str, Any]:
-        candidate: dict[str, Any] = {"content": {"role": "model", "parts": [{"text": piece}]},
-                                     "index": 0}
+        candidate: dict[str, Any] = {
+            "content": {"role": "model", "parts": [{"text": piece}]},
+            "index": 0,
+        }
         if finish:
             candidate["finishReason"] = finish
-        out: dict[str, Any] = {"candidates": [candidate], "modelVersion": model,
-                               "responseId": "fake"}
+        out: dict[str, Any] = {
+            "candidates": [candidate],
+            "modelVersion": model,
+            "responseId": "fake",
+        }
         if usage:
             out["usageMetadata"] = _gemini_usage()
         return out
@@ -227,37 +334,61 @@ async def _gemini(state: FakeProviders, request: Request) -> Response:
 async def _ollama_chat(state: FakeProviders, request: Request) -> Response:
     body = await request.json()
     text = reply_to(body["messages"][-1]["content"])
-    final = {"model": body["model"], "created_at": "2026-11-22T00:00:00Z",
-             "done": True, "done_reason": "stop", "total_duration": 1000,
-             "prompt_eval_count": INPUT, "eval_count": OUTPUT}
+    final = {
+        "model": body["model"],
+        "created_at": "2026-11-22T00:00:00Z",
+        "done": True,
+        "done_reason": "stop",
+        "total_duration": 1000,
+        "prompt_eval_count": INPUT,
+        "eval_count": OUTPUT,
+    }
     if not body.get("stream", True):
         return JSONResponse({**final, "message": {"role": "assistant", "content": text}})
 
     async def lines() -> AsyncIterator[bytes]:
         for piece in _pieces(text):
-            yield (json.dumps({"model": body["model"], "created_at": "2026-11-22T00:00:00Z",
-                               "message": {"role": "assistant", "content": piece},
-                               "done": False}) + "\n").encode()
-        yield (json.dumps({**final, "message": {"role": "assistant", "content": ""}})
-               + "\n").encode()
+            yield (
+                json.dumps(
+                    {
+                        "model": body["model"],
+                        "created_at": "2026-11-22T00:00:00Z",
+                        "message": {"role": "assistant", "content": piece},
+                        "done": False,
+                    }
+                )
+                + "\n"
+            ).encode()
+        yield (
+            json.dumps({**final, "message": {"role": "assistant", "content": ""}}) + "\n"
+        ).encode()
 
     return StreamingResponse(lines(), media_type="application/x-ndjson")
 
 
 async def _ollama_embed(state: FakeProviders, request: Request) -> Response:
     body = await request.json()
-    return JSONResponse({"model": body["model"],
-                         "embeddings": [[float(len(t)), 1.0] for t in body["input"]],
-                         "prompt_eval_count": 3 * len(body["input"])})
+    return JSONResponse(
+        {
+            "model": body["model"],
+            "embeddings": [[float(len(t)), 1.0] for t in body["input"]],
+            "prompt_eval_count": 3 * len(body["input"]),
+        }
+    )
 
 
 def _vendor_route(path: str, vendor: str, handler: Any, state: FakeProviders) -> Route:
     async def endpoint(request: Request) -> Response:
         raw = await request.body()
-        state.requests.append({"vendor": vendor, "path": request.url.path,
-                               "headers": dict(request.headers),
-                               "query": dict(request.query_params),
-                               "body": json.loads(raw) if raw else None})
+        state.requests.append(
+            {
+                "vendor": vendor,
+                "path": request.url.path,
+                "headers": dict(request.headers),
+                "query": dict(request.query_params),
+                "body": json.loads(raw) if raw else None,
+            }
+        )
         if state.delay_seconds:
             await trio.sleep(state.delay_seconds)
         queue = state.failures.get(vendor)
@@ -270,14 +401,16 @@ def _vendor_route(path: str, vendor: str, handler: Any, state: FakeProviders) ->
 
 
 def fake_providers_app(state: FakeProviders) -> Starlette:
-    return Starlette(routes=[
-        _vendor_route("/v1/messages", "anthropic", _anthropic, state),
-        _vendor_route("/v1/chat/completions", "openai", _openai, state),
-        _vendor_route("/v1/embeddings", "openai", _openai_embeddings, state),
-        _vendor_route("/v1beta/models/{call:path}", "google", _gemini, state),
-        _vendor_route("/api/chat", "ollama", _ollama_chat, state),
-        _vendor_route("/api/embed", "ollama", _ollama_embed, state),
-    ])
+    return Starlette(
+        routes=[
+            _vendor_route("/v1/messages", "anthropic", _anthropic, state),
+            _vendor_route("/v1/chat/completions", "openai", _openai, state),
+            _vendor_route("/v1/embeddings", "openai", _openai_embeddings, state),
+            _vendor_route("/v1beta/models/{call:path}", "google", _gemini, state),
+            _vendor_route("/api/chat", "ollama", _ollama_chat, state),
+            _vendor_route("/api/embed", "ollama", _ollama_embed, state),
+        ]
+    )
 
 
 async def serve_fake_providers(nursery: trio.Nursery) -> FakeProviders:
@@ -287,9 +420,7 @@ async def serve_fake_providers(nursery: trio.Nursery) -> FakeProviders:
     config.bind = ["127.0.0.1:0"]
     config.accesslog = None
     config.errorlog = None
-    binds = await nursery.start(
-        partial(hypercorn.trio.serve, fake_providers_app(state), config)
-    )
+    binds = await nursery.start(partial(hypercorn.trio.serve, fake_providers_app(state), config))
     state.url = str(binds[0])
     return state
 
@@ -297,8 +428,11 @@ async def serve_fake_providers(nursery: trio.Nursery) -> FakeProviders:
 def environ_for(state: FakeProviders) -> dict[str, str]:
     """Worker environment pointing every provider at the loopback server."""
     return {
-        "ANTHROPIC_API_KEY": "sk-ant-test", "ANTHROPIC_BASE_URL": state.url,
-        "OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": f"{state.url}/v1",
-        "GOOGLE_API_KEY": "g-test", "GOOGLE_BASE_URL": state.url,
+        "ANTHROPIC_API_KEY": "sk-ant-test",
+        "ANTHROPIC_BASE_URL": state.url,
+        "OPENAI_API_KEY": "sk-test",
+        "OPENAI_BASE_URL": f"{state.url}/v1",
+        "GOOGLE_API_KEY": "g-test",
+        "GOOGLE_BASE_URL": state.url,
         "OLLAMA_BASE_URL": state.url,
     }

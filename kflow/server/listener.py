@@ -70,8 +70,9 @@ class Listener:
         if workflows == "*":
             ctx.hub.notify_all()
         else:
+            finished = {str(w) for w in data.get("f") or ()}
             for workflow_id in workflows:
-                ctx.hub.notify(uuid.UUID(str(workflow_id)))
+                ctx.hub.notify(uuid.UUID(str(workflow_id)), finished=str(workflow_id) in finished)
         if data.get("t"):
             ctx.scheduler.arm(dt.datetime.fromisoformat(str(data["t"])))
 

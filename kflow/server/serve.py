@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import pathlib
+import uuid
 from collections.abc import Iterable
 
 import attrs
@@ -93,8 +94,8 @@ class _Hooks:
         if self.scheduler is not None:
             self.scheduler.arm(at)
 
-    def notify(self, workflow_id: object) -> None:
-        self.hub.notify(workflow_id)  # type: ignore[arg-type]
+    def notify(self, workflow_id: uuid.UUID, *, finished: bool = False) -> None:
+        self.hub.notify(workflow_id, finished=finished)
 
 
 async def build_context(

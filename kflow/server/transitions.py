@@ -58,8 +58,8 @@ class EngineHooks(Protocol):
         """Something is due at ``at``."""
         ...
 
-    def notify(self, workflow_id: uuid.UUID) -> None:
-        """The run's history grew."""
+    def notify(self, workflow_id: uuid.UUID, *, finished: bool = False) -> None:
+        """The run's history grew; ``finished``: the run reached a final status."""
         ...
 
 
@@ -72,7 +72,7 @@ class NullHooks:
     def arm(self, at: dt.datetime) -> None:
         pass
 
-    def notify(self, workflow_id: uuid.UUID) -> None:
+    def notify(self, workflow_id: uuid.UUID, *, finished: bool = False) -> None:
         pass
 
 
@@ -96,17 +96,26 @@ class Effects:
     queues: set[str] = attrs.field(factory=set)
     timers: list[dt.datetime] = attrs.field(factory=list)
     workflows: set[uuid.UUID] = attrs.field(factory=set)
+    #: Runs that reached a final status (also in ``workflows``: their history grew).
+    finished: set[uuid.UUID] = attrs.field(factory=set)
 
     def merge(self, other: Effects) -> None:
         self.queues |= other.queues
         self.timers.extend(other.timers)
         self.workflows |= other.workflows
+        self.finished |= other.finished
 
     def clear(self) -> None:
         """Forget everything (a retried transaction starts over)."""
         self.queues.clear()
         self.timers.clear()
         self.workflows.clear()
+        self.finished.clear()
+
+    def finish(self, workflow_id: uuid.UUID) -> None:
+        """``workflow_id`` reached a final status (and its history grew)."""
+        self.workflows.add(workflow_id)
+        self.finished.add(workflow_id)
 
     def __bool__(self) -> bool:
         return bool(self.queues or self.timers or self.workflows)
@@ -115,13 +124,23 @@ class Effects:
         """The JSON other server processes receive (see :mod:`kflow.server.listener`).
 
         Long lists of runs collapse to ``"*"`` (wake every watcher) to stay far
-        below PostgreSQL's 8000-byte notification limit.
+        below PostgreSQL's 8000-byte notification limit; ``"f"`` lists the runs
+        that finished.
         """
         workflows: list[str] | str = sorted(str(w) for w in self.workflows)
+        finished: list[str] | str = sorted(str(w) for w in self.finished)
         if len(workflows) > 50:
-            workflows = "*"
+            workflows = finished = "*"
         timer = min(self.timers).isoformat() if self.timers else None
-        return dumps_str({"s": origin, "q": sorted(self.queues)[:100], "w": workflows, "t": timer})
+        return dumps_str(
+            {
+                "s": origin,
+                "q": sorted(self.queues)[:100],
+                "w": workflows,
+                "f": finished,
+                "t": timer,
+            }
+        )
 
 
 @attrs.frozen(kw_only=True)
@@ -171,8 +190,8 @@ class TransitionEngine:
             self.hooks.wake(queue)
         if effects.timers:
             self.hooks.arm(min(effects.timers))
-        for workflow_id in effects.workflows:
-            self.hooks.notify(workflow_id)
+        for workflow_id in effects.workflows | effects.finished:
+            self.hooks.notify(workflow_id, finished=workflow_id in effects.finished)
 
     async def write(self, fn: Callable[[Tx, Effects], Any]) -> Any:
         """Run ``fn(tx, effects)`` in a transaction, then apply the effects.
@@ -228,6 +247,8 @@ class TransitionEngine:
                         attempt_ids[command.activity.key] = new_attempt
                 case PutWorkflow(status=new_status, error_message=message, finished=finished):
                     status = new_status
+                    if new_status.is_terminal:
+                        effects.finish(state.id)
                     tx.run(
                         "set_workflow_status",
                         id=str(state.id),
@@ -285,7 +306,7 @@ class TransitionEngine:
                 ],
                 now,
             )
-            effects.workflows.add(workflow)
+            effects.finish(workflow)
 
         log.error("engine.run_failed_directly", workflow_id=str(workflow), reason=reason)
         await self.write(fail_tx)

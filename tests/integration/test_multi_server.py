@@ -91,9 +91,31 @@ async def test_an_event_stream_on_one_server_follows_a_run_moved_by_the_other(
     ):
         await on_first.deploy(HELLO)
         run = await on_first.start("hello")
+        with trio.fail_after(20):  # the built-in workers complete it
+            events = [e["type"] async for e in on_second.events(run["workflow_id"])]
+    assert events[0] == "workflow.started"
+    assert events[-1] == "workflow.completed"
+
+
+@pytest.mark.workers_on_a
+async def test_a_long_poll_on_one_server_wakes_when_the_other_finishes_the_run(
+    two_servers: tuple[RunningServer, RunningServer],
+) -> None:
+    from kflow.client import AsyncClient, ClientConfig
+
+    first, second = two_servers
+    async with (
+        AsyncClient(config=ClientConfig(api_url=first.url)) as on_first,
+        AsyncClient(config=ClientConfig(api_url=second.url)) as on_second,
+    ):
+        await on_first.deploy(HELLO)
+        run = await on_first.start("hello")
+        began = trio.current_time()
         with trio.fail_after(20):
-            done = await on_second.wait(run["workflow_id"])  # the built-in workers complete it
+            done = await on_second.wait(run["workflow_id"])
     assert done["status"] == "completed"
+    # Woken by the other server's notification, not by the end of the 20 s hold.
+    assert trio.current_time() - began < 10
 
 
 async def test_a_listener_that_loses_its_connection_reconnects(

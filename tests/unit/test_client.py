@@ -1,4 +1,5 @@
-"""The workflow clients' event streams: resume after a drop, give up on a dead server."""
+"""The workflow clients' event streams and ``wait()``: resume after a drop,
+give up on a dead server, long-poll for the final state."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import trio
 
 from kflow import _client_sync as client_module
 from kflow.client import AsyncClient, Client, ClientConfig
-from kflow.errors import ConfigError
+from kflow.errors import ApiError, ConfigError
 
 WORKFLOW = "01900000-0000-7000-8000-000000000001"
 API = "http://kflow.test"
@@ -176,7 +177,8 @@ async def test_async_events_give_up_when_no_reconnect_succeeds(
     config = ClientConfig(api_url=API, reconnect_seconds=1.0)
     async with async_http(script) as http, AsyncClient(config=config, http=http) as kf:
         with pytest.raises(httpx.ConnectError):
-            await kf.wait(WORKFLOW)
+            async for _ in kf.events(WORKFLOW):
+                pass
     assert [at for at, _ in script.requests] == pytest.approx([0, 0.4, 1.0])
 
 
@@ -219,3 +221,126 @@ def test_sync_events_give_up_when_no_reconnect_succeeds(monkeypatch: pytest.Monk
         with pytest.raises(httpx.ConnectError):
             list(kf.events(WORKFLOW))
     assert [at for at, _ in script.requests] == pytest.approx([0, 0.4, 1.0])
+
+
+# ---- wait(): long-polls for the final state --------------------------------------------
+
+
+class LongPolls:
+    """Answers ``GET /workflows/{id}`` like a server: each step is (held seconds, status).
+
+    ``"refused"`` refuses the connection instead.
+    """
+
+    def __init__(self, *steps: Any, now: Any) -> None:
+        self.steps = list(steps)
+        self.now = now
+        self.requests: list[tuple[float, str | None]] = []
+
+    def next(self, request: httpx.Request) -> tuple[float, str]:
+        assert request.url.path == f"/api/v1/workflows/{WORKFLOW}"
+        self.requests.append((self.now(), request.url.params.get("wait_seconds")))
+        step = self.steps.pop(0)
+        if step == "refused":
+            raise httpx.ConnectError("connection refused", request=request)
+        held, status = step
+        return held, status
+
+    @staticmethod
+    def answer(status: str) -> httpx.Response:
+        return httpx.Response(200, json={"id": WORKFLOW, "status": status, "activities": []})
+
+
+def long_poll_http(script: LongPolls) -> httpx.AsyncClient:
+    async def handle(request: httpx.Request) -> httpx.Response:
+        held, status = script.next(request)
+        await trio.sleep(held)
+        return script.answer(status)
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(handle))
+
+
+async def test_async_wait_holds_one_request_until_the_run_finishes(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # The server holds each request up to 20 s: the run finishes during the second.
+    script = LongPolls((20, "running"), (7, "completed"), now=trio.current_time)
+    async with long_poll_http(script) as http, AsyncClient(api_url=API, http=http) as kf:
+        done = await kf.wait(WORKFLOW)
+    assert done["status"] == "completed"
+    assert script.requests == [(0, "20"), (20, "20")]
+
+
+async def test_async_wait_polls_a_server_without_long_poll(autojump_clock: trio.abc.Clock) -> None:
+    # The reference server ignores wait_seconds and answers at once: poll every 0.1 s.
+    script = LongPolls((0, "running"), (0, "running"), (0, "failed"), now=trio.current_time)
+    async with long_poll_http(script) as http, AsyncClient(api_url=API, http=http) as kf:
+        done = await kf.wait(WORKFLOW)
+    assert done["status"] == "failed"
+    assert [at for at, _ in script.requests] == pytest.approx([0, 0.1, 0.2])
+
+
+async def test_async_wait_rides_out_a_server_restart(autojump_clock: trio.abc.Clock) -> None:
+    script = LongPolls(
+        (3, "running"), "refused", "refused", (1, "cancelled"), now=trio.current_time
+    )
+    config = ClientConfig(api_url=API, reconnect_seconds=60)
+    async with long_poll_http(script) as http, AsyncClient(config=config, http=http) as kf:
+        done = await kf.wait(WORKFLOW)
+    assert done["status"] == "cancelled"
+    # The first answer came early (3 s of 20): a 0.1 s pause, then backoff 0.4 and 0.8.
+    assert [at for at, _ in script.requests] == pytest.approx([0, 3.1, 3.5, 4.3])
+
+
+async def test_async_wait_timeout_cancels_the_held_request(autojump_clock: trio.abc.Clock) -> None:
+    script = LongPolls((20, "running"), now=trio.current_time)
+    async with long_poll_http(script) as http, AsyncClient(api_url=API, http=http) as kf:
+        with pytest.raises(trio.TooSlowError):
+            await kf.wait(WORKFLOW, timeout=5)
+    assert trio.current_time() == pytest.approx(5)
+
+
+async def test_async_wait_reports_an_unknown_run() -> None:
+    def handle(request: httpx.Request) -> httpx.Response:
+        body = {"error": {"code": "NOT_FOUND", "message": f"workflow {WORKFLOW} not found"}}
+        return httpx.Response(404, json=body)
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handle))
+    async with http, AsyncClient(api_url=API, http=http) as kf:
+        with pytest.raises(ApiError, match="not found"):
+            await kf.wait(WORKFLOW)
+
+
+def test_sync_wait_long_polls_until_final(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeTime()
+    monkeypatch.setattr(client_module, "time", clock)
+    script = LongPolls((20, "running"), "refused", (2, "completed"), now=clock.monotonic)
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        held, status = script.next(request)
+        clock.sleep(held)
+        return script.answer(status)
+
+    with httpx.Client(transport=httpx.MockTransport(handle)) as http:
+        done = Client(api_url=API, http=http).wait(WORKFLOW)
+    assert done["status"] == "completed"
+    assert script.requests == [(0, "20"), (20, "20"), pytest.approx((20.4, "20"))]
+
+
+def test_sync_wait_timeout_names_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeTime()
+    monkeypatch.setattr(client_module, "time", clock)
+    script = LongPolls((3, "running"), (2, "running"), now=clock.monotonic)
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        held, status = script.next(request)
+        clock.sleep(min(held, float(request.url.params["wait_seconds"])))
+        return script.answer(status)
+
+    with (
+        httpx.Client(transport=httpx.MockTransport(handle)) as http,
+        pytest.raises(TimeoutError, match=WORKFLOW),
+    ):
+        Client(api_url=API, http=http).wait(WORKFLOW, timeout=5)
+    # The second request asks only for what is left of the 5 s.
+    assert script.requests == [(0, "5"), (3, "2")]

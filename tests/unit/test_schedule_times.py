@@ -89,8 +89,13 @@ def test_a_fixed_time_repeated_by_fall_back_fires_once() -> None:
 def test_a_wildcard_cron_follows_real_time_through_both_fall_back_hours() -> None:
     half_hourly = cron("*/30 * * * *", "Europe/Paris")
     got = series(half_hourly, at(2026, 10, 24, 23, 45), 5)
-    assert got == [at(2026, 10, 25, 0, 0), at(2026, 10, 25, 0, 30), at(2026, 10, 25, 1, 0),
-                   at(2026, 10, 25, 1, 30), at(2026, 10, 25, 2, 0)]
+    assert got == [
+        at(2026, 10, 25, 0, 0),
+        at(2026, 10, 25, 0, 30),
+        at(2026, 10, 25, 1, 0),
+        at(2026, 10, 25, 1, 30),
+        at(2026, 10, 25, 2, 0),
+    ]
 
 
 def test_next_after_is_strict_and_ignores_fractions() -> None:

@@ -1,10 +1,17 @@
 """Workflow runs: start, list, inspect, outputs, cancel, signal (PROTOCOL §5),
-plus the routes the ``kruxiaflow`` SDK client expects."""
+plus the routes the ``kruxiaflow`` SDK client expects.
+
+``GET /api/v1/workflows/{id}?wait_seconds=N`` (kflow's extension, 0 < N ≤
+the server's ``max_wait_seconds``) is a long-poll: the answer is held until
+the run reaches a final status, N seconds pass or the caller hangs up, and is
+the run's state at that moment. Clients loop on it to wait for a result.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import trio
 from starlette.requests import Request
 from starlette.routing import Route
 
@@ -13,10 +20,12 @@ from kflow.errors import ValidationFailed
 from kflow.server import views
 from kflow.server.context import ServerContext, context_of
 from kflow.server.engine import StartedWorkflow
+from kflow.server.events import finished_key
 from kflow.server.http import JSONResponse, QueryParams, path_uuid, read_object
 from kflow.server.routes.definitions import deploy_definition
 
 _STATUSES = tuple(s.value for s in WorkflowStatus)
+_FINAL = frozenset(s.value for s in WorkflowStatus if s.is_terminal)
 
 
 def _optional_text(data: dict[str, Any], name: str, errors: dict[str, list[str]]) -> str | None:
@@ -110,10 +119,37 @@ async def list_runs(request: Request) -> JSONResponse:
 
 
 async def get_run(request: Request) -> JSONResponse:
+    """The run with its activities; with ``wait_seconds``, once it has finished."""
     ctx = context_of(request)
     await ctx.principal(request, "workflows:read")
     workflow_id = path_uuid(request, "workflow_id", "workflow")
-    return JSONResponse(await ctx.store.read(lambda tx: views.workflow_detail(tx, workflow_id)))
+    query = QueryParams(request)
+    wait = query.number("wait_seconds", low=0, high=ctx.config.max_wait_seconds)
+    query.check()
+    finished = finished_key(workflow_id)
+    seen = ctx.hub.version(finished)
+    detail = await ctx.store.read(lambda tx: views.workflow_detail(tx, workflow_id))
+    if wait and detail["status"] not in _FINAL:
+        deadline = trio.current_time() + wait
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_on_hang_up, request, nursery.cancel_scope)
+            # The version is taken before each read, so a finish committed in
+            # between is never missed; a wake-up that finds the run still going
+            # (another server reconnected and woke everyone) waits again.
+            while await ctx.hub.wait(finished, seen, deadline - trio.current_time()):
+                seen = ctx.hub.version(finished)
+                detail = await ctx.store.read(lambda tx: views.workflow_detail(tx, workflow_id))
+                if detail["status"] in _FINAL:
+                    break
+            nursery.cancel_scope.cancel()
+    return JSONResponse(detail)
+
+
+async def _cancel_on_hang_up(request: Request, scope: trio.CancelScope) -> None:
+    """Cancel ``scope`` when the caller of a held request disconnects."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
 
 
 async def get_output(request: Request) -> JSONResponse:

@@ -51,15 +51,22 @@ def _free_port() -> int:
 
 def _authenticator(server, session, envelope, mechanism, auth_data) -> AuthResult:
     ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (
-        b"mailer", b"p@ss:w/rd")
+        b"mailer",
+        b"p@ss:w/rd",
+    )
     return AuthResult(success=ok, handled=False)
 
 
 @pytest.fixture
 def smtp() -> Iterator[tuple[Handler, int]]:
     handler = Handler()
-    controller = Controller(handler, hostname="127.0.0.1", port=_free_port(),
-                            authenticator=_authenticator, auth_require_tls=False)
+    controller = Controller(
+        handler,
+        hostname="127.0.0.1",
+        port=_free_port(),
+        authenticator=_authenticator,
+        auth_require_tls=False,
+    )
     controller.start()
     try:
         yield handler, controller.port
@@ -68,13 +75,19 @@ def smtp() -> Iterator[tuple[Handler, int]]:
 
 
 def ctx() -> ActivityContext:
-    return ActivityContext(workflow_id=uuid4(), activity_id=uuid4(), activity_key="k",
-                           timeout_seconds=5)
+    return ActivityContext(
+        workflow_id=uuid4(), activity_id=uuid4(), activity_key="k", timeout_seconds=5
+    )
 
 
 def params(port: int, **extra: Any) -> dict[str, Any]:
-    base = {"smtp_url": f"smtp://127.0.0.1:{port}", "from": "Flow <flow@example.com>",
-            "to": "alice@example.com", "subject": "Hello", "text_body": "Hi Alice"}
+    base = {
+        "smtp_url": f"smtp://127.0.0.1:{port}",
+        "from": "Flow <flow@example.com>",
+        "to": "alice@example.com",
+        "subject": "Hello",
+        "text_body": "Hi Alice",
+    }
     return {**base, **extra}
 
 
@@ -85,11 +98,22 @@ async def send(p: dict[str, Any]) -> dict[str, Any]:
 
 async def test_text_and_html_with_cc_bcc_reply_to(smtp) -> None:
     handler, port = smtp
-    out = await send(params(port, to=["alice@example.com", "Bob <bob@example.com>"],
-                            cc="carol@example.com", bcc=["dave@example.com"],
-                            reply_to="help@example.com", html_body="<p>Hi</p>"))
-    assert out["accepted"] == ["alice@example.com", "bob@example.com", "carol@example.com",
-                               "dave@example.com"]
+    out = await send(
+        params(
+            port,
+            to=["alice@example.com", "Bob <bob@example.com>"],
+            cc="carol@example.com",
+            bcc=["dave@example.com"],
+            reply_to="help@example.com",
+            html_body="<p>Hi</p>",
+        )
+    )
+    assert out["accepted"] == [
+        "alice@example.com",
+        "bob@example.com",
+        "carol@example.com",
+        "dave@example.com",
+    ]
     assert out["rejected"] == {}
     [envelope] = handler.messages
     assert envelope.mail_from == "flow@example.com"
@@ -116,8 +140,9 @@ async def test_some_recipients_rejected(smtp) -> None:
     assert len(handler.messages) == 1
 
 
-@pytest.mark.parametrize(("rcpt", "retryable"), [("reject@example.com", False),
-                                                 ("later@example.com", True)])
+@pytest.mark.parametrize(
+    ("rcpt", "retryable"), [("reject@example.com", False), ("later@example.com", True)]
+)
 async def test_all_recipients_refused(smtp, rcpt, retryable) -> None:
     _, port = smtp
     with pytest.raises(ActivityError) as info:
@@ -163,15 +188,32 @@ def starttls_smtp(tmp_path: Path) -> Iterator[tuple[Handler, int]]:
     if shutil.which("openssl") is None:
         pytest.skip(reason="openssl is needed to make a self-signed certificate")
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
-                    "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     handler = Handler()
-    controller = Controller(handler, hostname="127.0.0.1", port=_free_port(),
-                            tls_context=context)
+    controller = Controller(handler, hostname="127.0.0.1", port=_free_port(), tls_context=context)
     controller.start()
     try:
         yield handler, controller.port

@@ -36,13 +36,15 @@ from kflow.worker.context import ActivityContext
 
 
 async def _echo(request: Request) -> Response:
-    return JSONResponse({
-        "method": request.method,
-        "query": sorted(request.query_params.multi_items()),
-        "content_type": request.headers.get("content-type"),
-        "x_token": request.headers.get("x-token"),
-        "body": (await request.body()).decode(),
-    })
+    return JSONResponse(
+        {
+            "method": request.method,
+            "query": sorted(request.query_params.multi_items()),
+            "content_type": request.headers.get("content-type"),
+            "x_token": request.headers.get("x-token"),
+            "body": (await request.body()).decode(),
+        }
+    )
 
 
 async def _slow(request: Request) -> Response:
@@ -52,8 +54,13 @@ async def _slow(request: Request) -> Response:
 
 async def _stream(scope: dict, receive: Any, send: Any) -> None:
     """Raw ASGI: a 64 KiB body in 1 KiB chunks, without content-length."""
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/plain")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/plain")],
+        }
+    )
     for _ in range(64):
         await send({"type": "http.response.body", "body": b"y" * 1024, "more_body": True})
     await send({"type": "http.response.body", "body": b""})
@@ -62,8 +69,10 @@ async def _stream(scope: dict, receive: Any, send: Any) -> None:
 ROUTES = [
     Route("/echo", _echo, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
     Route("/json", lambda r: JSONResponse({"hello": "world"})),
-    Route("/problem", lambda r: Response(b'{"title": "x"}', 422,
-                                         media_type="application/problem+json")),
+    Route(
+        "/problem",
+        lambda r: Response(b'{"title": "x"}', 422, media_type="application/problem+json"),
+    ),
     Route("/text", lambda r: PlainTextResponse("plain text", headers={"x-a": "1"})),
     Route("/missing", lambda r: JSONResponse({"error": "nope"}, status_code=404)),
     Route("/binary", lambda r: Response(bytes(range(256)), media_type="image/png")),
@@ -92,8 +101,9 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 
 
 def ctx() -> ActivityContext:
-    return ActivityContext(workflow_id=uuid4(), activity_id=uuid4(), activity_key="k",
-                           timeout_seconds=5)
+    return ActivityContext(
+        workflow_id=uuid4(), activity_id=uuid4(), activity_key="k", timeout_seconds=5
+    )
 
 
 async def call(http: httpx.AsyncClient, params: dict, **kwargs) -> dict:
@@ -112,19 +122,35 @@ async def test_get_json(http, base_url) -> None:
 
 
 async def test_post_dict_body_is_json_with_headers_and_query(http, base_url) -> None:
-    response = await call(http, {
-        "method": "post", "url": f"{base_url}/echo", "headers": {"X-Token": "abc"},
-        "query": {"a": 1, "b": ["x", "y"], "flag": True}, "body": {"n": [1, 2]},
-    })
+    response = await call(
+        http,
+        {
+            "method": "post",
+            "url": f"{base_url}/echo",
+            "headers": {"X-Token": "abc"},
+            "query": {"a": 1, "b": ["x", "y"], "flag": True},
+            "body": {"n": [1, 2]},
+        },
+    )
     assert response["body"] == {
-        "method": "POST", "query": [["a", "1"], ["b", "x"], ["b", "y"], ["flag", "true"]],
-        "content_type": "application/json", "x_token": "abc", "body": '{"n":[1,2]}',
+        "method": "POST",
+        "query": [["a", "1"], ["b", "x"], ["b", "y"], ["flag", "true"]],
+        "content_type": "application/json",
+        "x_token": "abc",
+        "body": '{"n":[1,2]}',
     }
 
 
 async def test_string_body_is_sent_as_is(http, base_url) -> None:
-    response = await call(http, {"method": "PUT", "url": f"{base_url}/echo", "body": "raw ü",
-                                 "headers": {"content-type": "text/plain; charset=utf-8"}})
+    response = await call(
+        http,
+        {
+            "method": "PUT",
+            "url": f"{base_url}/echo",
+            "body": "raw ü",
+            "headers": {"content-type": "text/plain; charset=utf-8"},
+        },
+    )
     assert response["body"]["body"] == "raw ü"
     assert response["body"]["method"] == "PUT"
 
@@ -132,7 +158,10 @@ async def test_string_body_is_sent_as_is(http, base_url) -> None:
 async def test_text_and_json_suffix(http, base_url) -> None:
     text = await call(http, {"method": "GET", "url": f"{base_url}/text"})
     assert (text["body"], text["body_encoding"], text["headers"]["x-a"]) == (
-        "plain text", "text", "1")
+        "plain text",
+        "text",
+        "1",
+    )
     problem = await call(http, {"method": "GET", "url": f"{base_url}/problem"})
     assert (problem["status"], problem["success"], problem["body"]) == (422, False, {"title": "x"})
 
@@ -140,7 +169,10 @@ async def test_text_and_json_suffix(http, base_url) -> None:
 async def test_404_is_a_result_not_an_error(http, base_url) -> None:
     response = await call(http, {"method": "GET", "url": f"{base_url}/missing"})
     assert (response["status"], response["success"], response["body"]) == (
-        404, False, {"error": "nope"})
+        404,
+        False,
+        {"error": "nope"},
+    )
 
 
 async def test_binary_body_is_base64(http, base_url) -> None:
@@ -177,8 +209,9 @@ async def test_response_too_large(http, base_url, path) -> None:
 
 
 async def test_head_of_a_large_resource_is_not_too_large(http, base_url) -> None:
-    response = await call(http, {"method": "HEAD", "url": f"{base_url}/big"},
-                          max_response_bytes=1024)
+    response = await call(
+        http, {"method": "HEAD", "url": f"{base_url}/big"}, max_response_bytes=1024
+    )
     assert (response["status"], response["headers"]["content-length"]) == (200, "4096")
 
 

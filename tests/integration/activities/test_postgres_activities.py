@@ -42,10 +42,14 @@ def db(postgres_url: str) -> Iterator[str]:
     schema = f"pgact_{secrets.token_hex(4)}"
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
-        conn.execute(f"CREATE TABLE {schema}.items (id int PRIMARY KEY, name text NOT NULL, "
-                     "price numeric(10, 2))")
-        conn.execute(f"INSERT INTO {schema}.items VALUES (1, 'apple', 0.50), "
-                     "(2, 'pear', 0.75), (3, 'plum', NULL)")
+        conn.execute(
+            f"CREATE TABLE {schema}.items (id int PRIMARY KEY, name text NOT NULL, "
+            "price numeric(10, 2))"
+        )
+        conn.execute(
+            f"INSERT INTO {schema}.items VALUES (1, 'apple', 0.50), "
+            "(2, 'pear', 0.75), (3, 'plum', NULL)"
+        )
         try:
             yield with_query(postgres_url, options=f"-c search_path={schema}")
         finally:
@@ -53,12 +57,14 @@ def db(postgres_url: str) -> Iterator[str]:
 
 
 def ctx(timeout: float | None = 30.0) -> ActivityContext:
-    return ActivityContext(workflow_id=uuid4(), activity_id=uuid4(), activity_key="k",
-                           timeout_seconds=timeout)
+    return ActivityContext(
+        workflow_id=uuid4(), activity_id=uuid4(), activity_key="k", timeout_seconds=timeout
+    )
 
 
-async def query(db_url: str, sql: str, params: Any = None, *, timeout: float | None = 30.0,
-                **extra: Any) -> dict[str, Any]:
+async def query(
+    db_url: str, sql: str, params: Any = None, *, timeout: float | None = 30.0, **extra: Any
+) -> dict[str, Any]:
     body = {"db_url": db_url, "query": sql, **extra}
     if params is not None:
         body["params"] = params
@@ -67,8 +73,7 @@ async def query(db_url: str, sql: str, params: Any = None, *, timeout: float | N
 
 
 async def transaction(db_url: str, statements: list[Any], **extra: Any) -> dict[str, Any]:
-    result = await TRANSACTION.execute({"db_url": db_url, "statements": statements, **extra},
-                                       ctx())
+    result = await TRANSACTION.execute({"db_url": db_url, "statements": statements, **extra}, ctx())
     return dict(result.to_output_dict()["result"])
 
 
@@ -78,51 +83,63 @@ async def names(db_url: str) -> list[str]:
 
 async def test_select_with_positional_params(db: str) -> None:
     result = await query(db, "SELECT id, name FROM items WHERE price > %s ORDER BY id", [0.6])
-    assert result == {"rows": [{"id": 2, "name": "pear"}], "row_count": 1,
-                      "columns": ["id", "name"]}
+    assert result == {
+        "rows": [{"id": 2, "name": "pear"}],
+        "row_count": 1,
+        "columns": ["id", "name"],
+    }
 
 
 async def test_select_with_named_params(db: str) -> None:
-    result = await query(db, "SELECT name FROM items WHERE id = %(id)s OR name = %(name)s "
-                             "ORDER BY id", {"id": 1, "name": "plum"})
+    result = await query(
+        db,
+        "SELECT name FROM items WHERE id = %(id)s OR name = %(name)s ORDER BY id",
+        {"id": 1, "name": "plum"},
+    )
     assert [r["name"] for r in result["rows"]] == ["apple", "plum"]
 
 
 async def test_dollar_placeholders_of_the_reference_engine(db: str) -> None:
-    result = await query(db, "SELECT name FROM items WHERE id = $1 OR id = $2 ORDER BY id",
-                         [1, 3])
+    result = await query(db, "SELECT name FROM items WHERE id = $1 OR id = $2 ORDER BY id", [1, 3])
     assert [r["name"] for r in result["rows"]] == ["apple", "plum"]
 
 
 async def test_literal_percent_without_params_and_escaped_with_them(db: str) -> None:
     assert (await query(db, "SELECT 'a%' AS p"))["rows"] == [{"p": "a%"}]
-    result = await query(db, "SELECT name FROM items WHERE name LIKE 'p%%' AND id > %s "
-                             "ORDER BY id", [0])
+    result = await query(
+        db, "SELECT name FROM items WHERE name LIKE 'p%%' AND id > %s ORDER BY id", [0]
+    )
     assert [r["name"] for r in result["rows"]] == ["pear", "plum"]
 
 
 async def test_dml_reports_rows_affected(db: str) -> None:
-    assert await query(db, "INSERT INTO items (id, name) VALUES (%s, %s), (%s, %s)",
-                       [4, "fig", 5, "kiwi"]) == {"rows_affected": 2}
-    assert await query(db, "UPDATE items SET price = %s WHERE price IS NULL",
-                       ["1.25"]) == {"rows_affected": 3}
+    assert await query(
+        db, "INSERT INTO items (id, name) VALUES (%s, %s), (%s, %s)", [4, "fig", 5, "kiwi"]
+    ) == {"rows_affected": 2}
+    assert await query(db, "UPDATE items SET price = %s WHERE price IS NULL", ["1.25"]) == {
+        "rows_affected": 3
+    }
     assert await query(db, "DELETE FROM items WHERE id > %s", [3]) == {"rows_affected": 2}
     assert await query(db, "CREATE TABLE other (x int)") == {"rows_affected": 0}
-    returning = await query(db, "UPDATE items SET price = price * 2 WHERE id = %s "
-                                "RETURNING id, price", [1])
+    returning = await query(
+        db, "UPDATE items SET price = price * 2 WHERE id = %s RETURNING id, price", [1]
+    )
     assert returning["rows"] == [{"id": 1, "price": "1.00"}]
 
 
 async def test_sql_injection_through_params_stays_data(db: str) -> None:
     evil = "x'); DROP TABLE items; --"
-    assert await query(db, "INSERT INTO items (id, name) VALUES (%s, %s)",
-                       [10, evil]) == {"rows_affected": 1}
+    assert await query(db, "INSERT INTO items (id, name) VALUES (%s, %s)", [10, evil]) == {
+        "rows_affected": 1
+    }
     stored = await query(db, "SELECT name FROM items WHERE id = %(id)s", {"id": 10})
     assert stored["rows"] == [{"name": evil}]
     assert (await query(db, "SELECT * FROM items WHERE name = %s", ["' OR '1'='1"]))[
-        "row_count"] == 0
+        "row_count"
+    ] == 0
     assert (await query(db, "SELECT * FROM items WHERE name = $1", ["' OR 1=1 --"]))[
-        "row_count"] == 0
+        "row_count"
+    ] == 0
     assert (await query(db, "SELECT count(*) AS n FROM items"))["rows"] == [{"n": 4}]
 
 
@@ -137,49 +154,80 @@ async def test_values_become_json(db: str) -> None:
                     '[true]'::json AS arr_json, ARRAY[1, 2] AS ints, NULL::text AS nothing,
                     '10.0.0.1'::inet AS ip, 1 AS dup, 2 AS dup"""
     result = await query(db, sql)
-    assert result["rows"] == [{
-        "amount": "12.50", "nan": "NaN", "at": "2024-05-01T10:30:15.250000Z",
-        "local": "2024-05-01T12:30:00", "day": "2024-05-01", "clock": "08:15:00",
-        "forever": "infinity", "span": "P1DT2H", "id": "00000000-0000-0000-0000-000000000001",
-        "blob": "3q2+7w==", "doc": {"a": [1, 2.5, None]}, "arr_json": [True], "ints": [1, 2],
-        "nothing": None, "ip": "10.0.0.1", "dup": 1, "dup_2": 2,
-    }]
+    assert result["rows"] == [
+        {
+            "amount": "12.50",
+            "nan": "NaN",
+            "at": "2024-05-01T10:30:15.250000Z",
+            "local": "2024-05-01T12:30:00",
+            "day": "2024-05-01",
+            "clock": "08:15:00",
+            "forever": "infinity",
+            "span": "P1DT2H",
+            "id": "00000000-0000-0000-0000-000000000001",
+            "blob": "3q2+7w==",
+            "doc": {"a": [1, 2.5, None]},
+            "arr_json": [True],
+            "ints": [1, 2],
+            "nothing": None,
+            "ip": "10.0.0.1",
+            "dup": 1,
+            "dup_2": 2,
+        }
+    ]
     assert result["columns"][-2:] == ["dup", "dup_2"]
 
 
 async def test_param_values_bind_as_json_arrays_and_text(db: str) -> None:
     await query(db, "CREATE TABLE docs (id uuid PRIMARY KEY, body jsonb, tags text[])")
     doc_id = str(uuid4())
-    await query(db, "INSERT INTO docs VALUES (%s, %s, %s)",
-                [doc_id, {"k": [1, {"n": None}]}, ["a", "b"]])
-    result = await query(db, "SELECT body, tags, body->'k'->0 AS first FROM docs "
-                             "WHERE id = %(id)s AND %(tag)s = ANY(tags)",
-                         {"id": doc_id, "tag": "b"})
+    await query(
+        db, "INSERT INTO docs VALUES (%s, %s, %s)", [doc_id, {"k": [1, {"n": None}]}, ["a", "b"]]
+    )
+    result = await query(
+        db,
+        "SELECT body, tags, body->'k'->0 AS first FROM docs "
+        "WHERE id = %(id)s AND %(tag)s = ANY(tags)",
+        {"id": doc_id, "tag": "b"},
+    )
     assert result["rows"] == [{"body": {"k": [1, {"n": None}]}, "tags": ["a", "b"], "first": 1}]
 
 
 async def test_transaction_commits_every_statement(db: str, postgres_url: str) -> None:
-    result = await transaction(db, [
-        "INSERT INTO items (id, name) VALUES (4, 'fig')",
-        {"query": "UPDATE items SET name = %(n)s WHERE id = %(id)s",
-         "params": {"n": "green apple", "id": 1}},
-        {"query": "SELECT count(*) AS n FROM items WHERE id > $1", "params": [0]},
-    ])
+    result = await transaction(
+        db,
+        [
+            "INSERT INTO items (id, name) VALUES (4, 'fig')",
+            {
+                "query": "UPDATE items SET name = %(n)s WHERE id = %(id)s",
+                "params": {"n": "green apple", "id": 1},
+            },
+            {"query": "SELECT count(*) AS n FROM items WHERE id > $1", "params": [0]},
+        ],
+    )
     assert result == {
-        "results": [{"rows_affected": 1}, {"rows_affected": 1},
-                    {"rows": [{"n": 4}], "row_count": 1, "columns": ["n"]}],
-        "committed": True, "success": True, "statements_executed": 3,
+        "results": [
+            {"rows_affected": 1},
+            {"rows_affected": 1},
+            {"rows": [{"n": 4}], "row_count": 1, "columns": ["n"]},
+        ],
+        "committed": True,
+        "success": True,
+        "statements_executed": 3,
     }
     assert await names(db) == ["green apple", "pear", "plum", "fig"]
 
 
 async def test_transaction_rolls_back_when_a_statement_fails(db: str) -> None:
     with pytest.raises(ActivityError) as info:
-        await transaction(db, [
-            "INSERT INTO items (id, name) VALUES (4, 'fig')",
-            {"query": "UPDATE items SET name = %s WHERE id = %s", "params": ["x", 1]},
-            {"query": "INSERT INTO items (id, name) VALUES (%s, %s)", "params": [2, "dup"]},
-        ])
+        await transaction(
+            db,
+            [
+                "INSERT INTO items (id, name) VALUES (4, 'fig')",
+                {"query": "UPDATE items SET name = %s WHERE id = %s", "params": ["x", 1]},
+                {"query": "INSERT INTO items (id, name) VALUES (%s, %s)", "params": [2, "dup"]},
+            ],
+        )
     error = info.value
     assert (error.code, error.retryable) == ("POSTGRES_ERROR", False)
     assert "statement 3 of 3 (statements[2])" in error.message
@@ -191,17 +239,21 @@ async def test_transaction_rolls_back_when_a_statement_fails(db: str) -> None:
 
 async def test_transaction_rolls_back_on_bad_params_of_a_later_statement(db: str) -> None:
     with pytest.raises(ActivityError) as info:
-        await transaction(db, ["DELETE FROM items",
-                               {"query": "SELECT %s, %s", "params": [1]}])
+        await transaction(db, ["DELETE FROM items", {"query": "SELECT %s, %s", "params": [1]}])
     assert (info.value.code, info.value.retryable) == ("INVALID_PARAMETERS", False)
     assert "'statements[1].params'" in info.value.message
     assert await names(db) == ["apple", "pear", "plum"]
 
 
-@pytest.mark.parametrize(("level", "shown"), [
-    (None, "read committed"), ("read_committed", "read committed"),
-    ("repeatable_read", "repeatable read"), ("serializable", "serializable"),
-])
+@pytest.mark.parametrize(
+    ("level", "shown"),
+    [
+        (None, "read committed"),
+        ("read_committed", "read committed"),
+        ("repeatable_read", "repeatable read"),
+        ("serializable", "serializable"),
+    ],
+)
 async def test_isolation_level(db: str, level: str | None, shown: str) -> None:
     extra = {} if level is None else {"isolation_level": level}
     result = await transaction(db, ["SHOW transaction_isolation"], **extra)
@@ -222,38 +274,46 @@ async def test_row_cap_fails_instead_of_truncating(db: str) -> None:
 
 async def test_row_cap_counts_all_statements_of_a_transaction(db: str) -> None:
     with pytest.raises(ActivityError) as info:
-        await transaction(db, ["DELETE FROM items WHERE id = 1", "SELECT * FROM items",
-                               "SELECT * FROM items"], max_rows=3)
+        await transaction(
+            db,
+            ["DELETE FROM items WHERE id = 1", "SELECT * FROM items", "SELECT * FROM items"],
+            max_rows=3,
+        )
     assert info.value.code == "TOO_MANY_ROWS"
     assert "statement 3 of 3" in info.value.message
     assert "after 2 rows" in info.value.message
     assert await names(db) == ["apple", "pear", "plum"]
 
 
-@pytest.mark.parametrize(("sql", "params", "field"), [
-    ("SELECT %s, %s", [1], "params"),
-    ("SELECT %(a)s", {"b": 1}, "params"),
-    ("SELECT %s", {"a": 1}, "params"),
-    ("SELECT %s", [object()], "params"),
-    ("SELECT 'a%' || %s", ["b"], "params"),
-])
-async def test_params_that_do_not_fit_the_query(db: str, sql: str, params: Any,
-                                                field: str) -> None:
+@pytest.mark.parametrize(
+    ("sql", "params", "field"),
+    [
+        ("SELECT %s, %s", [1], "params"),
+        ("SELECT %(a)s", {"b": 1}, "params"),
+        ("SELECT %s", {"a": 1}, "params"),
+        ("SELECT %s", [object()], "params"),
+        ("SELECT 'a%' || %s", ["b"], "params"),
+    ],
+)
+async def test_params_that_do_not_fit_the_query(db: str, sql: str, params: Any, field: str) -> None:
     with pytest.raises(ActivityError) as info:
         await query(db, sql, params)
     assert (info.value.code, info.value.retryable) == ("INVALID_PARAMETERS", False)
     assert f"invalid parameter {field!r}" in info.value.message
 
 
-@pytest.mark.parametrize(("params", "field"), [
-    ({"db_url": "mysql://u:pw@h/db", "query": "SELECT 1"}, "db_url"),
-    ({"db_url": None, "query": "SELECT 1"}, "db_url"),
-    ({"query": None}, "query"),
-    ({"query": "SELECT %s", "params": "1"}, "params"),
-    ({"query": "SELECT 1", "max_rows": 0}, "max_rows"),
-    ({"db_url": "postgresql://h:port/db", "query": "SELECT 1"}, "db_url"),
-    ({"db_url": "postgresql://h/db?no_such_option=1", "query": "SELECT 1"}, "db_url"),
-])
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"db_url": "mysql://u:pw@h/db", "query": "SELECT 1"}, "db_url"),
+        ({"db_url": None, "query": "SELECT 1"}, "db_url"),
+        ({"query": None}, "query"),
+        ({"query": "SELECT %s", "params": "1"}, "params"),
+        ({"query": "SELECT 1", "max_rows": 0}, "max_rows"),
+        ({"db_url": "postgresql://h:port/db", "query": "SELECT 1"}, "db_url"),
+        ({"db_url": "postgresql://h/db?no_such_option=1", "query": "SELECT 1"}, "db_url"),
+    ],
+)
 async def test_bad_parameters_are_named(db: str, params: dict[str, Any], field: str) -> None:
     with pytest.raises(ActivityError) as info:
         await QUERY.execute({"db_url": db, **params}, ctx())
@@ -335,9 +395,11 @@ async def test_cancelled_attempt_cancels_the_statement_on_the_server(
 
     def still_running() -> int:
         with psycopg.connect(postgres_url, autocommit=True) as conn:
-            row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
-                               "AND query LIKE %s AND pid <> pg_backend_pid()",
-                               [f"%{marker}%"]).fetchone()
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                "AND query LIKE %s AND pid <> pg_backend_pid()",
+                [f"%{marker}%"],
+            ).fetchone()
             return int(row[0]) if row else 0
 
     with trio.fail_after(5):
@@ -349,23 +411,28 @@ async def test_lock_timeout_is_retryable(db: str) -> None:
     with psycopg.connect(db) as holder:  # a transaction holding a row lock
         holder.execute("SELECT * FROM items WHERE id = 1 FOR UPDATE")
         with pytest.raises(ActivityError) as info:
-            await transaction(db, ["SET LOCAL lock_timeout = '100ms'",
-                                   "UPDATE items SET name = 'x' WHERE id = 1"])
+            await transaction(
+                db, ["SET LOCAL lock_timeout = '100ms'", "UPDATE items SET name = 'x' WHERE id = 1"]
+            )
         holder.rollback()
     assert (info.value.code, info.value.retryable) == ("POSTGRES_RETRYABLE", True)
     assert "SQLSTATE 55P03" in info.value.message
 
 
 async def test_connection_carries_kflow_application_name(db: str) -> None:
-    result = await query(db, "SELECT current_setting('application_name') AS app, setting::int "
-                             "AS timeout_ms FROM pg_settings WHERE name = 'statement_timeout'",
-                         timeout=30)
+    result = await query(
+        db,
+        "SELECT current_setting('application_name') AS app, setting::int "
+        "AS timeout_ms FROM pg_settings WHERE name = 'statement_timeout'",
+        timeout=30,
+    )
     [row] = result["rows"]
     assert row["app"] == "kflow"
     assert 25_000 < row["timeout_ms"] <= 30_000  # what is left of the attempt's 30 s
     named = with_query(db, application_name="billing")
-    assert (await query(named, "SELECT current_setting('application_name') AS app"))[
-        "rows"] == [{"app": "billing"}]
+    assert (await query(named, "SELECT current_setting('application_name') AS app"))["rows"] == [
+        {"app": "billing"}
+    ]
 
 
 class socket_closed:
@@ -387,14 +454,14 @@ def test_cancelled_or_expired_session_runs_nothing(db: str) -> None:
     from kflow.activities._postgres_params import parse_transaction_params
 
     req = parse_transaction_params({"db_url": db, "statements": ["DELETE FROM items"]})
-    cancelled = driver.Session(target=req.target, deadline=time.monotonic() + 30,
-                               connect_timeout=10)
+    cancelled = driver.Session(
+        target=req.target, deadline=time.monotonic() + 30, connect_timeout=10
+    )
     assert cancelled.cancel() is None  # before the thread connected: nothing to send yet
     with pytest.raises(ActivityError, match="cancelled") as info:
         driver.run(cancelled, req, True)
     assert (info.value.code, info.value.retryable) == ("TIMEOUT", True)
-    expired = driver.Session(target=req.target, deadline=time.monotonic() - 1,
-                             connect_timeout=10)
+    expired = driver.Session(target=req.target, deadline=time.monotonic() - 1, connect_timeout=10)
     with pytest.raises(ActivityError, match="time is up"):
         driver.run(expired, req, True)
     with psycopg.connect(db) as conn:

@@ -18,8 +18,9 @@ async def pool() -> AsyncIterator[ScriptPool]:
         yield p
 
 
-async def run(pool: ScriptPool, script: str, inputs: object = None, seconds: float = 5) -> \
-        ScriptOutcome:
+async def run(
+    pool: ScriptPool, script: str, inputs: object = None, seconds: float = 5
+) -> ScriptOutcome:
     return await pool.run(script, inputs, timeout=seconds, workflow_id="wf-1", activity_key="k")
 
 
@@ -29,8 +30,9 @@ def assert_dead(pid: int) -> None:
 
 
 async def test_input_output_and_context_names(pool) -> None:
-    out = await run(pool, "OUTPUT = {'n': INPUT['n'] + 1, 'wf': workflow_id, 'key': activity_key}",
-                    {"n": 41})
+    out = await run(
+        pool, "OUTPUT = {'n': INPUT['n'] + 1, 'wf': workflow_id, 'key': activity_key}", {"n": 41}
+    )
     assert out.ok, out
     assert out.output == {"n": 42, "wf": "wf-1", "key": "k"}
     assert (await run(pool, "OUTPUT['input'] = INPUT")).output == {"input": {}}
@@ -60,14 +62,19 @@ async def test_logs_and_prints_are_captured_without_corrupting_the_protocol(pool
     assert len(out.stdout) < 70_000
     assert out.stderr == "oops\n"
     assert [(r.level, r.logger, r.message) for r in out.logs] == [
-        (20, "kflow.script", "n=3"), (30, "lib", "from a library")]
+        (20, "kflow.script", "n=3"),
+        (30, "lib", "from a library"),
+    ]
 
 
 async def test_child_is_reused_with_fresh_globals_and_restored_state(pool) -> None:
-    first = await run(pool, "import os\nx = 1\nos.environ['LEAK'] = '1'\nos.chdir('/')\n"
-                            "OUTPUT = os.getpid()")
-    second = await run(pool, "import os\nOUTPUT = ['x' in globals(), 'LEAK' in os.environ, "
-                             "os.getcwd(), os.getpid()]")
+    first = await run(
+        pool, "import os\nx = 1\nos.environ['LEAK'] = '1'\nos.chdir('/')\nOUTPUT = os.getpid()"
+    )
+    second = await run(
+        pool,
+        "import os\nOUTPUT = ['x' in globals(), 'LEAK' in os.environ, os.getcwd(), os.getpid()]",
+    )
     assert second.output == [False, False, os.getcwd(), first.output]
     assert first.pid == second.pid == first.output
 
@@ -167,8 +174,12 @@ async def test_environment_is_an_allow_list(monkeypatch) -> None:
     monkeypatch.setenv("LC_ALL", "C.UTF-8")
     async with ScriptPool(size=1, env={"EXTRA": "yes"}) as pool:
         out = await run(pool, "import os\nOUTPUT = dict(os.environ)")
-    assert not {"KRUXIAFLOW_CLIENT_SECRET", "OPENAI_API_KEY", "KFLOW_DATABASE_URL",
-                "GITHUB_TOKEN"} & set(out.output)
+    assert not {
+        "KRUXIAFLOW_CLIENT_SECRET",
+        "OPENAI_API_KEY",
+        "KFLOW_DATABASE_URL",
+        "GITHUB_TOKEN",
+    } & set(out.output)
     assert "s3cret" not in repr(out.output)
     assert out.output["EXTRA"] == "yes"
     assert out.output["LC_ALL"] == "C.UTF-8"
@@ -189,9 +200,12 @@ async def test_concurrency_is_bounded_by_size(pool) -> None:
 
 
 async def test_threads_left_running_retire_the_child(pool) -> None:
-    first = await run(pool, "import threading, time, os\n"
-                            "threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
-                            "OUTPUT = os.getpid()")
+    first = await run(
+        pool,
+        "import threading, time, os\n"
+        "threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+        "OUTPUT = os.getpid()",
+    )
     assert first.ok
     assert_dead(first.output)
     assert (await run(pool, "import os\nOUTPUT = os.getpid()")).output != first.output

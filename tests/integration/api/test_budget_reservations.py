@@ -29,8 +29,12 @@ activities:
 """
 
 
-async def reserve(api: Api, item: dict[str, Any], amount: Any, worker_id: str = "w1",
-                  ) -> httpx.Response:
+async def reserve(
+    api: Api,
+    item: dict[str, Any],
+    amount: Any,
+    worker_id: str = "w1",
+) -> httpx.Response:
     body: dict[str, Any] = {"worker_id": worker_id}
     if amount is not None:
         body["amount_usd"] = amount
@@ -69,10 +73,14 @@ async def test_parallel_branches_cannot_jointly_overspend(api: Api) -> None:
 
 
 async def test_a_retried_attempt_starts_without_a_reservation(api: Api) -> None:
-    await api.deploy(THREE_BRANCHES.replace("{key: a, activity_name: echo}",
-                                            "{key: a, activity_name: echo, "
-                                            "settings: {retry: {max_attempts: 2, "
-                                            "base_seconds: 0.01}}}"))
+    await api.deploy(
+        THREE_BRANCHES.replace(
+            "{key: a, activity_name: echo}",
+            "{key: a, activity_name: echo, "
+            "settings: {retry: {max_attempts: 2, "
+            "base_seconds: 0.01}}}",
+        )
+    )
     await api.start("three-branches")
     items = {i["activity_key"]: i for i in await api.poll(n=3)}
     assert (await granted(api, items["a"], "0.04"))[0]
@@ -90,8 +98,12 @@ async def test_without_a_run_budget_everything_is_granted(api: Api) -> None:
     [item] = await api.poll()
     assert "budget_remaining_usd" not in item or item["budget_remaining_usd"] is None
     answer = (await reserve(api, item, "1000")).json()
-    assert answer == {"granted": True, "reserved_usd": "0", "budget_limit_usd": None,
-                      "budget_remaining_usd": None}
+    assert answer == {
+        "granted": True,
+        "reserved_usd": "0",
+        "budget_limit_usd": None,
+        "budget_remaining_usd": None,
+    }
 
 
 async def test_only_the_lease_holder_of_a_running_attempt_may_reserve(api: Api) -> None:

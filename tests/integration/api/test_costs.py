@@ -52,8 +52,16 @@ async def run_budgeted(api: Api) -> str:
     await complete(
         api,
         draft,
-        usage=[usage("anthropic", "claude-sonnet-5", "0.004", input_tokens=1000,
-                     output_tokens=200, cache_read_tokens=500)],
+        usage=[
+            usage(
+                "anthropic",
+                "claude-sonnet-5",
+                "0.004",
+                input_tokens=1000,
+                output_tokens=200,
+                cache_read_tokens=500,
+            )
+        ],
     )
     [review] = await api.poll()
     await complete(
@@ -61,10 +69,22 @@ async def run_budgeted(api: Api) -> str:
         review,
         cost_usd="0.05",
         usage=[
-            usage("openai", "gpt-6-luna", "0.0002", input_tokens=100, output_tokens=300,
-                  reasoning_tokens=120),
-            usage("anthropic", "claude-haiku-5-5", "0.0003", input_tokens=10,
-                  cache_creation_tokens=20, output_tokens=5),
+            usage(
+                "openai",
+                "gpt-6-luna",
+                "0.0002",
+                input_tokens=100,
+                output_tokens=300,
+                reasoning_tokens=120,
+            ),
+            usage(
+                "anthropic",
+                "claude-haiku-5-5",
+                "0.0003",
+                input_tokens=10,
+                cache_creation_tokens=20,
+                output_tokens=5,
+            ),
         ],
     )
     await api.wait_status(workflow_id, "completed")
@@ -122,13 +142,13 @@ async def test_the_cost_history_has_a_row_per_call_adding_up_to_each_attempt(api
 async def test_analytics_group_spend_by_provider_model_definition_and_day(api: Api) -> None:
     await run_budgeted(api)
     today = dt.datetime.now(dt.UTC).date()
-    window = {"start_date": today.isoformat(),
-              "end_date": (today + dt.timedelta(days=1)).isoformat()}
+    window = {
+        "start_date": today.isoformat(),
+        "end_date": (today + dt.timedelta(days=1)).isoformat(),
+    }
 
     async def groups(by: str) -> dict[str, Any]:
-        response = await api.client.get(
-            "/api/v1/cost/analytics", params={**window, "group_by": by}
-        )
+        response = await api.client.get("/api/v1/cost/analytics", params={**window, "group_by": by})
         assert response.status_code == 200, response.text
         body = response.json()
         assert D(body["total_cost_usd"]) == D("0.0545")

@@ -84,7 +84,8 @@ async def test_secrets_are_substituted_at_dispatch_and_never_stored(tmp_path: pa
         items = {i["activity_key"]: i for i in await api.poll()}
         assert items["auth"]["parameters"] == {"header": "Bearer s3cr3t-value"}
         stored = await api.ctx.store.read(
-            lambda tx: tx.one("activity_by_key", workflow_id=workflow_id, key="auth"))
+            lambda tx: tx.one("activity_by_key", workflow_id=workflow_id, key="auth")
+        )
     assert stored is not None
     assert "s3cr3t-value" not in str(stored["parameters"])
     assert "TOK" in str(stored["parameters"])
@@ -164,5 +165,6 @@ async def test_a_report_whose_transition_breaks_is_kept_and_acknowledged(
     again = await api.complete(item, echo={"x": 1})  # the worker retries: still fine, once
     assert again.status_code == 200
     attempts = await api.ctx.store.read(
-        lambda tx: tx.all("workflow_attempts", workflow_id=workflow_id))
+        lambda tx: tx.all("workflow_attempts", workflow_id=workflow_id)
+    )
     assert [(a["activity_key"], a["outcome"]) for a in attempts] == [("a", "completed")]

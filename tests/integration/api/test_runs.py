@@ -212,6 +212,72 @@ async def test_get_run_has_activities_with_array_outputs(api: Api) -> None:
     assert_error(await api.client.get("/api/v1/workflows/not-a-uuid"), 404)
 
 
+async def test_get_run_with_wait_seconds_answers_when_the_run_finishes(api: Api) -> None:
+    await api.deploy(TWO_STEPS)
+    workflow_id = await api.start("two-steps", {"who": "ada"})
+    answers: list[tuple[int, dict[str, object]]] = []
+
+    async def long_poll() -> None:
+        response = await api.client.get(
+            f"/api/v1/workflows/{workflow_id}", params={"wait_seconds": 30}
+        )
+        answers.append((response.status_code, response.json()))
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(long_poll)
+            [first] = await api.poll()
+            assert (await api.complete(first, echo={"who": "ada"})).status_code == 200
+            await trio.sleep(0.2)  # the run moved on, but has not finished: still held
+            assert answers == []
+            [second] = await api.poll()
+            response = await api.complete(second, echo={"got": "ada"}, report="s3://b/k")
+            assert response.status_code == 200, response.text
+    [(status_code, body)] = answers
+    assert status_code == 200
+    assert body["status"] == "completed"
+    assert [a["status"] for a in body["activities"]] == ["completed", "completed"]  # type: ignore[union-attr]
+
+
+async def test_get_run_with_wait_seconds_wakes_on_cancel_and_returns_at_the_deadline(
+    api: Api,
+) -> None:
+    await api.deploy(TWO_STEPS)
+    workflow_id = await api.start("two-steps", {"who": "ada"})
+    url = f"/api/v1/workflows/{workflow_id}"
+    began = trio.current_time()
+    held = await api.client.get(url, params={"wait_seconds": 0.3})
+    assert held.status_code == 200, held.text
+    assert held.json()["status"] == "created"  # the wait ended with the run still going
+    assert trio.current_time() - began >= 0.3
+
+    answers: list[str] = []
+
+    async def long_poll() -> None:
+        answers.append((await api.client.get(url, params={"wait_seconds": 30})).json()["status"])
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(long_poll)
+            await trio.sleep(0.1)
+            assert (await api.client.post(f"{url}/cancel")).status_code == 200
+    assert answers == ["cancelled"]
+    # A finished run answers at once.
+    with trio.fail_after(5):
+        done = await api.client.get(url, params={"wait_seconds": 30})
+    assert done.json()["status"] == "cancelled"
+
+
+@pytest.mark.parametrize("value", ["-1", "61", "soon", "nan", "inf"])
+async def test_get_run_rejects_a_bad_wait_seconds(api: Api, value: str) -> None:
+    await api.deploy(TWO_STEPS)
+    workflow_id = await api.start("two-steps", {"who": "ada"})
+    response = await api.client.get(
+        f"/api/v1/workflows/{workflow_id}", params={"wait_seconds": value}
+    )
+    assert_error(response, 422, field="wait_seconds")
+
+
 async def test_output_is_400_until_completed(api: Api) -> None:
     await api.deploy(TWO_STEPS)
     workflow_id = await api.start("two-steps", {"who": "ada"})

@@ -477,8 +477,11 @@ async def test_claim_is_released_when_the_poller_went_away(api: Api) -> None:
     again = await api.poll(worker_id="w2")
     assert [i["activity_key"] for i in again] == ["a"]
     assert again[0]["attempt"] == 1  # releasing does not use up an attempt
-    events = (await api.client.get(f"/api/v1/workflows/{workflow_id}/events",
-                                   headers={"accept": "application/json"})).json()
+    events = (
+        await api.client.get(
+            f"/api/v1/workflows/{workflow_id}/events", headers={"accept": "application/json"}
+        )
+    ).json()
     assert "activity.released" in [e["type"] for e in events]
 
 

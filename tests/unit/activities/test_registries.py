@@ -27,8 +27,12 @@ async def test_std_and_py_std_registries() -> None:
     async with httpx.AsyncClient() as http:
         std = std_registry(http=http)
         postgres = ["std.postgres_query", "std.postgres_transaction"]
-        assert std.activity_types() == ["std.echo", "std.email_send", "std.http_request",
-                                        *(postgres if postgres_available() else [])]
+        assert std.activity_types() == [
+            "std.echo",
+            "std.email_send",
+            "std.http_request",
+            *(postgres if postgres_available() else []),
+        ]
         await aclose_registry(std)
         assert not http.is_closed  # injected: the caller's to close
     async with ScriptPool(size=1) as pool:  # no child is started until a run
@@ -50,14 +54,17 @@ def plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     dist = tmp_path / f"kflow_fake_plugins_{suffix}-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text(
-        f"Metadata-Version: 2.1\nName: kflow-fake-plugins-{suffix}\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(textwrap.dedent(f"""\
+        f"Metadata-Version: 2.1\nName: kflow-fake-plugins-{suffix}\nVersion: 0.1\n"
+    )
+    (dist / "entry_points.txt").write_text(
+        textwrap.dedent(f"""\
         [{ENTRY_POINT_GROUP}]
         good-{suffix} = fake_good_{suffix}:register
         broken-{suffix} = fake_broken_{suffix}:register
         missing-{suffix} = fake_missing_{suffix}:register
         clash-{suffix} = fake_clash_{suffix}:register
-        """))
+        """)
+    )
     body = textwrap.dedent("""\
         from kflow.worker import ActivityResult, activity
 
@@ -71,7 +78,8 @@ def plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
         """)
     (tmp_path / f"fake_good_{suffix}.py").write_text(body.format(name="greet", after="pass"))
     (tmp_path / f"fake_broken_{suffix}.py").write_text(
-        body.format(name="half", after="raise RuntimeError('boom')"))
+        body.format(name="half", after="raise RuntimeError('boom')")
+    )
     (tmp_path / f"fake_clash_{suffix}.py").write_text(body.format(name="echo", after="pass"))
     monkeypatch.syspath_prepend(str(tmp_path))
     return suffix

@@ -29,8 +29,9 @@ class FakePool:
 
 
 def ctx(timeout: float | None) -> ActivityContext:
-    return ActivityContext(workflow_id=uuid4(), activity_id=uuid4(), activity_key="k",
-                           timeout_seconds=timeout)
+    return ActivityContext(
+        workflow_id=uuid4(), activity_id=uuid4(), activity_key="k", timeout_seconds=timeout
+    )
 
 
 async def test_timeout_falls_back_to_300_seconds() -> None:
@@ -45,26 +46,51 @@ async def test_timeout_falls_back_to_300_seconds() -> None:
 
 
 async def test_failure_becomes_activity_error_after_relogging() -> None:
-    outcome = ScriptOutcome(ok=False, error_code="SCRIPT_CRASHED", error_message="died",
-                            retryable=True, stderr="bye\n",
-                            logs=(ScriptLogRecord(level=logging.ERROR, logger="x", message="m"),))
+    outcome = ScriptOutcome(
+        ok=False,
+        error_code="SCRIPT_CRASHED",
+        error_message="died",
+        retryable=True,
+        stderr="bye\n",
+        logs=(ScriptLogRecord(level=logging.ERROR, logger="x", message="m"),),
+    )
     with structlog.testing.capture_logs() as logs:
         context = ctx(1)
         with pytest.raises(ActivityError) as info:
             await ScriptActivity(FakePool(outcome)).execute({"script": "x"}, context)
     assert (info.value.code, info.value.message, info.value.retryable) == (
-        "SCRIPT_CRASHED", "died", True)
+        "SCRIPT_CRASHED",
+        "died",
+        True,
+    )
     assert [(e["event"], e["log_level"]) for e in logs] == [
-        ("script.log", "error"), ("script.stderr", "info")]
+        ("script.log", "error"),
+        ("script.stderr", "info"),
+    ]
 
 
 def test_child_environment_allow_list() -> None:
-    base = {"PATH": "/bin", "HOME": "/h", "LC_TIME": "C", "LANG": "C", "TZ": "UTC",
-            "KRUXIAFLOW_CLIENT_SECRET": "s", "ANTHROPIC_API_KEY": "k", "KFLOW_X": "1",
-            "AWS_SESSION_TOKEN": "t", "PYTHONPATH": "/p"}
+    base = {
+        "PATH": "/bin",
+        "HOME": "/h",
+        "LC_TIME": "C",
+        "LANG": "C",
+        "TZ": "UTC",
+        "KRUXIAFLOW_CLIENT_SECRET": "s",
+        "ANTHROPIC_API_KEY": "k",
+        "KFLOW_X": "1",
+        "AWS_SESSION_TOKEN": "t",
+        "PYTHONPATH": "/p",
+    }
     assert child_environment(base, {"X": "1", "PATH": "/usr/bin"}) == {
-        "PATH": "/usr/bin", "HOME": "/h", "LC_TIME": "C", "LANG": "C", "TZ": "UTC",
-        "PYTHONPATH": "/p", "X": "1"}
+        "PATH": "/usr/bin",
+        "HOME": "/h",
+        "LC_TIME": "C",
+        "LANG": "C",
+        "TZ": "UTC",
+        "PYTHONPATH": "/p",
+        "X": "1",
+    }
 
 
 def test_capture_truncates() -> None:
@@ -75,13 +101,15 @@ def test_capture_truncates() -> None:
 
 
 def run_in_process(script: str, inputs: Any = None) -> dict[str, Any]:
-    return child.run_request({"script": script, "inputs": inputs or {},
-                              "workflow_id": "w", "activity_key": "k"})
+    return child.run_request(
+        {"script": script, "inputs": inputs or {}, "workflow_id": "w", "activity_key": "k"}
+    )
 
 
 def test_child_runner_success_and_capture() -> None:
-    reply = run_in_process("print('hi')\nlogger.debug('d')\nOUTPUT = [INPUT, workflow_id]",
-                           {"a": 1})
+    reply = run_in_process(
+        "print('hi')\nlogger.debug('d')\nOUTPUT = [INPUT, workflow_id]", {"a": 1}
+    )
     assert (reply["ok"], reply["output"], reply["stdout"]) == (True, [{"a": 1}, "w"], "hi\n")
     assert [r["message"] for r in reply["logs"]] == ["d"]
 
@@ -93,8 +121,12 @@ def test_child_runner_errors() -> None:
     nul = run_in_process("x = 1\0")
     assert nul["error"]["code"] == "SYNTAX_ERROR"
     exc = run_in_process("raise KeyError('k')")
-    assert exc["error"] == {"code": "SCRIPT_ERROR", "message": (
-        "KeyError: 'k'\nTraceback (most recent call last, script frames only):\n"
-        '  File "<script>", line 1, in <module>\n    raise KeyError(\'k\')')}
+    assert exc["error"] == {
+        "code": "SCRIPT_ERROR",
+        "message": (
+            "KeyError: 'k'\nTraceback (most recent call last, script frames only):\n"
+            "  File \"<script>\", line 1, in <module>\n    raise KeyError('k')"
+        ),
+    }
     nan = run_in_process("OUTPUT = float('nan')")
     assert "not JSON-serialisable" in nan["error"]["message"]

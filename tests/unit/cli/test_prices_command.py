@@ -70,4 +70,3 @@ def test_prices_without_the_add_on_says_how_to_install_it(
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda **kw: [])
     assert main(["prices"]) == EXIT_USAGE
     assert "pip install 'kflow[llm]'" in capsys.readouterr().err
-

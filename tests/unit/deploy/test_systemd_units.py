@@ -79,7 +79,8 @@ def test_unit_basics(name: str) -> None:
 def test_commands() -> None:
     server = dict(parse_unit(DEPLOY / "kflow-server.service")["Service"])
     assert server["ExecStart"] == (
-        f"{KFLOW} serve --host ${{KFLOW_HOST}} --port ${{KFLOW_PORT}} --seed-client")
+        f"{KFLOW} serve --host ${{KFLOW_HOST}} --port ${{KFLOW_PORT}} --seed-client"
+    )
     worker = parse_unit(DEPLOY / "kflow-worker@.service")
     assert dict(worker["Service"])["ExecStart"] == f"{KFLOW} worker --%i"
     assert "kflow-server.service" in values(worker, "Unit", "After")[0].split()
@@ -89,9 +90,15 @@ def test_env_example_lists_the_settings_and_marks_secrets() -> None:
     text = (DEPLOY / "kflow.env.example").read_text()
     env = parse_env(DEPLOY / "kflow.env.example")
     assert set(env) >= {
-        "KFLOW_DATABASE_URL", "KFLOW_HOST", "KFLOW_PORT", "KRUXIAFLOW_API_URL",
-        "KRUXIAFLOW_CLIENT_ID", "KRUXIAFLOW_CLIENT_SECRET", "KRUXIAFLOW_WORKER_MAX_ACTIVITIES",
-        "KRUXIAFLOW_WORKER_SHUTDOWN_TIMEOUT"}
+        "KFLOW_DATABASE_URL",
+        "KFLOW_HOST",
+        "KFLOW_PORT",
+        "KRUXIAFLOW_API_URL",
+        "KRUXIAFLOW_CLIENT_ID",
+        "KRUXIAFLOW_CLIENT_SECRET",
+        "KRUXIAFLOW_WORKER_MAX_ACTIVITIES",
+        "KRUXIAFLOW_WORKER_SHUTDOWN_TIMEOUT",
+    }
     assert "change-me" in env["KRUXIAFLOW_CLIENT_SECRET"].lower()
     assert "CHANGE ME" in text
 
@@ -119,15 +126,21 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     executable = "/bin/true" if Path("/bin/true").exists() else sys.executable
     env_file = tmp_path / "kflow.env"
     shutil.copy(DEPLOY / "kflow.env.example", env_file)
-    targets = {"kflow-server.service": "kflow-server.service",
-               "kflow-worker@.service": "kflow-worker@py-std.service"}
+    targets = {
+        "kflow-server.service": "kflow-server.service",
+        "kflow-worker@.service": "kflow-worker@py-std.service",
+    }
     for source, target in targets.items():
         text = (DEPLOY / source).read_text()
         text = text.replace(KFLOW, executable).replace(ENV_FILE, str(env_file))
         (tmp_path / target).write_text(text)
     result = subprocess.run(
         [tool, "verify", "--man=no", *(str(tmp_path / t) for t in targets.values())],
-        capture_output=True, text=True, timeout=60, check=False)
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     ours = [line for line in result.stderr.splitlines() if "kflow" in line]
     assert result.returncode == 0, result.stderr
     assert ours == [], result.stderr

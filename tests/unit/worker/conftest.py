@@ -50,10 +50,14 @@ class FakeActivity:
     def item(self) -> dict[str, Any]:
         settings: dict[str, Any] = {"cache": False, "retry": {}, "budget": {}}
         data: dict[str, Any] = {
-            "activity_id": str(self.activity_id), "workflow_id": str(self.workflow_id),
-            "activity_key": self.activity_key, "worker": self.worker,
-            "activity_name": self.activity_name, "parameters": self.parameters,
-            "settings": settings, "attempt": self.attempt,
+            "activity_id": str(self.activity_id),
+            "workflow_id": str(self.workflow_id),
+            "activity_key": self.activity_key,
+            "worker": self.worker,
+            "activity_name": self.activity_name,
+            "parameters": self.parameters,
+            "settings": settings,
+            "attempt": self.attempt,
             "lease_expires_at": "2026-01-01T00:05:00.000000Z",
         }
         if self.timeout_seconds is not None:
@@ -84,18 +88,21 @@ class Poll:
 
 def envelope(status: int, code: str, message: str, **details: Any) -> httpx.Response:
     body = {"error": {"code": code, "message": message, "details": details}}
-    return httpx.Response(status, content=orjson.dumps(body),
-                          headers={"content-type": "application/json"})
+    return httpx.Response(
+        status, content=orjson.dumps(body), headers={"content-type": "application/json"}
+    )
 
 
 def ok(data: Any, status: int = 200) -> httpx.Response:
-    return httpx.Response(status, content=orjson.dumps(data),
-                          headers={"content-type": "application/json"})
+    return httpx.Response(
+        status, content=orjson.dumps(data), headers={"content-type": "application/json"}
+    )
 
 
 _ACTIVITY = re.compile(r"^/api/v1/activities/(?P<id>[^/]+)/(?P<op>heartbeat|complete|fail)$")
 _FILE = re.compile(
-    r"^/api/v1/workflows/(?P<wf>[^/]+)/activities/(?P<key>[^/]+)/files/(?P<name>[^/]+)$")
+    r"^/api/v1/workflows/(?P<wf>[^/]+)/activities/(?P<key>[^/]+)/files/(?P<name>[^/]+)$"
+)
 
 
 class FakeServer:
@@ -128,30 +135,52 @@ class FakeServer:
 
     # -- staging --------------------------------------------------------------
 
-    def enqueue(self, activity_name: str, parameters: dict[str, Any] | None = None, *,
-                worker: str = "py-std", key: str | None = None,
-                timeout_seconds: float | None = None, **extra: Any) -> uuid.UUID:
+    def enqueue(
+        self,
+        activity_name: str,
+        parameters: dict[str, Any] | None = None,
+        *,
+        worker: str = "py-std",
+        key: str | None = None,
+        timeout_seconds: float | None = None,
+        **extra: Any,
+    ) -> uuid.UUID:
         act = FakeActivity(
-            activity_id=uuid.uuid4(), workflow_id=uuid.uuid4(),
-            activity_key=key or f"step{len(self.activities)}", worker=worker,
-            activity_name=activity_name, parameters=parameters or {},
-            timeout_seconds=timeout_seconds, extra=extra)
+            activity_id=uuid.uuid4(),
+            workflow_id=uuid.uuid4(),
+            activity_key=key or f"step{len(self.activities)}",
+            worker=worker,
+            activity_name=activity_name,
+            parameters=parameters or {},
+            timeout_seconds=timeout_seconds,
+            extra=extra,
+        )
         self.activities[act.activity_id] = act
         self.pending.append(act.activity_id)
         self._work.set()
         self._work = trio.Event()
         return act.activity_id
 
-    def fault(self, method: str, path: str, status: int | None = 503, *, times: int = 1,
-              exc: type[Exception] = httpx.ConnectError) -> None:
+    def fault(
+        self,
+        method: str,
+        path: str,
+        status: int | None = 503,
+        *,
+        times: int = 1,
+        exc: type[Exception] = httpx.ConnectError,
+    ) -> None:
         self.faults.append(Fault(method, path, status, times, exc))
 
     def expire_tokens(self) -> None:
         self.tokens.clear()
 
     def running(self, worker_id: str) -> int:
-        return sum(1 for a in self.activities.values()
-                   if a.status == "running" and a.leased_by == worker_id)
+        return sum(
+            1
+            for a in self.activities.values()
+            if a.status == "running" and a.leased_by == worker_id
+        )
 
     def calls(self, method: str, path_part: str) -> list[tuple[str, str, Any, str | None]]:
         return [r for r in self.requests if r[0] == method and path_part in r[1]]
@@ -207,8 +236,9 @@ class FakeServer:
         self.tokens_issued += 1
         token = f"tok-{self.tokens_issued}"
         self.tokens.add(token)
-        return ok({"access_token": token, "token_type": "Bearer",
-                   "expires_in": self.token_expires_in})
+        return ok(
+            {"access_token": token, "token_type": "Bearer", "expires_in": self.token_expires_in}
+        )
 
     def _authorized(self, request: httpx.Request) -> bool:
         header = request.headers.get("authorization")
@@ -254,8 +284,9 @@ class FakeServer:
                 self.pending.remove(activity_id)
                 act.status, act.leased_by = "running", worker_id
                 claimed.append(act)
-        self.max_running[worker_id] = max(self.max_running.get(worker_id, 0),
-                                          self.running(worker_id))
+        self.max_running[worker_id] = max(
+            self.max_running.get(worker_id, 0), self.running(worker_id)
+        )
         return claimed
 
     def _activity_call(self, raw_id: str, op: str, body: Any) -> httpx.Response:
@@ -264,16 +295,31 @@ class FakeServer:
         except ValueError:
             return envelope(400, "BAD_REQUEST", f"bad activity id {raw_id!r}")
         if not isinstance(body, dict) or not isinstance(body.get("worker_id"), str):
-            return envelope(422, "VALIDATION_ERROR", "worker_id is required",
-                            field_errors={"worker_id": ["is required"]})
+            return envelope(
+                422,
+                "VALIDATION_ERROR",
+                "worker_id is required",
+                field_errors={"worker_id": ["is required"]},
+            )
         if op == "complete" and not isinstance(body.get("output"), dict):
-            return envelope(422, "VALIDATION_ERROR", "output must be an object",
-                            field_errors={"output": ["must be an object"]})
+            return envelope(
+                422,
+                "VALIDATION_ERROR",
+                "output must be an object",
+                field_errors={"output": ["must be an object"]},
+            )
         error = body.get("error")
-        if op == "fail" and not (isinstance(error, dict) and isinstance(error.get("code"), str)
-                                 and isinstance(error.get("message"), str)):
-            return envelope(422, "VALIDATION_ERROR", "error.code and error.message are required",
-                            field_errors={"error": ["code and message are required"]})
+        if op == "fail" and not (
+            isinstance(error, dict)
+            and isinstance(error.get("code"), str)
+            and isinstance(error.get("message"), str)
+        ):
+            return envelope(
+                422,
+                "VALIDATION_ERROR",
+                "error.code and error.message are required",
+                field_errors={"error": ["code and message are required"]},
+            )
         if act is None:
             return envelope(404, "NOT_FOUND", f"activity {raw_id} not found")
         worker_id = body["worker_id"]
@@ -308,15 +354,30 @@ class FakeServer:
             return httpx.Response(200, content=data, headers={"content-type": ctype})
         ctype = request.headers.get("content-type", "application/octet-stream")
         self.files[(wf, key, name)] = (request.content, ctype)
-        return ok({"workflow_id": wf, "activity_key": key, "filename": name,
-                   "size": len(request.content), "content_type": ctype,
-                   "created_at": dt.datetime.now(dt.UTC).isoformat()}, status=201)
+        return ok(
+            {
+                "workflow_id": wf,
+                "activity_key": key,
+                "filename": name,
+                "size": len(request.content),
+                "content_type": ctype,
+                "created_at": dt.datetime.now(dt.UTC).isoformat(),
+            },
+            status=201,
+        )
 
 
 def _code(status: int) -> str:
-    return {400: "BAD_REQUEST", 401: "UNAUTHORIZED", 404: "NOT_FOUND", 409: "CONFLICT",
-            422: "VALIDATION_ERROR", 429: "RATE_LIMIT_EXCEEDED", 500: "INTERNAL_ERROR",
-            503: "SERVICE_UNAVAILABLE"}.get(status, "ERROR")
+    return {
+        400: "BAD_REQUEST",
+        401: "UNAUTHORIZED",
+        404: "NOT_FOUND",
+        409: "CONFLICT",
+        422: "VALIDATION_ERROR",
+        429: "RATE_LIMIT_EXCEEDED",
+        500: "INTERNAL_ERROR",
+        503: "SERVICE_UNAVAILABLE",
+    }.get(status, "ERROR")
 
 
 async def inline(fn: Callable[[], Any]) -> Any:
@@ -349,8 +410,11 @@ def state_dir(tmp_path: Any) -> Any:
 def make_config(state_dir: Any) -> Callable[..., WorkerConfig]:
     def make(**overrides: Any) -> WorkerConfig:
         values: dict[str, Any] = {
-            "api_url": API, "client_id": "worker-client", "client_secret": "s3cret",
-            "worker_id": "host-1-42-abcdef", "state_dir": state_dir,
+            "api_url": API,
+            "client_id": "worker-client",
+            "client_secret": "s3cret",
+            "worker_id": "host-1-42-abcdef",
+            "state_dir": state_dir,
         }
         values.update(overrides)
         return WorkerConfig(**values)
@@ -368,13 +432,24 @@ def make_outbox(state_dir: Any) -> Callable[..., Outbox]:
 
 @pytest.fixture
 def make_manager(
-    http: httpx.AsyncClient, make_config: Callable[..., WorkerConfig],
+    http: httpx.AsyncClient,
+    make_config: Callable[..., WorkerConfig],
     make_outbox: Callable[..., Outbox],
 ) -> Callable[..., WorkerManager]:
-    def make(registry: ActivityRegistry, *, burst: bool = False,
-             client: httpx.AsyncClient | None = None, **overrides: Any) -> WorkerManager:
+    def make(
+        registry: ActivityRegistry,
+        *,
+        burst: bool = False,
+        client: httpx.AsyncClient | None = None,
+        **overrides: Any,
+    ) -> WorkerManager:
         config = make_config(**overrides)
-        return WorkerManager(config, registry, http=client or http, burst=burst,
-                             outbox=make_outbox(owner=config.worker_id))
+        return WorkerManager(
+            config,
+            registry,
+            http=client or http,
+            burst=burst,
+            outbox=make_outbox(owner=config.worker_id),
+        )
 
     return make

@@ -35,8 +35,11 @@ async def test_token_is_fetched_once_and_cached(api: WorkerApi, fake: Any) -> No
     await api.poll(1)
     assert len(fake.calls("POST", "/oauth/token")) == 1
     token_body = fake.calls("POST", "/oauth/token")[0][2]
-    assert token_body == {"grant_type": "client_credentials", "client_id": "worker-client",
-                          "client_secret": "s3cret"}
+    assert token_body == {
+        "grant_type": "client_credentials",
+        "client_id": "worker-client",
+        "client_secret": "s3cret",
+    }
     assert _auth_headers(fake, "/workers/poll") == ["Bearer tok-1", "Bearer tok-1"]
 
 
@@ -46,8 +49,7 @@ async def test_expired_token_is_refreshed_once_and_the_request_repeated(
     await api.poll(1)
     fake.expire_tokens()
     assert await api.poll(1) == []
-    assert _auth_headers(fake, "/workers/poll") == ["Bearer tok-1", "Bearer tok-1",
-                                                   "Bearer tok-2"]
+    assert _auth_headers(fake, "/workers/poll") == ["Bearer tok-1", "Bearer tok-1", "Bearer tok-2"]
 
 
 async def test_a_second_401_is_an_error_not_a_loop(api: WorkerApi, fake: Any) -> None:
@@ -178,22 +180,34 @@ async def test_info_and_servers_without_it(api: WorkerApi, fake: Any) -> None:
     assert await api.info() == {}
 
 
-async def test_poll_body_and_long_poll_timeout(api: WorkerApi, fake: Any,
-                                               autojump_clock: trio.abc.Clock) -> None:
+async def test_poll_body_and_long_poll_timeout(
+    api: WorkerApi, fake: Any, autojump_clock: trio.abc.Clock
+) -> None:
     await api.poll(3, wait_seconds=25)
     body = fake.calls("POST", "/workers/poll")[0][2]
-    assert body == {"worker": "py-std", "worker_id": "host-1-42-abcdef", "max_activities": 3,
-                    "wait_seconds": 25}
+    assert body == {
+        "worker": "py-std",
+        "worker_id": "host-1-42-abcdef",
+        "max_activities": 3,
+        "wait_seconds": 25,
+    }
     timeout = fake.request_timeouts["/api/v1/workers/poll"][0]
     assert timeout["read"] == 25 + 30  # the wait plus http_timeout: never cut short
     assert timeout["connect"] == 30
 
 
 async def test_poll_parses_items_and_skips_bad_ones(api: WorkerApi, fake: Any) -> None:
-    good = fake.enqueue("echo", {"a": 1}, timeout_seconds=12, key="fetch",
-                        budget_remaining_usd="0.50", heartbeat_details={"page": 3},
-                        output_definitions=[{"name": "result", "type": "value"}],
-                        signal_data={"ok": True}, something_new="ignored")
+    good = fake.enqueue(
+        "echo",
+        {"a": 1},
+        timeout_seconds=12,
+        key="fetch",
+        budget_remaining_usd="0.50",
+        heartbeat_details={"page": 3},
+        output_definitions=[{"name": "result", "type": "value"}],
+        signal_data={"ok": True},
+        something_new="ignored",
+    )
     fake.enqueue("bad name!")
     with capture_logs() as logs:
         items = await api.poll(5)
@@ -231,17 +245,30 @@ async def test_heartbeat_answers(api: WorkerApi, fake: Any) -> None:
 async def test_complete_sends_money_as_strings(api: WorkerApi, fake: Any) -> None:
     act = fake.enqueue("echo")
     await api.poll(1)
-    usage = Usage(provider="anthropic", model="claude-haiku-4-5", input_tokens=812,
-                  output_tokens=120, cost_usd="0.0014")
-    outcome = await api.complete(act, "host-1-42-abcdef", {"result": {"n": 1}},
-                                 decimal.Decimal("0.0123"), [usage])
+    usage = Usage(
+        provider="anthropic",
+        model="claude-haiku-4-5",
+        input_tokens=812,
+        output_tokens=120,
+        cost_usd="0.0014",
+    )
+    outcome = await api.complete(
+        act, "host-1-42-abcdef", {"result": {"n": 1}}, decimal.Decimal("0.0123"), [usage]
+    )
     assert outcome is ReportOutcome.ACKNOWLEDGED
     body = fake.activities[act].result
     assert body["cost_usd"] == "0.0123"
-    assert body["usage"] == [{"provider": "anthropic", "model": "claude-haiku-4-5",
-                              "input_tokens": 812, "output_tokens": 120,
-                              "cache_read_tokens": 0, "cache_creation_tokens": 0,
-                              "cost_usd": "0.0014"}]
+    assert body["usage"] == [
+        {
+            "provider": "anthropic",
+            "model": "claude-haiku-4-5",
+            "input_tokens": 812,
+            "output_tokens": 120,
+            "cache_read_tokens": 0,
+            "cache_creation_tokens": 0,
+            "cost_usd": "0.0014",
+        }
+    ]
 
 
 async def test_report_outcomes(api: WorkerApi, fake: Any, autojump_clock: trio.abc.Clock) -> None:

@@ -107,31 +107,57 @@ def test_reads_os_environ_without_a_mapping(monkeypatch: pytest.MonkeyPatch) -> 
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"KRUXIAFLOW_WORKER_MAX_ACTIVITIES": "abc"},
-         "KRUXIAFLOW_WORKER_MAX_ACTIVITIES must be a positive integer, got 'abc'"),
-        ({"KRUXIAFLOW_WORKER_MAX_ACTIVITIES": "0"},
-         "KRUXIAFLOW_WORKER_MAX_ACTIVITIES must be a positive integer, got '0'"),
-        ({"KFLOW_WORKER_MAX_ACTIVITIES": "-3"},
-         "KFLOW_WORKER_MAX_ACTIVITIES must be a positive integer, got '-3'"),
-        ({"KRUXIAFLOW_WORKER_POLL_MAX_ACTIVITIES": "101"},
-         "KRUXIAFLOW_WORKER_POLL_MAX_ACTIVITIES must be an integer 1..100, got '101'"),
-        ({"KRUXIAFLOW_WORKER_POLL_INTERVAL": "soon"},
-         "KRUXIAFLOW_WORKER_POLL_INTERVAL must be a positive number of seconds, got 'soon'"),
-        ({"KRUXIAFLOW_WORKER_HEARTBEAT_INTERVAL": "0"},
-         "KRUXIAFLOW_WORKER_HEARTBEAT_INTERVAL must be a positive number of seconds, got '0'"),
-        ({"KRUXIAFLOW_WORKER_SHUTDOWN_TIMEOUT": "-1"},
-         "KRUXIAFLOW_WORKER_SHUTDOWN_TIMEOUT must be a number of seconds >= 0, got '-1'"),
-        ({"KFLOW_WORKER_LONG_POLL_SECONDS": "61"},
-         "KFLOW_WORKER_LONG_POLL_SECONDS must be a number of seconds >= 0 (at most 60), got '61'"),
-        ({"KRUXIAFLOW_WORKER_ACTIVITY_TIMEOUT": "nan"},
-         "KRUXIAFLOW_WORKER_ACTIVITY_TIMEOUT must be a positive number of seconds, got 'nan'"),
-        ({"KRUXIAFLOW_API_URL": "flow.example.com"},
-         "KRUXIAFLOW_API_URL must be an http:// or https:// URL (or several, "
-         "comma-separated), got 'flow.example.com'"),
-        ({"KRUXIAFLOW_WORKER": "py std"},
-         "KRUXIAFLOW_WORKER must match ^[A-Za-z0-9_-]+$, got 'py std'"),
-        ({"KFLOW_WORKER_INSECURE": "maybe"},
-         "KFLOW_WORKER_INSECURE must be a boolean (1/0, true/false, yes/no, on/off), got 'maybe'"),
+        (
+            {"KRUXIAFLOW_WORKER_MAX_ACTIVITIES": "abc"},
+            "KRUXIAFLOW_WORKER_MAX_ACTIVITIES must be a positive integer, got 'abc'",
+        ),
+        (
+            {"KRUXIAFLOW_WORKER_MAX_ACTIVITIES": "0"},
+            "KRUXIAFLOW_WORKER_MAX_ACTIVITIES must be a positive integer, got '0'",
+        ),
+        (
+            {"KFLOW_WORKER_MAX_ACTIVITIES": "-3"},
+            "KFLOW_WORKER_MAX_ACTIVITIES must be a positive integer, got '-3'",
+        ),
+        (
+            {"KRUXIAFLOW_WORKER_POLL_MAX_ACTIVITIES": "101"},
+            "KRUXIAFLOW_WORKER_POLL_MAX_ACTIVITIES must be an integer 1..100, got '101'",
+        ),
+        (
+            {"KRUXIAFLOW_WORKER_POLL_INTERVAL": "soon"},
+            "KRUXIAFLOW_WORKER_POLL_INTERVAL must be a positive number of seconds, got 'soon'",
+        ),
+        (
+            {"KRUXIAFLOW_WORKER_HEARTBEAT_INTERVAL": "0"},
+            "KRUXIAFLOW_WORKER_HEARTBEAT_INTERVAL must be a positive number of seconds, got '0'",
+        ),
+        (
+            {"KRUXIAFLOW_WORKER_SHUTDOWN_TIMEOUT": "-1"},
+            "KRUXIAFLOW_WORKER_SHUTDOWN_TIMEOUT must be a number of seconds >= 0, got '-1'",
+        ),
+        (
+            {"KFLOW_WORKER_LONG_POLL_SECONDS": "61"},
+            "KFLOW_WORKER_LONG_POLL_SECONDS must be a number of seconds >= 0 (at most 60), "
+            "got '61'",
+        ),
+        (
+            {"KRUXIAFLOW_WORKER_ACTIVITY_TIMEOUT": "nan"},
+            "KRUXIAFLOW_WORKER_ACTIVITY_TIMEOUT must be a positive number of seconds, got 'nan'",
+        ),
+        (
+            {"KRUXIAFLOW_API_URL": "flow.example.com"},
+            "KRUXIAFLOW_API_URL must be an http:// or https:// URL (or several, "
+            "comma-separated), got 'flow.example.com'",
+        ),
+        (
+            {"KRUXIAFLOW_WORKER": "py std"},
+            "KRUXIAFLOW_WORKER must match ^[A-Za-z0-9_-]+$, got 'py std'",
+        ),
+        (
+            {"KFLOW_WORKER_INSECURE": "maybe"},
+            "KFLOW_WORKER_INSECURE must be a boolean (1/0, true/false, yes/no, on/off), "
+            "got 'maybe'",
+        ),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None:
@@ -163,9 +189,17 @@ def test_unknown_override_is_a_config_error() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("max_activities", 0), ("max_activities", 2.5), ("poll_max_activities", 101),
-     ("poll_interval", 0), ("shutdown_timeout", -1), ("worker", "a/b"), ("worker_id", ""),
-     ("api_url", "ftp://x"), ("long_poll_seconds", 90)],
+    [
+        ("max_activities", 0),
+        ("max_activities", 2.5),
+        ("poll_max_activities", 101),
+        ("poll_interval", 0),
+        ("shutdown_timeout", -1),
+        ("worker", "a/b"),
+        ("worker_id", ""),
+        ("api_url", "ftp://x"),
+        ("long_poll_seconds", 90),
+    ],
 )
 def test_direct_construction_validates_fields(field: str, value: object) -> None:
     with pytest.raises(ConfigError, match=field):

@@ -20,15 +20,19 @@ FakeServer = Any  # the ``fake`` fixture's class lives in conftest.py
 
 @pytest.fixture
 async def client(fake: FakeServer, api_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.MockTransport(fake.handle),
-                                 base_url=api_url) as c:
+    async with httpx.AsyncClient(transport=httpx.MockTransport(fake.handle), base_url=api_url) as c:
         yield c
 
 
 async def _token(client: httpx.AsyncClient) -> dict[str, str]:
-    answer = await client.post("/api/v1/oauth/token", json={
-        "grant_type": "client_credentials", "client_id": "worker-client",
-        "client_secret": "s3cret"})
+    answer = await client.post(
+        "/api/v1/oauth/token",
+        json={
+            "grant_type": "client_credentials",
+            "client_id": "worker-client",
+            "client_secret": "s3cret",
+        },
+    )
     assert answer.status_code == 200
     return {"Authorization": f"Bearer {answer.json()['access_token']}"}
 
@@ -41,8 +45,9 @@ async def _poll(client: httpx.AsyncClient, auth: dict[str, str], **body: Any) ->
 async def test_token_endpoint(client: httpx.AsyncClient) -> None:
     auth = await _token(client)
     assert auth["Authorization"].startswith("Bearer ")
-    bad = await client.post("/api/v1/oauth/token", json={"client_id": "worker-client",
-                                                          "client_secret": "nope"})
+    bad = await client.post(
+        "/api/v1/oauth/token", json={"client_id": "worker-client", "client_secret": "nope"}
+    )
     assert bad.status_code == 401
     assert bad.json()["error"]["code"] == "UNAUTHORIZED"
     missing = await client.post("/api/v1/oauth/token", json={"client_id": "worker-client"})
@@ -51,8 +56,7 @@ async def test_token_endpoint(client: httpx.AsyncClient) -> None:
 
 async def test_routes_need_a_token_except_info(client: httpx.AsyncClient) -> None:
     assert (await client.get("/api/v1/info")).status_code == 200
-    answer = await client.post("/api/v1/workers/poll", json={"worker": "py-std",
-                                                             "worker_id": "w1"})
+    answer = await client.post("/api/v1/workers/poll", json={"worker": "py-std", "worker_id": "w1"})
     assert answer.status_code == 401
     assert set(answer.json()["error"]) == {"code", "message", "details"}
 
@@ -124,8 +128,7 @@ async def test_heartbeat_complete_fail_and_lease_rules(
     await _poll(client, auth)
 
     async def call(activity_id: uuid.UUID, op: str, **body: Any) -> httpx.Response:
-        return await client.post(f"/api/v1/activities/{activity_id}/{op}", json=body,
-                                 headers=auth)
+        return await client.post(f"/api/v1/activities/{activity_id}/{op}", json=body, headers=auth)
 
     beat = await call(a, "heartbeat", worker_id="w1", details={"step": 1})
     assert beat.status_code == 200
@@ -140,11 +143,13 @@ async def test_heartbeat_complete_fail_and_lease_rules(
     assert done.json()["acknowledged"] is True
     again = await call(a, "complete", worker_id="w1", output={"r": 1})
     assert again.status_code == 200  # idempotent for the same worker
-    assert (await call(a, "fail", worker_id="w1",
-                       error={"code": "X", "message": ""})).status_code == 409
+    assert (
+        await call(a, "fail", worker_id="w1", error={"code": "X", "message": ""})
+    ).status_code == 409
     assert (await call(a, "heartbeat", worker_id="w1")).status_code == 200  # finished: ignored
-    failed = await call(b, "fail", worker_id="w1",
-                        error={"code": "TIMEOUT", "message": "", "retryable": True})
+    failed = await call(
+        b, "fail", worker_id="w1", error={"code": "TIMEOUT", "message": "", "retryable": True}
+    )
     assert failed.json() == {"acknowledged": True, "will_retry": True}
     fake.activities[b].status = "running"
     fake.activities[b].cancelled = True

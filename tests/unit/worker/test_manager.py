@@ -116,8 +116,9 @@ async def test_all_slots_busy_means_no_poll(
     assert len(fake.polls) >= 2
 
 
-async def test_burst_returns_when_idle(make_manager: MakeManager, fake: Any,
-                                       autojump_clock: trio.abc.Clock) -> None:
+async def test_burst_returns_when_idle(
+    make_manager: MakeManager, fake: Any, autojump_clock: trio.abc.Clock
+) -> None:
     manager = make_manager(registry(), burst=True)
     await manager.run()
     assert len(fake.polls) == 1
@@ -127,8 +128,9 @@ async def test_burst_returns_when_idle(make_manager: MakeManager, fake: Any,
     assert trio.current_time() == pytest.approx(3)
 
 
-async def test_readiness_waits_for_the_server(make_manager: MakeManager, fake: Any,
-                                              autojump_clock: trio.abc.Clock) -> None:
+async def test_readiness_waits_for_the_server(
+    make_manager: MakeManager, fake: Any, autojump_clock: trio.abc.Clock
+) -> None:
     fake.unreachable = True
     manager = make_manager(registry())
 
@@ -145,9 +147,9 @@ async def test_readiness_waits_for_the_server(make_manager: MakeManager, fake: A
 
 
 @pytest.mark.parametrize("status", [None, 408, 429, 500, 503])
-async def test_transient_poll_errors_back_off(make_manager: MakeManager, fake: Any,
-                                              autojump_clock: trio.abc.Clock,
-                                              status: int | None) -> None:
+async def test_transient_poll_errors_back_off(
+    make_manager: MakeManager, fake: Any, autojump_clock: trio.abc.Clock, status: int | None
+) -> None:
     fake.fault("POST", "/workers/poll", status, times=4)  # None: connection refused
     manager = make_manager(registry(), burst=True)
     with capture_logs() as logs:
@@ -238,8 +240,7 @@ async def test_shutdown_timeout_reports_worker_shutdown(
     assert outcomes == ["cancelled", "cancelled", "ok"]
 
 
-async def test_shutdown_before_run_returns_at_once(make_manager: MakeManager,
-                                                   fake: Any) -> None:
+async def test_shutdown_before_run_returns_at_once(make_manager: MakeManager, fake: Any) -> None:
     manager = make_manager(registry())
     manager.request_shutdown()
     await manager.run()
@@ -284,8 +285,11 @@ async def test_signals_first_graceful_then_immediate(
 
 
 async def test_owns_only_the_client_it_created(
-    make_manager: MakeManager, fake: Any, http: httpx.AsyncClient,
-    make_config: Callable[..., WorkerConfig], make_outbox: Any,
+    make_manager: MakeManager,
+    fake: Any,
+    http: httpx.AsyncClient,
+    make_config: Callable[..., WorkerConfig],
+    make_outbox: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     await make_manager(registry(), burst=True).run()

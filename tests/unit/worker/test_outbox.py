@@ -35,13 +35,14 @@ async def test_put_claim_release_delete(make_outbox: Callable[..., Outbox]) -> N
         assert claimed[1].worker_id == "w-2"
         assert claimed[1].body == second.body
         assert claimed[0].created_at == first.created_at.replace(
-            microsecond=first.created_at.microsecond)
+            microsecond=first.created_at.microsecond
+        )
         await outbox.delete(claimed[0])
         assert [r.outbox_id for r in await outbox.entries()] == [second.outbox_id]
 
 
 async def test_claims_are_exclusive_across_processes_until_they_expire(
-    make_outbox: Callable[..., Outbox]
+    make_outbox: Callable[..., Outbox],
 ) -> None:
     now = [1000.0]
     one = make_outbox(owner="p1", claim_seconds=60, clock=lambda: now[0])
@@ -91,7 +92,9 @@ def registry() -> ActivityRegistry:
 
 
 async def test_result_survives_an_outage_and_a_restart(
-    make_manager: MakeManager, make_outbox: Callable[..., Outbox], fake: Any,
+    make_manager: MakeManager,
+    make_outbox: Callable[..., Outbox],
+    fake: Any,
     autojump_clock: trio.abc.Clock,
 ) -> None:
     runs.clear()
@@ -123,15 +126,16 @@ async def test_result_survives_an_outage_and_a_restart(
     assert runs == ["a"]  # not run again
     order = [(m, p) for m, p, _, _ in fake.requests if not p.endswith("/oauth/token")]
     complete_at = order.index(("POST", f"/api/v1/activities/{act}/complete"))
-    polls_of_second = [i for i, call in enumerate(order)
-                       if call[1] == "/api/v1/workers/poll"][-1]
+    polls_of_second = [i for i, call in enumerate(order) if call[1] == "/api/v1/workers/poll"][-1]
     assert complete_at < polls_of_second  # the outbox goes first
     async with make_outbox() as outbox:
         assert await outbox.entries() == []
 
 
 async def test_a_short_outage_is_bridged_by_the_runner(
-    make_manager: MakeManager, make_outbox: Callable[..., Outbox], fake: Any,
+    make_manager: MakeManager,
+    make_outbox: Callable[..., Outbox],
+    fake: Any,
     autojump_clock: trio.abc.Clock,
 ) -> None:
     act = fake.enqueue("work", {"name": "b", "seconds": 1})
@@ -148,7 +152,9 @@ async def test_a_short_outage_is_bridged_by_the_runner(
 
 
 async def test_the_background_drain_delivers_without_a_restart(
-    make_manager: MakeManager, make_outbox: Callable[..., Outbox], fake: Any,
+    make_manager: MakeManager,
+    make_outbox: Callable[..., Outbox],
+    fake: Any,
     autojump_clock: trio.abc.Clock,
 ) -> None:
     act = fake.enqueue("work", {"name": "c", "seconds": 1})
@@ -167,7 +173,9 @@ async def test_the_background_drain_delivers_without_a_restart(
 
 
 async def test_a_definitive_answer_drops_the_entry(
-    make_manager: MakeManager, make_outbox: Callable[..., Outbox], fake: Any,
+    make_manager: MakeManager,
+    make_outbox: Callable[..., Outbox],
+    fake: Any,
     autojump_clock: trio.abc.Clock,
 ) -> None:
     stale = report("gone-worker")
@@ -176,6 +184,7 @@ async def test_a_definitive_answer_drops_the_entry(
     with capture_logs() as logs:
         await make_manager(registry(), burst=True).run()
     assert [e["outcome"] for e in logs if e["event"] == "worker.outbox.reported"] == [
-        "unknown_activity"]
+        "unknown_activity"
+    ]
     async with make_outbox() as outbox:
         assert await outbox.entries() == []

@@ -60,8 +60,13 @@ async def test_success_reports_outputs_cost_and_usage(
     @activity("llm")
     async def llm(params: dict[str, Any], ctx: ActivityContext) -> ActivityResult:
         await trio.sleep(0.8)
-        usage = Usage(provider="anthropic", model="claude-haiku-4-5", input_tokens=10,
-                      output_tokens=2, cost_usd="0.0014")
+        usage = Usage(
+            provider="anthropic",
+            model="claude-haiku-4-5",
+            input_tokens=10,
+            output_tokens=2,
+            cost_usd="0.0014",
+        )
         return ActivityResult.value("result", {"text": "hi"}).with_cost("0.01").with_usage(usage)
 
     act = fake.enqueue("llm", {"prompt": "x"}, key="summarize")
@@ -126,8 +131,7 @@ async def test_an_exception_is_a_retryable_execution_error(
     act = fake.enqueue("broken")
     logs = await burst(make_manager, broken)
     error = error_of(fake, act)
-    assert error == {"code": "EXECUTION_ERROR", "message": "KeyError: 'missing'",
-                     "retryable": True}
+    assert error == {"code": "EXECUTION_ERROR", "message": "KeyError: 'missing'", "retryable": True}
     [logged] = [e for e in logs if e["event"] == "activity.exception"]
     assert isinstance(logged["exc_info"], KeyError)
     assert finished(logs)[0]["outcome"] == "error"
@@ -150,8 +154,11 @@ async def test_activity_error_keeps_code_and_retry_flag(
 
     act = fake.enqueue("picky")
     await burst(make_manager, picky)
-    assert error_of(fake, act) == {"code": "NOT_FOUND", "message": "no such city",
-                                   "retryable": False}
+    assert error_of(fake, act) == {
+        "code": "NOT_FOUND",
+        "message": "no such city",
+        "retryable": False,
+    }
 
 
 async def test_an_error_result_is_reported_as_failure(make_manager: MakeManager, fake: Any) -> None:
@@ -176,8 +183,9 @@ async def test_unknown_activity_fails_without_retry(make_manager: MakeManager, f
     assert "py-std.sleepy" in error["message"]
 
 
-async def test_non_serialisable_output_is_invalid_output(make_manager: MakeManager,
-                                                        fake: Any) -> None:
+async def test_non_serialisable_output_is_invalid_output(
+    make_manager: MakeManager, fake: Any
+) -> None:
     @activity("weird")
     async def weird(params: dict[str, Any], ctx: ActivityContext) -> ActivityResult:
         return ActivityResult.value("obj", object()).with_cost("0.5")
@@ -286,8 +294,9 @@ async def test_context_heartbeat_sends_details_and_409_cancels(
     assert finished(logs)[0]["outcome"] == "cancelled"
 
 
-async def test_lost_lease_at_report_time(make_manager: MakeManager, fake: Any,
-                                         autojump_clock: trio.abc.Clock) -> None:
+async def test_lost_lease_at_report_time(
+    make_manager: MakeManager, fake: Any, autojump_clock: trio.abc.Clock
+) -> None:
     act = fake.enqueue("sleepy", {"seconds": 5})
 
     async def steal() -> None:
@@ -306,16 +315,29 @@ async def test_context_carries_the_claim(make_manager: MakeManager, fake: Any) -
 
     @activity("inspect")
     async def inspect(params: dict[str, Any], ctx: ActivityContext) -> ActivityResult:
-        seen.update(wf=ctx.workflow_id, key=ctx.activity_key, attempt=ctx.attempt,
-                    timeout=ctx.timeout_seconds, details=ctx.heartbeat_details,
-                    budget=ctx.budget_remaining_usd, signal=ctx.signal, worker_id=ctx.worker_id)
+        seen.update(
+            wf=ctx.workflow_id,
+            key=ctx.activity_key,
+            attempt=ctx.attempt,
+            timeout=ctx.timeout_seconds,
+            details=ctx.heartbeat_details,
+            budget=ctx.budget_remaining_usd,
+            signal=ctx.signal,
+            worker_id=ctx.worker_id,
+        )
         seen["workdir"] = ctx.workdir
         (ctx.workdir / "scratch.txt").write_text("x")
         return ActivityResult.value("ok", True)
 
-    act = fake.enqueue("inspect", key="look", timeout_seconds=12, attempt=2,
-                       heartbeat_details={"page": 7}, budget_remaining_usd="0.25",
-                       signal_data={"approved": True})
+    act = fake.enqueue(
+        "inspect",
+        key="look",
+        timeout_seconds=12,
+        attempt=2,
+        heartbeat_details={"page": 7},
+        budget_remaining_usd="0.25",
+        signal_data={"approved": True},
+    )
     await burst(make_manager, inspect)
     assert seen["wf"] == fake.activities[act].workflow_id
     assert (seen["key"], seen["attempt"], seen["timeout"]) == ("look", 2, 12)
@@ -344,7 +366,9 @@ async def test_context_moves_files_through_the_server(
     reference = f"postgres://{record.workflow_id}/write/report.txt"
     assert record.result["output"] == {"report": reference}
     assert fake.files[(str(record.workflow_id), "write", "report.txt")] == (
-        b"quarterly numbers", "text/plain")
+        b"quarterly numbers",
+        "text/plain",
+    )
 
 
 async def test_context_heartbeat_survives_a_flaky_server(
@@ -367,8 +391,16 @@ async def test_usage_recorded_on_the_context_is_reported_even_when_the_attempt_f
 ) -> None:
     @activity("paid")
     async def paid(params: dict[str, Any], ctx: ActivityContext) -> ActivityResult:
-        ctx.record_usage(Usage(provider="openai", model="gpt-6-luna", input_tokens=100,
-                               output_tokens=40, reasoning_tokens=8, cost_usd="0.00003"))
+        ctx.record_usage(
+            Usage(
+                provider="openai",
+                model="gpt-6-luna",
+                input_tokens=100,
+                output_tokens=40,
+                reasoning_tokens=8,
+                cost_usd="0.00003",
+            )
+        )
         ctx.record_cost("0.002")
         if params.get("fail"):
             raise RuntimeError("the answer was unusable")
@@ -381,7 +413,10 @@ async def test_usage_recorded_on_the_context_is_reported_even_when_the_attempt_f
     assert done["cost_usd"] == "0.003"  # the result's 0.001 plus the recorded 0.002
     [entry] = done["usage"]
     assert (entry["model"], entry["reasoning_tokens"], entry["cost_usd"]) == (
-        "gpt-6-luna", 8, "0.00003")
+        "gpt-6-luna",
+        8,
+        "0.00003",
+    )
     failed = fake.activities[bad]
     assert failed.status == "failed"
     assert failed.result["cost_usd"] == "0.002"

@@ -1,0 +1,138 @@
+"""The event hub's wake-ups, including "this run finished", and how they cross servers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from typing import Any
+
+import pytest
+import trio
+
+from kflow.server.events import EventHub, finished_key
+from kflow.server.transitions import Effects
+
+RUN = uuid.UUID("01900000-0000-7000-8000-000000000001")
+OTHER = uuid.UUID("01900000-0000-7000-8000-000000000002")
+
+
+async def test_a_finished_waiter_sleeps_through_intermediate_news(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    hub = EventHub()
+    seen = hub.version(finished_key(RUN))
+    woke_at: list[float] = []
+
+    async def waiter() -> None:
+        assert await hub.wait(finished_key(RUN), seen, 60)
+        woke_at.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        for _ in range(3):
+            await trio.sleep(1)
+            hub.notify(RUN)  # the run moved on, still going
+            hub.notify(OTHER, finished=True)  # another run finished
+        await trio.sleep(1)
+        assert woke_at == []
+        hub.notify(RUN, finished=True)
+    assert woke_at == [4]
+    assert hub.version(RUN) == 4  # every notification counts for the run's streams
+
+
+async def test_a_finished_waiter_times_out_and_any_run_waiters_see_everything(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    hub = EventHub()
+    assert not await hub.wait(finished_key(RUN), 0, 5)
+    assert trio.current_time() == 5
+    before = hub.version(None)
+    hub.notify(RUN, finished=True)
+    assert hub.version(None) == before + 1
+
+
+async def test_notify_all_wakes_finished_waiters_too(autojump_clock: trio.abc.Clock) -> None:
+    hub = EventHub()
+    woken: list[object] = []
+
+    async def waiter(key: object) -> None:
+        if await hub.wait(key, hub.version(key), 60):
+            woken.append(key)
+
+    async with trio.open_nursery() as nursery:
+        for key in (finished_key(RUN), RUN, None):
+            nursery.start_soon(waiter, key)
+        await trio.sleep(1)
+        hub.notify_all()
+    assert sorted(map(str, woken)) == sorted(map(str, [finished_key(RUN), RUN, None]))
+    assert trio.current_time() == 1
+
+
+def test_the_notification_payload_names_finished_runs() -> None:
+    effects = Effects()
+    effects.workflows.add(OTHER)
+    effects.finish(RUN)
+    effects.queues.add("std")
+    effects.timers.append(dt.datetime(2026, 11, 22, tzinfo=dt.UTC))
+    payload = json.loads(effects.payload("me"))
+    assert payload == {
+        "s": "me",
+        "q": ["std"],
+        "w": sorted([str(RUN), str(OTHER)]),
+        "f": [str(RUN)],
+        "t": "2026-11-22T00:00:00+00:00",
+    }
+    many = Effects()
+    for i in range(60):
+        many.finish(uuid.UUID(int=i))
+    assert json.loads(many.payload("me"))["w"] == json.loads(many.payload("me"))["f"] == "*"
+    effects.clear()
+    assert not effects
+    assert not effects.finished
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+
+    def wake(self, queue: str) -> None:
+        self.calls.append(("wake", queue))
+
+    def wake_all(self) -> None:
+        self.calls.append("wake_all")
+
+    def arm(self, at: dt.datetime) -> None:
+        self.calls.append(("arm", at))
+
+
+class _Ctx:
+    def __init__(self) -> None:
+        self.hub = EventHub()
+        self.dispatcher = _Recorder()
+        self.scheduler = _Recorder()
+        self.engine = type("Engine", (), {"instance_id": "me"})()
+
+
+@pytest.fixture
+def listener() -> Any:
+    pytest.importorskip("psycopg", reason="optional dependency: the postgres extra")
+    from kflow.server.listener import Listener
+
+    return Listener(_Ctx())
+
+
+def test_another_servers_finished_runs_wake_local_finished_waiters(listener: Any) -> None:
+    hub: EventHub = listener.ctx.hub
+    payload = {"s": "other", "q": ["std"], "w": [str(RUN), str(OTHER)], "f": [str(RUN)]}
+    listener.handle(json.dumps(payload))
+    assert hub.version(finished_key(RUN)) == 1
+    assert hub.version(finished_key(OTHER)) == 0
+    assert hub.version(OTHER) == 1
+    assert listener.ctx.dispatcher.calls == [("wake", "std")]
+    # Our own notifications were applied locally already; an older server's
+    # payload without "f" only wakes the run's streams.
+    listener.handle(json.dumps({**payload, "s": "me"}))
+    listener.handle(json.dumps({"s": "old", "w": [str(RUN)]}))
+    assert hub.version(finished_key(RUN)) == 1
+    assert hub.version(RUN) == 2
