@@ -11,13 +11,10 @@ import importlib
 import importlib.metadata
 import inspect
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
-from rich.console import Console
-from rich.table import Table
 
-from kflow._progress import cost_line, follow_run
 from kflow.activities.hardening import protect_process_memory
 from kflow.cli import EXIT_FAILED, EXIT_OK, parse_input
 from kflow.client import AsyncClient, ClientConfig
@@ -26,6 +23,9 @@ from kflow.errors import ConfigError
 from kflow.worker.config import WorkerConfig
 from kflow.worker.manager import WorkerManager
 from kflow.worker.registry import ActivityRegistry
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 async def _signals_to(shutdown: trio.Event, cancel: trio.CancelScope) -> None:
@@ -156,6 +156,8 @@ async def cmd_clients(args: argparse.Namespace, console: Console) -> int:
             )
         elif args.clients_command == "list":
             rows = await store.read(lambda tx: tx.all("list_clients"))
+            from rich.table import Table
+
             table = Table("client_id", "scopes", "created", "disabled", "description")
             for row in rows:
                 item = client_summary(row)
@@ -276,6 +278,8 @@ async def _run_file(kf: AsyncClient, path: Any, inputs: dict[str, Any], console:
     note = "unchanged" if deployed.get("unchanged") else "deployed"
     console.print(f"{note} {deployed['name']} version {deployed['version']}", highlight=False)
     started = await kf.start(deployed["name"], inputs, version=deployed["version"])
+    from kflow._progress import follow_run
+
     run = await follow_run(kf, started["workflow_id"], console)
     return EXIT_OK if run["status"] == "completed" else EXIT_FAILED
 
@@ -309,6 +313,8 @@ async def cmd_start(args: argparse.Namespace, console: Console) -> int:
         )
         console.print(started["workflow_id"], highlight=False)
         if args.wait:
+            from kflow._progress import follow_run
+
             run = await follow_run(kf, started["workflow_id"], console)
             return EXIT_OK if run["status"] == "completed" else EXIT_FAILED
     return EXIT_OK
@@ -346,7 +352,9 @@ async def _plugin_command(name: str, args: argparse.Namespace, console: Console)
 
 
 async def cmd_status(args: argparse.Namespace, console: Console) -> int:
-    from kflow._progress import render_run
+    from rich.table import Table
+
+    from kflow._progress import cost_line, render_run
 
     async with _client(args) as kf:
         if args.workflow_id is None:

@@ -7,26 +7,27 @@ bytes are produced and parsed by orjson.
 :func:`structure` turns a parsed request body into an attrs object and, when
 it does not fit, raises :class:`~kflow.errors.ValidationFailed` whose
 ``field_errors`` name each offending field (``max_activities``,
-``error.code``, ``usage[1].cost_usd``).
+``error.code``, ``usage[1].cost_usd``). The converter is built on first use:
+processes that only move JSON (a worker) never load cattrs.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import decimal
+import functools
 import uuid
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import cattrs
 import orjson
-from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
 from kflow.errors import InvalidInputError, ValidationFailed
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    import cattrs
 
-converter = cattrs.Converter(forbid_extra_keys=False)
+T = TypeVar("T")
 
 
 def format_datetime(value: dt.datetime) -> str:
@@ -144,19 +145,33 @@ def _json_type(value: Any) -> str:
     return type(value).__name__
 
 
-converter.register_unstructure_hook(dt.datetime, format_datetime)
-converter.register_structure_hook(dt.datetime, _structure_datetime)
-converter.register_unstructure_hook(decimal.Decimal, format_decimal)
-converter.register_structure_hook(decimal.Decimal, lambda v, _: to_decimal(v))
-converter.register_unstructure_hook(uuid.UUID, str)
-converter.register_structure_hook(uuid.UUID, _structure_uuid)
-converter.register_structure_hook(str, _structure_str)
-converter.register_structure_hook(int, _structure_int)
-converter.register_structure_hook(float, _structure_float)
-converter.register_structure_hook(bool, _structure_bool)
+@functools.cache
+def converter() -> cattrs.Converter:
+    """The converter (made once, on first use)."""
+    import cattrs
+
+    conv = cattrs.Converter(forbid_extra_keys=False)
+    conv.register_unstructure_hook(dt.datetime, format_datetime)
+    conv.register_structure_hook(dt.datetime, _structure_datetime)
+    conv.register_unstructure_hook(decimal.Decimal, format_decimal)
+    conv.register_structure_hook(decimal.Decimal, lambda v, _: to_decimal(v))
+    conv.register_unstructure_hook(uuid.UUID, str)
+    conv.register_structure_hook(uuid.UUID, _structure_uuid)
+    conv.register_structure_hook(str, _structure_str)
+    conv.register_structure_hook(int, _structure_int)
+    conv.register_structure_hook(float, _structure_float)
+    conv.register_structure_hook(bool, _structure_bool)
+    return conv
 
 
 def _flatten(exc: BaseException, path: str, out: dict[str, list[str]]) -> None:
+    import cattrs
+    from cattrs.errors import (
+        ClassValidationError,
+        ForbiddenExtraKeysError,
+        IterableValidationError,
+    )
+
     if isinstance(exc, ClassValidationError):
         with_attr_notes, others = exc.group_exceptions()
         for attr_exc, attr_note in with_attr_notes:
@@ -207,8 +222,10 @@ def structure(data: Any, cls: type[T], *, what: str = "request body") -> T:
             f"{what} must be a JSON object",
             {"body": [f"expected an object, got {_json_type(data)}"]},
         )
+    import cattrs
+
     try:
-        return converter.structure(data, cls)
+        return converter().structure(data, cls)
     except (cattrs.BaseValidationError, ValueError, TypeError, KeyError) as exc:
         errors = field_errors_of(exc)
         summary = "; ".join(f"{k}: {', '.join(v)}" for k, v in errors.items())
@@ -217,7 +234,7 @@ def structure(data: Any, cls: type[T], *, what: str = "request body") -> T:
 
 def unstructure(value: Any) -> Any:
     """attrs objects (and containers of them) to JSON-ready builtins."""
-    return converter.unstructure(value)
+    return converter().unstructure(value)
 
 
 def _default(value: Any) -> Any:

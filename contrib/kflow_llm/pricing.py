@@ -40,7 +40,6 @@ from typing import Any
 
 import attrs
 import structlog
-import yaml
 
 from kflow.errors import ConfigError
 
@@ -245,6 +244,8 @@ def parse_catalog(text: str, where: str) -> list[ModelPrice]:
     Raises:
         ConfigError: as for :func:`load_catalog`.
     """
+    import yaml  # only when a catalog is read: a worker that makes no LLM call never loads it
+
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
