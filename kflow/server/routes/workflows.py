@@ -9,6 +9,7 @@ the run's state at that moment. Clients loop on it to wait for a result.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import trio
@@ -126,23 +127,36 @@ async def get_run(request: Request) -> JSONResponse:
     query = QueryParams(request)
     wait = query.number("wait_seconds", low=0, high=ctx.config.max_wait_seconds)
     query.check()
+    if wait:
+        await _until_finished(ctx, request, workflow_id, wait)
+    return JSONResponse(await ctx.store.read(lambda tx: views.workflow_detail(tx, workflow_id)))
+
+
+async def _until_finished(
+    ctx: ServerContext, request: Request, workflow_id: uuid.UUID, wait: float
+) -> None:
+    """Return when the run is final, ``wait`` seconds passed or the caller hung up.
+
+    Raises:
+        NotFoundError: no such run.
+    """
     finished = finished_key(workflow_id)
+    deadline = trio.current_time() + wait
+    # The version is taken before each status read, so a finish committed in
+    # between is never missed; a wake-up that finds the run still going
+    # (another server reconnected and woke everyone) waits again.
     seen = ctx.hub.version(finished)
-    detail = await ctx.store.read(lambda tx: views.workflow_detail(tx, workflow_id))
-    if wait and detail["status"] not in _FINAL:
-        deadline = trio.current_time() + wait
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_cancel_on_hang_up, request, nursery.cancel_scope)
-            # The version is taken before each read, so a finish committed in
-            # between is never missed; a wake-up that finds the run still going
-            # (another server reconnected and woke everyone) waits again.
-            while await ctx.hub.wait(finished, seen, deadline - trio.current_time()):
-                seen = ctx.hub.version(finished)
-                detail = await ctx.store.read(lambda tx: views.workflow_detail(tx, workflow_id))
-                if detail["status"] in _FINAL:
-                    break
-            nursery.cancel_scope.cancel()
-    return JSONResponse(detail)
+    status = await ctx.store.read(lambda tx: views.run_status(tx, workflow_id))
+    if status in _FINAL:
+        return
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_cancel_on_hang_up, request, nursery.cancel_scope)
+        while await ctx.hub.wait(finished, seen, deadline - trio.current_time()):
+            seen = ctx.hub.version(finished)
+            status = await ctx.store.read(lambda tx: views.run_status(tx, workflow_id))
+            if status in _FINAL:
+                break
+        nursery.cancel_scope.cancel()
 
 
 async def _cancel_on_hang_up(request: Request, scope: trio.CancelScope) -> None:
