@@ -259,6 +259,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                         env,
                         plan.growth_scenario(),
                         plan.growth_levels(t),
+                        repeats=plan.repeats,
                     ),
                 )
                 g.setdefault("config", config)
