@@ -1,10 +1,11 @@
 """Workflow runs: start, list, inspect, outputs, cancel, signal (PROTOCOL §5),
 plus the routes the ``kruxiaflow`` SDK client expects.
 
-``GET /api/v1/workflows/{id}?wait_seconds=N`` (kflow's extension, 0 < N ≤
-the server's ``max_wait_seconds``) is a long-poll: the answer is held until
-the run reaches a final status, N seconds pass or the caller hangs up, and is
-the run's state at that moment. Clients loop on it to wait for a result.
+``GET /api/v1/workflows/{id}?wait_seconds=N`` (kflow's extension, N up to
+the server's ``max_wait_seconds``; 0 or absent answers at once) is a
+long-poll: the answer is held until the run reaches a final status, N
+seconds pass or the caller hangs up, and is the run's state at that moment.
+Clients loop on it to wait for a result.
 """
 
 from __future__ import annotations
