@@ -240,6 +240,7 @@ class AsyncClient:
                     await trio.sleep(pause)
                     continue
                 retry.connected()
+                retry.received()  # an answer: the next outage starts its backoff afresh
                 if state.get("status") in FINAL_STATUSES:
                     return state
                 await trio.sleep(wait_pause(asked, trio.current_time() - started))

@@ -231,6 +231,7 @@ class Client:
                 time.sleep(pause)
                 continue
             retry.connected()
+            retry.received()  # an answer: the next outage starts its backoff afresh
             if state.get("status") in FINAL_STATUSES:
                 return state
             time.sleep(wait_pause(asked, time.monotonic() - started))

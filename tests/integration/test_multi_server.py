@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -78,10 +80,11 @@ async def test_a_long_poll_on_one_server_wakes_for_work_started_on_the_other(
     assert result["seconds"] < 10  # type: ignore[operator]  # woken, not timed out
 
 
-@pytest.mark.workers_on_a
-async def test_an_event_stream_on_one_server_follows_a_run_moved_by_the_other(
+@contextlib.asynccontextmanager
+async def _hello_started_on_first(
     two_servers: tuple[RunningServer, RunningServer],
-) -> None:
+) -> AsyncIterator[tuple[Any, str]]:
+    """A run of ``hello`` started through the first server: ``(client of the second, id)``."""
     from kflow.client import AsyncClient, ClientConfig
 
     first, second = two_servers
@@ -91,8 +94,16 @@ async def test_an_event_stream_on_one_server_follows_a_run_moved_by_the_other(
     ):
         await on_first.deploy(HELLO)
         run = await on_first.start("hello")
+        yield on_second, run["workflow_id"]
+
+
+@pytest.mark.workers_on_a
+async def test_an_event_stream_on_one_server_follows_a_run_moved_by_the_other(
+    two_servers: tuple[RunningServer, RunningServer],
+) -> None:
+    async with _hello_started_on_first(two_servers) as (on_second, workflow_id):
         with trio.fail_after(20):  # the built-in workers complete it
-            events = [e["type"] async for e in on_second.events(run["workflow_id"])]
+            events = [e["type"] async for e in on_second.events(workflow_id)]
     assert events[0] == "workflow.started"
     assert events[-1] == "workflow.completed"
 
@@ -101,18 +112,10 @@ async def test_an_event_stream_on_one_server_follows_a_run_moved_by_the_other(
 async def test_a_long_poll_on_one_server_wakes_when_the_other_finishes_the_run(
     two_servers: tuple[RunningServer, RunningServer],
 ) -> None:
-    from kflow.client import AsyncClient, ClientConfig
-
-    first, second = two_servers
-    async with (
-        AsyncClient(config=ClientConfig(api_url=first.url)) as on_first,
-        AsyncClient(config=ClientConfig(api_url=second.url)) as on_second,
-    ):
-        await on_first.deploy(HELLO)
-        run = await on_first.start("hello")
+    async with _hello_started_on_first(two_servers) as (on_second, workflow_id):
         began = trio.current_time()
         with trio.fail_after(20):
-            done = await on_second.wait(run["workflow_id"])
+            done = await on_second.wait(workflow_id)
     assert done["status"] == "completed"
     # Woken by the other server's notification, not by the end of the 20 s hold.
     assert trio.current_time() - began < 10
