@@ -47,7 +47,7 @@ test-fast: $(TEST_STAMP)
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check kflow contrib tests
-	$(BIN)/ruff format --check kflow contrib
+	$(BIN)/ruff format --check kflow contrib tests
 
 typecheck: $(TEST_STAMP)
 	$(BIN)/mypy kflow contrib/kflow_llm

@@ -87,6 +87,12 @@ def path_uuid(request: Request, name: str, what: str) -> uuid.UUID:
         raise NotFoundError(f"{what} {raw} not found") from None
 
 
+async def hung_up(request: Request) -> None:
+    """Return once the caller of a held request (a long-poll) has disconnected."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 class QueryParams:
     """Typed access to query parameters, collecting every problem by name."""
 

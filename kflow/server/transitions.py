@@ -190,7 +190,7 @@ class TransitionEngine:
             self.hooks.wake(queue)
         if effects.timers:
             self.hooks.arm(min(effects.timers))
-        for workflow_id in effects.workflows | effects.finished:
+        for workflow_id in effects.workflows:  # finished runs are in it too (Effects.finish)
             self.hooks.notify(workflow_id, finished=workflow_id in effects.finished)
 
     async def write(self, fn: Callable[[Tx, Effects], Any]) -> Any:

@@ -14,7 +14,7 @@ from starlette.routing import Route
 from kflow._serde import to_decimal
 from kflow.errors import ValidationFailed
 from kflow.server.context import ServerContext, context_of
-from kflow.server.http import JSONResponse, path_uuid, read_object
+from kflow.server.http import JSONResponse, hung_up, path_uuid, read_object
 from kflow.server.state import ErrorInfo
 
 _QUEUE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -189,13 +189,10 @@ async def _long_poll(
     state: dict[str, Any] = {"gone": False, "scope": None}
 
     async def watch_disconnect() -> None:
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                state["gone"] = True
-                if state["scope"] is not None:
-                    state["scope"].cancel()
-                return
+        await hung_up(request)
+        state["gone"] = True
+        if state["scope"] is not None:
+            state["scope"].cancel()
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch_disconnect)

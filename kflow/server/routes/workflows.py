@@ -23,7 +23,7 @@ from kflow.server import views
 from kflow.server.context import ServerContext, context_of
 from kflow.server.engine import StartedWorkflow
 from kflow.server.events import finished_key
-from kflow.server.http import JSONResponse, QueryParams, path_uuid, read_object
+from kflow.server.http import JSONResponse, QueryParams, hung_up, path_uuid, read_object
 from kflow.server.routes.definitions import deploy_definition
 
 _STATUSES = tuple(s.value for s in WorkflowStatus)
@@ -162,8 +162,7 @@ async def _until_finished(
 
 async def _cancel_on_hang_up(request: Request, scope: trio.CancelScope) -> None:
     """Cancel ``scope`` when the caller of a held request disconnects."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+    await hung_up(request)
     scope.cancel()
 
 
