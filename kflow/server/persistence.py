@@ -128,7 +128,7 @@ def apply_put(
     """Write one activity's new state; returns the new attempt id if one was made."""
     act = put.activity
     attempt_id = new_id() if put.new_attempt else None
-    tx.run(
+    tx.send(
         "update_activity",
         workflow_id=str(workflow_id),
         key=act.key,
@@ -182,7 +182,7 @@ def record_attempt(
     usage: Any = None,
 ) -> None:
     """Keep a finished attempt in the audit trail (once per attempt id)."""
-    tx.run(
+    tx.send(
         "insert_attempt",
         id=attempt_id,
         workflow_id=str(row["workflow_id"]),

@@ -117,7 +117,7 @@ class RunOps(TransitionEngine):
         workflow_id = new_id()
         timeout = loaded.definition.settings.timeout_seconds
         timeout_at = None if timeout is None else now + dt.timedelta(seconds=timeout)
-        tx.run(
+        tx.send(
             "insert_workflow",
             id=str(workflow_id),
             definition_name=loaded.name,
@@ -214,7 +214,7 @@ class RunOps(TransitionEngine):
             if act.status == ActivityStatus.NOT_SCHEDULED or (
                 act.status.is_terminal and state.definition.activity(activity_key).is_loop_activity
             ):
-                tx.run(
+                tx.send(
                     "insert_signal",
                     id=str(new_id()),
                     workflow_id=str(workflow_id),

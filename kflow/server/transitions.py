@@ -249,7 +249,7 @@ class TransitionEngine:
                     status = new_status
                     if new_status.is_terminal:
                         effects.finish(state.id)
-                    tx.run(
+                    tx.send(
                         "set_workflow_status",
                         id=str(state.id),
                         status=new_status.value,
@@ -260,7 +260,7 @@ class TransitionEngine:
                 case AddCost(amount=amount):
                     cost += amount
                 case ConsumeSignal(signal_id=signal_id):
-                    tx.run("delete_signal", id=str(signal_id))
+                    tx.send("delete_signal", id=str(signal_id))
                 case Emit():
                     emits.append(command)
                 case WakeQueue(queue=queue):
@@ -268,7 +268,7 @@ class TransitionEngine:
                 case ArmTimer(at=at):
                     effects.timers.append(at)
         if cost:
-            tx.run(
+            tx.send(
                 "set_workflow_cost",
                 id=str(state.id),
                 total_cost_usd=tx.money(state.total_cost_usd + cost),
@@ -295,7 +295,7 @@ class TransitionEngine:
                 "fail_workflow_directly", id=str(workflow), error_message=reason, now=tx.time(now)
             ):
                 return
-            tx.run("cancel_open_activities", workflow_id=str(workflow), now=tx.time(now))
+            tx.send("cancel_open_activities", workflow_id=str(workflow), now=tx.time(now))
             append_events(
                 tx,
                 workflow,

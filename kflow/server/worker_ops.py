@@ -65,7 +65,7 @@ class WorkerOps(WorkerReports):
                 lease_grace_micros=grace,
             )
             if touch:
-                tx.run("touch_worker", worker_id=worker_id, queue=queue, now=tx.time(now))
+                tx.send("touch_worker", worker_id=worker_id, queue=queue, now=tx.time(now))
             items: list[dict[str, Any]] = []
             for row in rows:
                 try:
@@ -78,7 +78,7 @@ class WorkerOps(WorkerReports):
             for workflow_id in sorted({item["workflow_id"] for item in items}):
                 run = self.engine.lock(tx, workflow_id)
                 if run["status"] == "created":
-                    tx.run("mark_workflow_running", id=workflow_id, now=tx.time(now))
+                    tx.send("mark_workflow_running", id=workflow_id, now=tx.time(now))
                 self._hand_out_budget(
                     tx, run, [i for i in items if i["workflow_id"] == workflow_id]
                 )

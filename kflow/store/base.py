@@ -46,7 +46,17 @@ class Tx(Protocol):
         ...
 
     def run_many(self, query: str, rows: Iterable[Mapping[str, Any]], /) -> None:
-        """Execute a named statement once per parameter mapping."""
+        """Execute a named statement once per parameter mapping (like :meth:`send`:
+        an error may surface at a later statement or at commit)."""
+        ...
+
+    def send(self, query: str, /, **params: Any) -> None:
+        """Execute a named statement whose outcome the caller does not need.
+
+        A store may send it together with the next statement that needs an
+        answer, or with the commit (PostgreSQL does: one round trip fewer), so
+        an error in it may surface there instead; the transaction fails either way.
+        """
         ...
 
     def time(self, value: dt.datetime | None) -> Any:

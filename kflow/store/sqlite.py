@@ -74,6 +74,9 @@ class SqliteTx:
     def run_many(self, query: str, rows: Iterable[Mapping[str, Any]], /) -> None:
         self._conn.executemany(self._sql(query), rows)
 
+    def send(self, query: str, /, **params: Any) -> None:
+        self._conn.execute(self._sql(query), params)
+
     def time(self, value: dt.datetime | None) -> int | None:
         return None if value is None else time_to_micros(value)
 

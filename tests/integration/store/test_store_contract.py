@@ -177,6 +177,71 @@ async def test_a_unique_violation_is_a_conflict(store: Store) -> None:
         await store.write(lambda tx: _client(tx, "twice"))
 
 
+async def test_sent_statements_commit_with_the_unit_and_their_errors_fail_it(
+    store: Store,
+) -> None:
+    """``send`` does not wait for an answer (PostgreSQL pipelines it with the next
+    statement or the commit); its effects commit with the unit, and its error
+    fails the whole unit, even when nothing is read after it."""
+    import datetime as dt
+
+    now = dt.datetime.now(dt.UTC)
+
+    def sent(tx: Any, client_id: str) -> None:
+        tx.send(
+            "insert_client",
+            client_id=client_id,
+            secret_hash="x",
+            scopes="worker",
+            description=None,
+            now=tx.time(now),
+        )
+
+    def sent_then_read(tx: Any) -> Any:
+        sent(tx, "sent-2")
+        return tx.one("get_client", client_id="sent-2")
+
+    await store.write(lambda tx: sent(tx, "sent-1"))
+    assert (await store.write(sent_then_read))["client_id"] == "sent-2"
+    assert await store.read(lambda tx: tx.one("get_client", client_id="sent-1")) is not None
+
+    def clash_then_more(tx: Any) -> None:
+        _client(tx, "sent-3")
+        sent(tx, "sent-1")  # already there: fails at the commit at the latest
+
+    with pytest.raises(ConflictError):
+        await store.write(clash_then_more)
+    assert await store.read(lambda tx: tx.one("get_client", client_id="sent-3")) is None
+
+
+async def test_a_write_on_a_connection_lost_meanwhile_runs_again_on_a_new_one(
+    store: Store,
+) -> None:
+    """Say PostgreSQL restarted while the pool was idle: the unit's first round trip
+    (BEGIN travels with its first statement) finds the connection dead, and the unit
+    runs again on a fresh one instead of failing."""
+    if store.dialect != "postgres":
+        pytest.skip(reason="SQLite has no connections to lose")
+    import psycopg
+
+    await store.write(lambda tx: _client(tx, "before"))
+
+    def terminate_pool() -> None:
+        with psycopg.connect(store.url, autocommit=True) as other:  # type: ignore[attr-defined]
+            other.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+
+    await trio.to_thread.run_sync(terminate_pool)
+
+    def write_and_read(tx: Any) -> Any:
+        _client(tx, "after")
+        return tx.one("get_client", client_id="after")
+
+    assert (await store.write(write_and_read))["client_id"] == "after"
+
+
 async def test_writes_are_visible_to_later_reads_and_values_round_trip(store: Store) -> None:
     import datetime as dt
     import decimal
