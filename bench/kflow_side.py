@@ -437,7 +437,7 @@ async def run_scenario(
     """Run ``scenario`` on ``stack``; returns its figures (see :func:`summarise`).
 
     ``wait``: how each submitter waits for its run — ``result`` (the client's
-    long-poll ``wait()``), ``events`` (the event stream, checked against the
+    ``run()``: one start held until the run ends, ``wait()`` after it), ``events`` (the event stream, checked against the
     stored history afterwards) or ``poll`` (GET the run every 50 ms).
     """
     shape = shape or scenario.key
@@ -456,11 +456,14 @@ async def run_scenario(
             t0 = time.perf_counter()
             wid = None
             try:
+                if wait == "result":  # one start held until the run ends (then wait())
+                    done = await client.kf.run(name, {"i": i})
+                    wid, status = done["workflow_id"], done["status"]
+                    results[i] = {"t0": t0, "t1": time.perf_counter(), "status": status, "id": wid}
+                    continue
                 run = await client.kf.start(name, {"i": i})
                 wid = run["workflow_id"]
-                if wait == "result":
-                    status = (await client.kf.wait(wid))["status"]
-                elif wait == "events":
+                if wait == "events":
                     status, events = await wait_events(client, wid)
                     histories[wid] = events
                 else:

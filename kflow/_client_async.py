@@ -23,6 +23,7 @@ from kflow._client_common import (
     Reconnect,
     Routes,
     parse_response,
+    started_run_id,
     token_from,
     token_request,
     wait_pause,
@@ -68,17 +69,27 @@ class AsyncClient:
         return {"Authorization": f"Bearer {self._token}"} if self._token else {}
 
     async def _call(self, method: str, path: str, options: dict[str, Any] | None = None) -> Any:
+        return parse_response(await self._send(method, path, options))
+
+    async def _send(
+        self, method: str, path: str, options: dict[str, Any] | None, *, stream: bool = False
+    ) -> httpx.Response:
+        """One request, repeated once with a fresh token after a 401 (OAuth clients).
+        With ``stream`` the body is left unread: the caller reads and closes it."""
         options = dict(options or {})
         extra = options.pop("headers", {})
-        response = await self._http.request(
-            method, self.config.base + path, headers={**extra, **await self._headers()}, **options
-        )
-        if response.status_code == 401 and self.config.client_id is not None:
-            headers = {**extra, **await self._headers(refresh=True)}
-            response = await self._http.request(
-                method, self.config.base + path, headers=headers, **options
+        timeout = options.pop("timeout", httpx.USE_CLIENT_DEFAULT)
+        headers = {**extra, **await self._headers()}
+        for refreshed in (False, True):
+            request = self._http.build_request(
+                method, self.config.base + path, headers=headers, timeout=timeout, **options
             )
-        return parse_response(response)
+            response = await self._http.send(request, stream=stream)
+            if response.status_code != 401 or self.config.client_id is None or refreshed:
+                break
+            await response.aclose()
+            headers = {**extra, **await self._headers(refresh=True)}
+        return response
 
     async def info(self) -> dict[str, Any]:
         """The server's ``/api/v1/info``."""
@@ -101,6 +112,51 @@ class AsyncClient:
         """Start a run; the answer holds ``workflow_id``."""
         result: dict[str, Any] = await self._call(*Routes.start(name, input, version, unique_key))
         return result
+
+    async def run(
+        self,
+        name: str,
+        input: Mapping[str, Any] | None = None,
+        *,
+        version: str | None = None,
+        unique_key: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Start a run and wait for it to finish; returns its final state (as :meth:`wait`).
+
+        One request starts the run and is held until it finishes
+        (``POST /workflows?wait_seconds=``). If the run is still going when
+        that answers — or the connection breaks after the server named the
+        run — :meth:`wait` carries on; a server without the extension answers
+        at once and :meth:`wait` does the waiting.
+
+        Raises:
+            trio.TooSlowError: ``timeout`` seconds passed first.
+            httpx.TransportError: the start could not be made (no run was
+                named), or the server stayed unreachable while waiting.
+            ApiError: an error answer (unknown definition, bad input...).
+        """
+        scope = trio.fail_after(timeout) if timeout is not None else contextlib.nullcontext()
+        with scope:
+            method, path, options = Routes.run(
+                name, input, version, unique_key, WAIT_REQUEST_SECONDS, self.config.timeout
+            )
+            run_id = None
+            try:
+                response = await self._send(method, path, options, stream=True)
+                try:
+                    run_id = started_run_id(response)
+                    await response.aread()
+                finally:
+                    await response.aclose()
+                state: dict[str, Any] = parse_response(response)
+            except httpx.TransportError:
+                if run_id is None:
+                    raise
+                state = {"workflow_id": run_id}
+            if state.get("status") in FINAL_STATUSES:
+                return state
+            return await self.wait(str(state["workflow_id"]))
 
     async def status(self, workflow_id: str) -> dict[str, Any]:
         """The run with its activities."""

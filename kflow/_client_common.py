@@ -137,6 +137,14 @@ def _definition_body(source: str | pathlib.Path | Mapping[str, Any]) -> tuple[by
     return source.encode(), "application/yaml"
 
 
+def started_run_id(response: httpx.Response) -> str | None:
+    """The run a held start (:meth:`Routes.run`) created, from its ``Location``
+    header (sent before the body); None from a server that holds nothing."""
+    location = response.headers.get("location", "")
+    prefix, _, run_id = location.rpartition("/workflows/")
+    return run_id if prefix and run_id else None
+
+
 def parse_response(response: httpx.Response) -> Any:
     if response.is_error:
         raise error_from_response(response)
@@ -183,6 +191,21 @@ class Routes:
         if unique_key:
             body["unique_key"] = unique_key
         return "POST", "/workflows", {"json": body}
+
+    @staticmethod
+    def run(
+        name: str,
+        input: Mapping[str, Any] | None,
+        version: str | None,
+        unique_key: str | None,
+        seconds: float,
+        timeout: float,
+    ) -> tuple[str, str, dict[str, Any]]:
+        """A start held until the run finishes (up to ``seconds``; kflow extension)."""
+        method, path, options = Routes.start(name, input, version, unique_key)
+        options["params"] = {"wait_seconds": f"{seconds:g}"}
+        options["timeout"] = httpx.Timeout(timeout, read=seconds + timeout)
+        return method, path, options
 
     @staticmethod
     def signal(

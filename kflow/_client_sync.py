@@ -23,6 +23,7 @@ from kflow._client_common import (
     Reconnect,
     Routes,
     parse_response,
+    started_run_id,
     token_from,
     token_request,
     wait_pause,
@@ -66,19 +67,27 @@ class Client:
         return {"Authorization": f"Bearer {self._token}"} if self._token else {}
 
     def _call(self, method: str, path: str, options: dict[str, Any] | None = None) -> Any:
+        return parse_response(self._send(method, path, options))
+
+    def _send(
+        self, method: str, path: str, options: dict[str, Any] | None, *, stream: bool = False
+    ) -> httpx.Response:
+        """One request, repeated once with a fresh token after a 401 (OAuth clients).
+        With ``stream`` the body is left unread: the caller reads and closes it."""
         options = dict(options or {})
         extra = options.pop("headers", {})
-        response = self._http.request(
-            method, self.config.base + path, headers={**extra, **self._headers()}, **options
-        )
-        if response.status_code == 401 and self.config.client_id is not None:
-            response = self._http.request(
-                method,
-                self.config.base + path,
-                headers={**extra, **self._headers(refresh=True)},
-                **options,
+        timeout = options.pop("timeout", httpx.USE_CLIENT_DEFAULT)
+        headers = {**extra, **self._headers()}
+        for refreshed in (False, True):
+            request = self._http.build_request(
+                method, self.config.base + path, headers=headers, timeout=timeout, **options
             )
-        return parse_response(response)
+            response = self._http.send(request, stream=stream)
+            if response.status_code != 401 or self.config.client_id is None or refreshed:
+                break
+            response.close()
+            headers = {**extra, **self._headers(refresh=True)}
+        return response
 
     def info(self) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", "/info")
@@ -98,6 +107,50 @@ class Client:
     ) -> dict[str, Any]:
         result: dict[str, Any] = self._call(*Routes.start(name, input, version, unique_key))
         return result
+
+    def run(
+        self,
+        name: str,
+        input: Mapping[str, Any] | None = None,
+        *,
+        version: str | None = None,
+        unique_key: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Start a run and block until it finishes; returns its final state (as :meth:`wait`).
+
+        One request starts the run and is held until it finishes; if the run
+        is still going when that answers, or the connection breaks after the
+        server named the run, :meth:`wait` carries on.
+
+        Raises:
+            TimeoutError: ``timeout`` seconds passed first.
+            httpx.TransportError: the start could not be made (no run was
+                named), or the server stayed unreachable while waiting.
+            ApiError: an error answer (unknown definition, bad input...).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        seconds = WAIT_REQUEST_SECONDS if timeout is None else min(WAIT_REQUEST_SECONDS, timeout)
+        method, path, options = Routes.run(
+            name, input, version, unique_key, seconds, self.config.timeout
+        )
+        run_id = None
+        try:
+            response = self._send(method, path, options, stream=True)
+            try:
+                run_id = started_run_id(response)
+                response.read()
+            finally:
+                response.close()
+            state: dict[str, Any] = parse_response(response)
+        except httpx.TransportError:
+            if run_id is None:
+                raise
+            state = {"workflow_id": run_id}
+        if state.get("status") in FINAL_STATUSES:
+            return state
+        left = None if deadline is None else deadline - time.monotonic()
+        return self.wait(str(state["workflow_id"]), timeout=left)
 
     def status(self, workflow_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", f"/workflows/{workflow_id}")

@@ -8,6 +8,8 @@ import pathlib
 import urllib.parse
 from collections.abc import AsyncIterator
 
+import httpx
+import orjson
 import pytest
 import trio
 from trio_websocket import WebSocketConnection, wrap_client_stream
@@ -120,6 +122,38 @@ async def test_async_client_signal_and_cancel(server: RunningServer) -> None:
             await kf.status("01900000-0000-7000-8000-000000000000")
         assert missing.value.status == 404
         assert missing.value.code == "NOT_FOUND"
+
+
+async def test_run_holds_one_start_and_names_the_run_before_it_ends(
+    server: RunningServer,
+) -> None:
+    async with AsyncClient(config=credentials(server)) as kf:
+        done = await kf.run("hello", {"name": "held"}, timeout=30)
+        assert done["status"] == "completed"
+        assert done["activities"][-1]["outputs"][0]["value"] == {"loud": "HELLO, HELD!"}
+
+        # Over the socket: the status line and Location come first, the run when it
+        # ends (this one waits for a signal sent after the headers arrived).
+        headers = await kf._headers()
+        async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30) as raw:
+            request = raw.build_request(
+                "POST",
+                "/api/v1/workflows",
+                params={"wait_seconds": 30},
+                json={"definition_name": "approval", "input": {"title": "held"}},
+            )
+            response = await raw.send(request, stream=True)
+            try:
+                assert response.status_code == 201
+                workflow_id = response.headers["location"].rpartition("/")[2]
+                with trio.fail_after(30):
+                    while (await kf.status(workflow_id))["activities"][1]["status"] != "waiting":
+                        await trio.sleep(0.05)
+                await kf.signal(workflow_id, "publish", "approved", {"by": "ana"})
+                body = await response.aread()
+            finally:
+                await response.aclose()
+        assert orjson.loads(body)["status"] == "completed"
 
 
 async def test_async_client_refreshes_an_expired_token(server: RunningServer) -> None:

@@ -344,3 +344,119 @@ def test_sync_wait_timeout_names_the_run(monkeypatch: pytest.MonkeyPatch) -> Non
         Client(api_url=API, http=http).wait(WORKFLOW, timeout=5)
     # The second request asks only for what is left of the 5 s.
     assert script.requests == [(0, "5"), (3, "2")]
+
+
+# ---- run(): a start held until the run finishes -----------------------------------------
+
+LOCATION = f"/api/v1/workflows/{WORKFLOW}"
+
+
+class BrokenBody(httpx.AsyncByteStream, httpx.SyncByteStream):
+    """A body that breaks off: the connection dropped after the headers."""
+
+    def __iter__(self) -> Iterator[bytes]:
+        raise httpx.RemoteProtocolError("peer closed connection without sending complete body")
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        raise httpx.RemoteProtocolError("peer closed connection without sending complete body")
+        yield b""  # pragma: no cover (makes this an async generator)
+
+
+def started(status: str, *, held: bool = True) -> httpx.Response:
+    """A start's answer: a kflow server holding it (Location + the run) or one that
+    does not (the plain start body)."""
+    if not held:
+        return httpx.Response(201, json={"workflow_id": WORKFLOW, "status": status})
+    body = {"id": WORKFLOW, "workflow_id": WORKFLOW, "status": status, "activities": []}
+    return httpx.Response(201, json=body, headers={"location": LOCATION})
+
+
+class Starts:
+    """Answers a held start with ``first`` and later GETs of the run with ``statuses``."""
+
+    def __init__(self, first: Any, *statuses: str) -> None:
+        self.first = first
+        self.statuses = list(statuses)
+        self.requests: list[tuple[str, str, str | None]] = []
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        wait = request.url.params.get("wait_seconds")
+        self.requests.append((request.method, request.url.path, wait))
+        if request.method == "POST":
+            assert request.url.path == "/api/v1/workflows"
+            assert orjson.loads(request.content)["definition_name"] == "flow"
+            if isinstance(self.first, Exception):
+                raise self.first
+            return self.first  # type: ignore[no-any-return]
+        return LongPolls.answer(self.statuses.pop(0))
+
+
+def starts_http(script: Starts) -> httpx.AsyncClient:
+    async def handle(request: httpx.Request) -> httpx.Response:
+        return script.handle(request)
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(handle))
+
+
+async def test_async_run_is_one_held_request_when_the_run_finishes_in_it() -> None:
+    script = Starts(started("completed"))
+    async with starts_http(script) as http, AsyncClient(api_url=API, http=http) as kf:
+        done = await kf.run("flow", {"x": 1})
+    assert done["status"] == "completed"
+    assert script.requests == [("POST", "/api/v1/workflows", "20")]
+
+
+async def test_async_run_waits_on_when_the_held_start_ends_first() -> None:
+    script = Starts(started("running"), "completed")
+    async with starts_http(script) as http, AsyncClient(api_url=API, http=http) as kf:
+        done = await kf.run("flow")
+    assert done["status"] == "completed"
+    assert script.requests[1] == ("GET", LOCATION, "20")
+
+
+async def test_async_run_waits_against_a_server_that_holds_nothing() -> None:
+    script = Starts(started("created", held=False), "completed")
+    async with starts_http(script) as http, AsyncClient(api_url=API, http=http) as kf:
+        assert (await kf.run("flow"))["status"] == "completed"
+    assert [r[0] for r in script.requests] == ["POST", "GET"]
+
+
+async def test_async_run_follows_the_named_run_when_the_answer_breaks_off() -> None:
+    broken = httpx.Response(201, headers={"location": LOCATION}, stream=BrokenBody())
+    script = Starts(broken, "completed")
+    async with starts_http(script) as http, AsyncClient(api_url=API, http=http) as kf:
+        assert (await kf.run("flow"))["status"] == "completed"
+    assert script.requests[1] == ("GET", LOCATION, "20")
+
+
+async def test_async_run_raises_when_no_run_was_named() -> None:
+    refused = httpx.ConnectError("connection refused")
+    script = Starts(refused)
+    async with starts_http(script) as http, AsyncClient(api_url=API, http=http) as kf:
+        with pytest.raises(httpx.ConnectError):
+            await kf.run("flow")
+    assert len(script.requests) == 1  # a start is never sent twice
+
+
+async def test_async_run_reports_an_error_answer() -> None:
+    body = {"error": {"code": "NOT_FOUND", "message": "no definition 'flow'"}}
+    script = Starts(httpx.Response(404, json=body))
+    async with starts_http(script) as http, AsyncClient(api_url=API, http=http) as kf:
+        with pytest.raises(ApiError, match="no definition"):
+            await kf.run("flow")
+
+
+def test_sync_run_follows_the_named_run_when_the_answer_breaks_off() -> None:
+    broken = httpx.Response(201, headers={"location": LOCATION}, stream=BrokenBody())
+    script = Starts(broken, "running", "completed")
+    with httpx.Client(transport=httpx.MockTransport(script.handle)) as http:
+        client = Client(api_url=API, http=http)
+        assert client.run("flow")["status"] == "completed"
+    assert [r[0] for r in script.requests] == ["POST", "GET", "GET"]
+
+
+def test_sync_run_is_one_held_request_when_the_run_finishes_in_it() -> None:
+    script = Starts(started("failed"))
+    with httpx.Client(transport=httpx.MockTransport(script.handle)) as http:
+        assert Client(api_url=API, http=http).run("flow", timeout=5)["status"] == "failed"
+    assert script.requests == [("POST", "/api/v1/workflows", "5")]

@@ -11,12 +11,15 @@ Clients loop on it to wait for a result.
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import trio
 from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from kflow._serde import dumps
 from kflow._types import WorkflowStatus
 from kflow.errors import ValidationFailed
 from kflow.server import views
@@ -73,15 +76,41 @@ def _started_body(started: StartedWorkflow) -> dict[str, Any]:
     }
 
 
-async def create(request: Request) -> JSONResponse:
-    """Start a run; a body with ``name`` + ``activities`` is an SDK deploy."""
+async def create(request: Request) -> Response:
+    """Start a run; a body with ``name`` + ``activities`` is an SDK deploy.
+
+    With ``wait_seconds`` (kflow extension) the answer is the run as
+    ``GET /workflows/{id}?wait_seconds=`` gives it: held until the run is
+    final or the wait ends — a start and its first wait in one request
+    (``workflows:write`` implies the read scope this needs). The status line and
+    a ``Location`` header naming the run go out at once, the body when the
+    wait is over, so a caller whose connection breaks meanwhile still knows
+    which run it started.
+    """
     ctx = context_of(request)
     await ctx.principal(request, "workflows:write")
+    query = QueryParams(request)
+    wait = query.number("wait_seconds", low=0, high=ctx.config.max_wait_seconds)
+    query.check()
     data = await read_object(request)
     if "definition_name" not in data and "activities" in data and "name" in data:
         return await deploy_definition(ctx, data)
     started = await _start(ctx, data, "definition_name", "input")
-    return JSONResponse(_started_body(started), status_code=201)
+    if wait is None:
+        return JSONResponse(_started_body(started), status_code=201)
+
+    async def held_detail() -> AsyncIterator[bytes]:
+        # Starlette cancels this when the caller hangs up.
+        if wait:
+            await _until_finished(ctx, None, started.id, wait)
+        yield dumps(await ctx.store.read(lambda tx: views.workflow_detail(tx, started.id)))
+
+    return StreamingResponse(
+        held_detail(),
+        status_code=201,
+        media_type="application/json",
+        headers={"Location": f"/api/v1/workflows/{started.id}"},
+    )
 
 
 async def start_compat(request: Request) -> JSONResponse:
@@ -134,9 +163,10 @@ async def get_run(request: Request) -> JSONResponse:
 
 
 async def _until_finished(
-    ctx: ServerContext, request: Request, workflow_id: uuid.UUID, wait: float
+    ctx: ServerContext, request: Request | None, workflow_id: uuid.UUID, wait: float
 ) -> None:
-    """Return when the run is final, ``wait`` seconds passed or the caller hung up.
+    """Return when the run is final, ``wait`` seconds passed or the caller of
+    ``request`` hung up (``None``: the caller watches for that itself).
 
     Raises:
         NotFoundError: no such run.
@@ -151,7 +181,8 @@ async def _until_finished(
     if status in _FINAL:
         return
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_cancel_on_hang_up, request, nursery.cancel_scope)
+        if request is not None:
+            nursery.start_soon(_cancel_on_hang_up, request, nursery.cancel_scope)
         while await ctx.hub.wait(finished, seen, deadline - trio.current_time()):
             seen = ctx.hub.version(finished)
             status = await ctx.store.read(lambda tx: views.run_status(tx, workflow_id))

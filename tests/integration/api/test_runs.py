@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from typing import Any
 
 import pytest
 import trio
 
+from kflow.model.loader import load_definition
 from tests.integration.conftest import Api, assert_error
 
 TWO_STEPS = """
@@ -276,6 +278,93 @@ async def test_get_run_rejects_a_bad_wait_seconds(api: Api, value: str) -> None:
         f"/api/v1/workflows/{workflow_id}", params={"wait_seconds": value}
     )
     assert_error(response, 422, field="wait_seconds")
+
+
+async def test_a_held_start_answers_with_the_finished_run(api: Api) -> None:
+    await api.deploy(TWO_STEPS)
+    answers: list[Any] = []
+
+    async def held_start() -> None:
+        answers.append(
+            await api.client.post(
+                "/api/v1/workflows",
+                params={"wait_seconds": 30},
+                json={"definition_name": "two-steps", "input": {"who": "ada"}},
+            )
+        )
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(held_start)
+            with trio.fail_after(5):
+                while not (items := await api.poll()):
+                    await trio.sleep(0.01)
+            [first] = items
+            assert (await api.complete(first, echo={"who": "ada"})).status_code == 200
+            await trio.sleep(0.2)  # the run moved on, but has not finished: still held
+            assert answers == []
+            [second] = await api.poll()
+            assert (await api.complete(second, echo={"got": "ada"})).status_code == 200
+    [response] = answers
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["status"] == "completed"
+    assert body["workflow_id"] == first["workflow_id"]
+    assert [a["status"] for a in body["activities"]] == ["completed", "completed"]
+    assert response.headers["location"] == f"/api/v1/workflows/{body['workflow_id']}"
+    # the same shape as GET /workflows/{id} gives
+    assert body == (await api.client.get(response.headers["location"])).json()
+
+
+async def test_a_held_start_answers_at_its_deadline_with_the_run_going(api: Api) -> None:
+    await api.deploy(TWO_STEPS)
+    began = trio.current_time()
+    response = await api.client.post(
+        "/api/v1/workflows",
+        params={"wait_seconds": 0.3},
+        json={"definition_name": "two-steps", "input": {"who": "ada"}},
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["status"] == "created"
+    assert trio.current_time() - began >= 0.3
+    at_once = await api.client.post(
+        "/api/v1/workflows",
+        params={"wait_seconds": 0},
+        json={"definition_name": "two-steps", "input": {"who": "bob"}},
+    )
+    assert at_once.status_code == 201, at_once.text
+    assert [a["activity_key"] for a in at_once.json()["activities"]] == ["first", "second"]
+
+
+@pytest.mark.parametrize("value", ["-1", "61", "soon", "nan"])
+async def test_a_start_with_a_bad_wait_seconds_starts_nothing(api: Api, value: str) -> None:
+    await api.deploy(TWO_STEPS)
+    response = await api.client.post(
+        "/api/v1/workflows",
+        params={"wait_seconds": value},
+        json={"definition_name": "two-steps", "input": {}},
+    )
+    assert_error(response, 422, field="wait_seconds")
+    assert (await api.client.get("/api/v1/workflows")).json()["workflows"] == []
+
+
+async def test_a_held_start_needs_the_write_scope(secure_api: Api) -> None:
+    from tests.integration.api.test_auth import bearer, token_for
+    from tests.integration.conftest import create_client
+
+    await secure_api.ctx.engine.deploy(load_definition(TWO_STEPS))
+    client_id, secret = await create_client(secure_api, "workflows:read")
+    reader = bearer(await token_for(secure_api, client_id, secret))
+    held = await secure_api.client.post(
+        "/api/v1/workflows",
+        params={"wait_seconds": 1},
+        json={"definition_name": "two-steps", "input": {}},
+        headers=reader,
+    )
+    assert_error(held, 403)
+    assert held.json()["error"]["details"]["required_scope"] == "workflows:write"
+    listed = await secure_api.client.get("/api/v1/workflows", headers=reader)
+    assert listed.json()["workflows"] == []
 
 
 async def test_output_is_400_until_completed(api: Api) -> None:
