@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import ssl
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -172,7 +173,9 @@ class WorkerManager:
             yield self._http
             return
         client = httpx.AsyncClient(
-            timeout=self.config.http_timeout, headers={"User-Agent": f"kflow-worker/{__version__}"}
+            timeout=self.config.http_timeout,
+            headers={"User-Agent": f"kflow-worker/{__version__}"},
+            verify=server_tls(self.config.api_urls),
         )
         try:
             yield client
@@ -317,6 +320,19 @@ class WorkerManager:
             log.exception("worker.slot_failed", activity_id=str(item.activity_id))
         finally:
             slots.release_on_behalf_of(token)
+
+
+def server_tls(urls: list[str]) -> ssl.SSLContext | bool:
+    """TLS verification for the worker's client of its own server(s).
+
+    With an https server: httpx's default (the CA bundle, ``SSL_CERT_FILE``...).
+    With plain-http servers only: a verifying context with no CA loaded — the
+    bundle would cost an idle worker 3.4 MiB for nothing, and any TLS peer
+    (a redirect to https) fails verification instead of skipping it.
+    """
+    if any(url.startswith("https://") for url in urls):
+        return True
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
 async def _wait_idle(slots: trio.CapacityLimiter) -> None:

@@ -330,3 +330,16 @@ async def test_extra_items_beyond_the_free_slots_are_not_run(
     assert fake.max_running["host-1-42-abcdef"] == 3
     assert [fake.activities[i].status for i in ids] == ["completed", "running", "running"]
     assert [e["event"] for e in logs].count("worker.poll.too_many") == 2
+
+
+def test_the_client_of_a_plain_http_server_loads_no_ca_bundle() -> None:
+    import ssl
+
+    from kflow.worker.manager import server_tls
+
+    plain = server_tls(["http://a:8080", "http://b:8080"])
+    assert isinstance(plain, ssl.SSLContext)
+    assert plain.verify_mode is ssl.CERT_REQUIRED  # a TLS peer is verified, never trusted
+    assert plain.check_hostname is True
+    assert plain.cert_store_stats()["x509_ca"] == 0
+    assert server_tls(["http://a:8080", "https://b"]) is True  # httpx's default verification
