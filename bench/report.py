@@ -263,8 +263,8 @@ def markdown(result: dict[str, Any]) -> str:
             "",
         ]
     out += [
-        "kflow's clients wait with `AsyncClient.wait()` (a long-poll GET of the run that "
-        "the server answers when it finishes), Celery's with `AsyncResult.get()`; "
+        "kflow's clients call `AsyncClient.run()` (one start request that the server "
+        "answers when the run finishes), Celery's `apply_async()` and `AsyncResult.get()`; "
         f"the `{STREAM_LABEL}` rows follow each run's event stream (SSE) instead, and "
         f"the `{POLL_LABEL}` rows use the reference's method (GET the run every 50 ms). "
         "CPU and RSS include child processes; `db` is the PostgreSQL backends of the "

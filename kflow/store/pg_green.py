@@ -57,9 +57,22 @@ class GreenConnection(psycopg.Connection[Any]):
         try:
             state = next(gen)
             while True:
-                state = gen.send(here.parent.switch((fileno, state, timeout)))
+                # Pipeline mode asks "readable or writable?" many times per round
+                # trip, and the socket is nearly always writable: answer that here
+                # instead of switching to Trio and back each time.
+                ready = _ready_now(fileno, state) if state != Wait.R else 0
+                if not ready:
+                    ready = here.parent.switch((fileno, state, timeout))
+                state = gen.send(ready)
         except StopIteration as done:
             return done.value
+
+
+def _ready_now(fileno: int, state: int) -> int:
+    """What ``fileno`` is ready for right now, of what ``state`` asks (0: nothing yet)."""
+    wants_read = state != Wait.W
+    readable, writable, _ = select.select([fileno] if wants_read else [], [fileno], [], 0)
+    return (Ready.R if readable else 0) | (Ready.W if writable else 0)
 
 
 async def _ready(fileno: int, state: int, timeout: float | None) -> int:
