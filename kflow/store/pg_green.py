@@ -69,10 +69,21 @@ class GreenConnection(psycopg.Connection[Any]):
 
 
 def _ready_now(fileno: int, state: int) -> int:
-    """What ``fileno`` is ready for right now, of what ``state`` asks (0: nothing yet)."""
-    wants_read = state != Wait.W
-    readable, writable, _ = select.select([fileno] if wants_read else [], [fileno], [], 0)
-    return (Ready.R if readable else 0) | (Ready.W if writable else 0)
+    """What ``fileno`` is ready for right now, of what ``state`` asks (0: nothing yet).
+
+    ``poll``, not ``select``: a busy server's sockets get descriptors above
+    1023, which ``select`` refuses.
+    """
+    poller = select.poll()
+    poller.register(fileno, (select.POLLIN if state & Wait.R else 0) | select.POLLOUT)
+    events = poller.poll(0)
+    flags = events[0][1] if events else 0
+    ready = 0
+    if state & Wait.R and flags & (select.POLLIN | select.POLLERR | select.POLLHUP):
+        ready |= Ready.R
+    if state & Wait.W and flags & (select.POLLOUT | select.POLLERR | select.POLLHUP):
+        ready |= Ready.W
+    return ready
 
 
 async def _ready(fileno: int, state: int, timeout: float | None) -> int:
@@ -95,10 +106,9 @@ async def _ready_for(fileno: int, state: int) -> int:
         await trio.lowlevel.wait_writable(fileno)
         return int(Ready.W)
     # Both: whichever comes first (output still to flush while input arrives).
-    readable, writable, _ = select.select([fileno], [fileno], [], 0)
-    if readable or writable:
-        return (Ready.R if readable else 0) | (Ready.W if writable else 0)
-    ready = 0
+    ready = _ready_now(fileno, state)
+    if ready:
+        return ready
     async with trio.open_nursery() as nursery:
 
         async def on(wait: Callable[[int], Any], flag: int) -> None:

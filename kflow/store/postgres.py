@@ -16,11 +16,12 @@ is why units of work must not have side effects outside the transaction.
 Notifications (:meth:`PgTx.notify`) are sent with ``pg_notify`` inside the
 transaction: PostgreSQL delivers them to listeners only if it commits.
 
-Write units run in psycopg's pipeline mode: ``BEGIN`` travels with the first
-statement, and statements whose answer nobody needs (:meth:`PgTx.send`,
-``run_many``, notifications) travel with the next statement that needs one
-or with the ``COMMIT`` — a completion takes about half the round trips it
-would one statement at a time.
+Inside a write unit's transaction, statements run in psycopg's pipeline
+mode: those whose answer nobody needs (:meth:`PgTx.send`, ``run_many``,
+notifications) travel with the next statement that needs one, or with the
+sync that ends the unit before its ``COMMIT``. ``BEGIN`` is still a round
+trip of its own, sent first: a pooled connection that died meanwhile is
+found there, before the unit wrote anything, and the unit runs on another.
 """
 
 from __future__ import annotations
@@ -84,27 +85,15 @@ class PgTx:
         self._conn = conn
         self._queries = queries
         self._writable = writable
-        #: Write units run in pipeline mode: BEGIN, :meth:`send` statements and
+        #: Write units run in pipeline mode: :meth:`send` statements and
         #: notifications travel with the next statement that needs an answer.
         self._pipeline = pipeline
-        self._answered = False
 
     def _execute(self, sql: str, params: Any = None) -> psycopg.Cursor[Any]:
-        """Execute and wait for the answer (flushing whatever was queued before).
-
-        Raises:
-            _LostBeforeWriting: the connection was found lost at the unit's first
-                round trip (nothing of the unit reached the database).
-        """
+        """Execute and wait for the answer (sending whatever was queued before with it)."""
         cursor = self._conn.execute(sql, params)
         if self._pipeline is not None:
-            try:
-                self._pipeline.sync()
-            except psycopg.OperationalError as exc:
-                if not self._answered and self._conn.broken:
-                    raise _LostBeforeWriting(exc) from exc
-                raise
-            self._answered = True
+            self._pipeline.sync()
         return cursor
 
     def _writing(self, what: str) -> None:
@@ -164,8 +153,8 @@ def _begin(
 ) -> psycopg.Pipeline | None:
     """Set ``conn`` up for ``mode``; ``write`` and ``locking-read`` enter a transaction
     (``BEGIN`` or ``BEGIN READ ONLY`` — no separate ``SET TRANSACTION`` round trip).
-    ``write`` runs in pipeline mode (returned): ``BEGIN`` goes out with the
-    first statement, the ``COMMIT`` with the statements sent without waiting.
+    ``write`` then enters pipeline mode inside the transaction (the pipeline
+    is returned); it is synced, sending what is still queued, before ``COMMIT``.
 
     Raises:
         psycopg.OperationalError: the connection is lost.
@@ -180,9 +169,9 @@ def _begin(
         read_only = mode != "write"
         if conn.read_only != read_only:
             conn.read_only = read_only
+        inside.enter_context(conn.transaction())
         if mode == "write":
             pipeline = inside.enter_context(conn.pipeline())
-        inside.enter_context(conn.transaction())
     return pipeline
 
 

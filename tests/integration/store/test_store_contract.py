@@ -242,6 +242,55 @@ async def test_a_write_on_a_connection_lost_meanwhile_runs_again_on_a_new_one(
     assert (await store.write(write_and_read))["client_id"] == "after"
 
 
+async def test_sent_statements_share_round_trips_on_postgresql(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Statements sent with ``send`` wait for no answer of their own: a unit of two
+    reads and five sends waits for PostgreSQL five times (BEGIN, the two reads,
+    the sync before COMMIT, COMMIT), not nine."""
+    if store.dialect != "postgres":
+        pytest.skip(reason="SQLite has no round trips")
+    import datetime as dt
+
+    from kflow.store import pg_green
+
+    waits: list[int] = []
+    ready = pg_green._ready
+
+    async def counted(fileno: int, state: int, timeout: float | None) -> int:
+        waits.append(state)
+        return await ready(fileno, state, timeout)
+
+    monkeypatch.setattr(pg_green, "_ready", counted)
+    now = dt.datetime.now(dt.UTC)
+
+    def unit(tx: Any) -> None:
+        tx.one("get_client", client_id="nobody")
+        for name in ("rt-1", "rt-2", "rt-3"):
+            tx.send(
+                "insert_client",
+                client_id=name,
+                secret_hash="x",
+                scopes="worker",
+                description=None,
+                now=tx.time(now),
+            )
+        tx.one("get_client", client_id="rt-1")
+        for name in ("rt-4", "rt-5"):
+            tx.send(
+                "insert_client",
+                client_id=name,
+                secret_hash="x",
+                scopes="worker",
+                description=None,
+                now=tx.time(now),
+            )
+
+    await store.write(unit)
+    assert len(waits) <= 5, waits
+    assert await store.read(lambda tx: tx.one("get_client", client_id="rt-5")) is not None
+
+
 async def test_writes_are_visible_to_later_reads_and_values_round_trip(store: Store) -> None:
     import datetime as dt
     import decimal
