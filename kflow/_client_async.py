@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import pathlib
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from typing import Any
 
 import httpx
@@ -131,17 +131,17 @@ class AsyncClient:
         at once and :meth:`wait` does the waiting.
 
         Raises:
-            trio.TooSlowError: ``timeout`` seconds passed first.
+            trio.TooSlowError: ``timeout`` seconds passed first (the message
+                names the run once the server has named it).
             httpx.TransportError: the start could not be made (no run was
                 named), or the server stayed unreachable while waiting.
             ApiError: an error answer (unknown definition, bad input...).
         """
-        scope = trio.fail_after(timeout) if timeout is not None else contextlib.nullcontext()
-        with scope:
+        run_id = None
+        with _timeout_naming(timeout, lambda: run_id):
             method, path, options = Routes.run(
                 name, input, version, unique_key, WAIT_REQUEST_SECONDS, self.config.timeout
             )
-            run_id = None
             try:
                 response = await self._send(method, path, options, stream=True)
                 try:
@@ -275,13 +275,12 @@ class AsyncClient:
         reached is retried for ``config.reconnect_seconds``.
 
         Raises:
-            trio.TooSlowError: ``timeout`` seconds passed first.
+            trio.TooSlowError: ``timeout`` seconds passed first (the message names the run).
             httpx.TransportError: the server stayed unreachable (the last error).
             ApiError: an error answer (unknown run, refused token...).
         """
-        scope = trio.fail_after(timeout) if timeout is not None else contextlib.nullcontext()
         retry = Reconnect(limit=self.config.reconnect_seconds)
-        with scope:
+        with _timeout_naming(timeout, lambda: workflow_id):
             while True:
                 asked = WAIT_REQUEST_SECONDS
                 started = trio.current_time()
@@ -300,3 +299,20 @@ class AsyncClient:
                 if state.get("status") in FINAL_STATUSES:
                     return state
                 await trio.sleep(wait_pause(asked, trio.current_time() - started))
+
+
+@contextlib.contextmanager
+def _timeout_naming(timeout: float | None, run_id: Callable[[], str | None]) -> Iterator[None]:
+    """``trio.fail_after(timeout)`` (nothing for None) whose ``TooSlowError`` names
+    the run ``run_id()`` returns, if it is known by then."""
+    if timeout is None:
+        yield
+        return
+    try:
+        with trio.fail_after(timeout):
+            yield
+    except trio.TooSlowError:
+        named = run_id()
+        if named is None:
+            raise
+        raise trio.TooSlowError(f"run {named} did not finish in {timeout:g} s") from None

@@ -19,8 +19,8 @@ size, broken connections dropped on return, connecting in a thread.
 from __future__ import annotations
 
 import contextvars
-import functools
 import select
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -155,11 +155,31 @@ async def connect(url: str, *, timeout: float, **options: Any) -> GreenConnectio
     Raises:
         StoreUnavailableError: PostgreSQL cannot be reached.
     """
-    make = functools.partial(
-        GreenConnection.connect, url, connect_timeout=max(1, int(timeout)), **options
-    )
+    # A cancelled caller (a server shutting down) does not wait for libpq: the
+    # thread is abandoned, and whichever side comes second closes the connection
+    # it made, so none is left to the garbage collector.
+    lock = threading.Lock()
+    made: list[GreenConnection] = []
+    abandoned = False
+
+    def make() -> GreenConnection:
+        conn = GreenConnection.connect(url, connect_timeout=max(1, int(timeout)), **options)
+        with lock:
+            if abandoned:
+                conn.close()
+            else:
+                made.append(conn)
+        return conn
+
     try:
         conn: GreenConnection = await trio.to_thread.run_sync(make, abandon_on_cancel=True)
+    except trio.Cancelled:
+        with lock:
+            abandoned = True
+            leftover = made[:]
+        for conn in leftover:
+            conn.close()
+        raise
     except psycopg.Error as exc:
         raise StoreUnavailableError(f"cannot connect to PostgreSQL: {exc}") from exc
     return conn

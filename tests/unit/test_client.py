@@ -295,7 +295,7 @@ async def test_async_wait_rides_out_a_server_restart(autojump_clock: trio.abc.Cl
 async def test_async_wait_timeout_cancels_the_held_request(autojump_clock: trio.abc.Clock) -> None:
     script = LongPolls((20, "running"), now=trio.current_time)
     async with long_poll_http(script) as http, AsyncClient(api_url=API, http=http) as kf:
-        with pytest.raises(trio.TooSlowError):
+        with pytest.raises(trio.TooSlowError, match=f"run {WORKFLOW} did not finish in 5 s"):
             await kf.wait(WORKFLOW, timeout=5)
     assert trio.current_time() == pytest.approx(5)
 
@@ -460,3 +460,31 @@ def test_sync_run_is_one_held_request_when_the_run_finishes_in_it() -> None:
     with httpx.Client(transport=httpx.MockTransport(script.handle)) as http:
         assert Client(api_url=API, http=http).run("flow", timeout=5)["status"] == "failed"
     assert script.requests == [("POST", "/api/v1/workflows", "5")]
+
+
+async def test_async_run_timeout_names_the_run_it_started(autojump_clock: trio.abc.Clock) -> None:
+    script = Starts(started("running"), "running")
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        answer = script.handle(request)
+        if request.method == "GET":
+            await trio.sleep(20)  # the long-poll is held: the run goes on
+        return answer
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handle))
+    async with http, AsyncClient(api_url=API, http=http) as kf:
+        with pytest.raises(trio.TooSlowError, match=f"run {WORKFLOW} did not finish in 5 s"):
+            await kf.run("flow", timeout=5)
+    assert trio.current_time() == pytest.approx(5)
+
+
+async def test_async_run_timeout_before_the_run_is_named(autojump_clock: trio.abc.Clock) -> None:
+    async def handle(request: httpx.Request) -> httpx.Response:
+        await trio.sleep(30)  # the start itself never answers in time
+        return started("completed")
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handle))
+    async with http, AsyncClient(api_url=API, http=http) as kf:
+        with pytest.raises(trio.TooSlowError) as raised:
+            await kf.run("flow", timeout=5)
+    assert WORKFLOW not in str(raised.value)
