@@ -135,6 +135,20 @@ def _client(tx: Any, client_id: str) -> None:
     )
 
 
+def _sent_client(tx: Any, client_id: str) -> None:
+    """:func:`_client`, sent without waiting for an answer (``Tx.send``)."""
+    import datetime as dt
+
+    tx.send(
+        "insert_client",
+        client_id=client_id,
+        secret_hash="x",
+        scopes="worker",
+        description=None,
+        now=tx.time(dt.datetime.now(dt.UTC)),
+    )
+
+
 async def test_a_unit_of_work_that_raises_is_rolled_back(store: Store) -> None:
     def half_done(tx: Any) -> None:
         _client(tx, "half")
@@ -183,31 +197,18 @@ async def test_sent_statements_commit_with_the_unit_and_their_errors_fail_it(
     """``send`` does not wait for an answer (PostgreSQL pipelines it with the next
     statement or the commit); its effects commit with the unit, and its error
     fails the whole unit, even when nothing is read after it."""
-    import datetime as dt
-
-    now = dt.datetime.now(dt.UTC)
-
-    def sent(tx: Any, client_id: str) -> None:
-        tx.send(
-            "insert_client",
-            client_id=client_id,
-            secret_hash="x",
-            scopes="worker",
-            description=None,
-            now=tx.time(now),
-        )
 
     def sent_then_read(tx: Any) -> Any:
-        sent(tx, "sent-2")
+        _sent_client(tx, "sent-2")
         return tx.one("get_client", client_id="sent-2")
 
-    await store.write(lambda tx: sent(tx, "sent-1"))
+    await store.write(lambda tx: _sent_client(tx, "sent-1"))
     assert (await store.write(sent_then_read))["client_id"] == "sent-2"
     assert await store.read(lambda tx: tx.one("get_client", client_id="sent-1")) is not None
 
     def clash_then_more(tx: Any) -> None:
         _client(tx, "sent-3")
-        sent(tx, "sent-1")  # already there: fails at the commit at the latest
+        _sent_client(tx, "sent-1")  # already there: fails at the commit at the latest
 
     with pytest.raises(ConflictError):
         await store.write(clash_then_more)
@@ -250,7 +251,6 @@ async def test_sent_statements_share_round_trips_on_postgresql(
     the sync before COMMIT, COMMIT), not nine."""
     if store.dialect != "postgres":
         pytest.skip(reason="SQLite has no round trips")
-    import datetime as dt
 
     from kflow.store import pg_green
 
@@ -262,29 +262,14 @@ async def test_sent_statements_share_round_trips_on_postgresql(
         return await ready(fileno, state, timeout)
 
     monkeypatch.setattr(pg_green, "_ready", counted)
-    now = dt.datetime.now(dt.UTC)
 
     def unit(tx: Any) -> None:
         tx.one("get_client", client_id="nobody")
         for name in ("rt-1", "rt-2", "rt-3"):
-            tx.send(
-                "insert_client",
-                client_id=name,
-                secret_hash="x",
-                scopes="worker",
-                description=None,
-                now=tx.time(now),
-            )
+            _sent_client(tx, name)
         tx.one("get_client", client_id="rt-1")
         for name in ("rt-4", "rt-5"):
-            tx.send(
-                "insert_client",
-                client_id=name,
-                secret_hash="x",
-                scopes="worker",
-                description=None,
-                now=tx.time(now),
-            )
+            _sent_client(tx, name)
 
     await store.write(unit)
     assert len(waits) <= 5, waits
