@@ -22,6 +22,7 @@ from kflow._client_common import (
     ClientConfig,
     Reconnect,
     Routes,
+    is_unavailable,
     parse_response,
     started_run_id,
     token_from,
@@ -29,6 +30,7 @@ from kflow._client_common import (
     wait_pause,
 )
 from kflow._serde import loads
+from kflow.errors import ApiError
 from kflow.worker.wire import error_from_response
 
 
@@ -272,12 +274,13 @@ class AsyncClient:
 
         One long-poll request at a time (``GET /workflows/{id}?wait_seconds=``)
         that the server answers when the run finishes; a server that cannot be
-        reached is retried for ``config.reconnect_seconds``.
+        reached, or answers 503 (its database restarting), is retried for
+        ``config.reconnect_seconds``.
 
         Raises:
             trio.TooSlowError: ``timeout`` seconds passed first (the message names the run).
             httpx.TransportError: the server stayed unreachable (the last error).
-            ApiError: an error answer (unknown run, refused token...).
+            ApiError: an error answer (unknown run, refused token...; a 503 that lasted).
         """
         retry = Reconnect(limit=self.config.reconnect_seconds)
         with _timeout_naming(timeout, lambda: workflow_id):
@@ -288,7 +291,9 @@ class AsyncClient:
                     state: dict[str, Any] = await self._call(
                         *Routes.wait(workflow_id, asked, self.config.timeout)
                     )
-                except httpx.TransportError:
+                except (httpx.TransportError, ApiError) as exc:
+                    if not is_unavailable(exc):
+                        raise
                     pause = retry.pause(trio.current_time())
                     if pause is None:
                         raise

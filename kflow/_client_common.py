@@ -119,6 +119,14 @@ class Reconnect:
         return min(5.0, 0.2 * 2.0**self.failures, remaining)
 
 
+def is_unavailable(exc: Exception) -> bool:
+    """A failure that waiting out is right for: the server unreachable, or answering
+    503 (its database restarting, or it is shutting down)."""
+    if isinstance(exc, httpx.TransportError):
+        return True
+    return isinstance(exc, ApiError) and exc.status == 503
+
+
 def wait_pause(asked: float, took: float) -> float:
     """Seconds to pause after a long-poll answered with a run still going.
 

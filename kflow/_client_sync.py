@@ -22,6 +22,7 @@ from kflow._client_common import (
     ClientConfig,
     Reconnect,
     Routes,
+    is_unavailable,
     parse_response,
     started_run_id,
     token_from,
@@ -29,6 +30,7 @@ from kflow._client_common import (
     wait_pause,
 )
 from kflow._serde import loads
+from kflow.errors import ApiError
 from kflow.worker.wire import error_from_response
 
 
@@ -257,12 +259,13 @@ class Client:
         """Block until the run finishes; returns its final state (as :meth:`status`).
 
         One long-poll request at a time (``GET /workflows/{id}?wait_seconds=``);
-        a server that cannot be reached is retried for ``config.reconnect_seconds``.
+        a server that cannot be reached, or answers 503 (its database
+        restarting), is retried for ``config.reconnect_seconds``.
 
         Raises:
             TimeoutError: ``timeout`` seconds passed first.
             httpx.TransportError: the server stayed unreachable (the last error).
-            ApiError: an error answer (unknown run, refused token...).
+            ApiError: an error answer (unknown run, refused token...; a 503 that lasted).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         retry = Reconnect(limit=self.config.reconnect_seconds)
@@ -277,7 +280,9 @@ class Client:
                 state: dict[str, Any] = self._call(
                     *Routes.wait(workflow_id, asked, self.config.timeout)
                 )
-            except httpx.TransportError:
+            except (httpx.TransportError, ApiError) as exc:
+                if not is_unavailable(exc):
+                    raise
                 pause = retry.pause(time.monotonic())
                 if pause is None:
                     raise

@@ -243,11 +243,16 @@ class LongPolls:
         step = self.steps.pop(0)
         if step == "refused":
             raise httpx.ConnectError("connection refused", request=request)
+        if step == "unavailable":
+            return 0, "unavailable"
         held, status = step
         return held, status
 
     @staticmethod
     def answer(status: str) -> httpx.Response:
+        if status == "unavailable":  # what a server says while its database restarts
+            body = {"error": {"code": "SERVICE_UNAVAILABLE", "message": "PostgreSQL is down"}}
+            return httpx.Response(503, json=body)
         return httpx.Response(200, json={"id": WORKFLOW, "status": status, "activities": []})
 
 
@@ -292,6 +297,27 @@ async def test_async_wait_rides_out_a_server_restart(autojump_clock: trio.abc.Cl
     assert [at for at, _ in script.requests] == pytest.approx([0, 3.1, 3.5, 4.3])
 
 
+async def test_async_wait_rides_out_a_database_restart(autojump_clock: trio.abc.Clock) -> None:
+    script = LongPolls(
+        (2, "running"), "unavailable", "unavailable", (1, "completed"), now=trio.current_time
+    )
+    config = ClientConfig(api_url=API, reconnect_seconds=60)
+    async with long_poll_http(script) as http, AsyncClient(config=config, http=http) as kf:
+        done = await kf.wait(WORKFLOW)
+    assert done["status"] == "completed"
+    assert [at for at, _ in script.requests] == pytest.approx([0, 2.1, 2.5, 3.3])
+
+
+async def test_async_wait_gives_up_on_a_503_that_lasts(autojump_clock: trio.abc.Clock) -> None:
+    script = LongPolls(*["unavailable"] * 50, now=trio.current_time)
+    config = ClientConfig(api_url=API, reconnect_seconds=3)
+    async with long_poll_http(script) as http, AsyncClient(config=config, http=http) as kf:
+        with pytest.raises(ApiError) as raised:
+            await kf.wait(WORKFLOW)
+    assert raised.value.status == 503
+    assert trio.current_time() == pytest.approx(3)
+
+
 async def test_async_wait_timeout_cancels_the_held_request(autojump_clock: trio.abc.Clock) -> None:
     script = LongPolls((20, "running"), now=trio.current_time)
     async with long_poll_http(script) as http, AsyncClient(api_url=API, http=http) as kf:
@@ -314,7 +340,9 @@ async def test_async_wait_reports_an_unknown_run() -> None:
 def test_sync_wait_long_polls_until_final(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = FakeTime()
     monkeypatch.setattr(client_module, "time", clock)
-    script = LongPolls((20, "running"), "refused", (2, "completed"), now=clock.monotonic)
+    script = LongPolls(
+        (20, "running"), "refused", "unavailable", (2, "completed"), now=clock.monotonic
+    )
 
     def handle(request: httpx.Request) -> httpx.Response:
         held, status = script.next(request)
@@ -324,7 +352,8 @@ def test_sync_wait_long_polls_until_final(monkeypatch: pytest.MonkeyPatch) -> No
     with httpx.Client(transport=httpx.MockTransport(handle)) as http:
         done = Client(api_url=API, http=http).wait(WORKFLOW)
     assert done["status"] == "completed"
-    assert script.requests == [(0, "20"), (20, "20"), pytest.approx((20.4, "20"))]
+    # refused, then a 503 (the database restarting): backoff 0.4 s, then 0.8 s
+    assert [at for at, _ in script.requests] == pytest.approx([0, 20, 20.4, 21.2])
 
 
 def test_sync_wait_timeout_names_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
