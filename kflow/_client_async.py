@@ -227,9 +227,9 @@ class AsyncClient:
         stop early, close the generator (``contextlib.aclosing``).
 
         Raises:
-            httpx.TransportError: the server stayed unreachable for
-                ``config.reconnect_seconds`` (the last error is re-raised).
-            ApiError: an error answer (unknown run, refused token...).
+            httpx.TransportError: the server stayed unreachable (or answering
+                503) for ``config.reconnect_seconds`` (the last error is re-raised).
+            ApiError: an error answer (unknown run, refused token...; a 503 that lasted).
         """
         after = from_event_id
         retry = Reconnect(limit=self.config.reconnect_seconds)
@@ -263,7 +263,9 @@ class AsyncClient:
                         return
                 if (await self.status(workflow_id))["status"] in FINAL_STATUSES:
                     return
-            except (httpx.TransportError, httpx_sse.SSEError):
+            except (httpx.TransportError, httpx_sse.SSEError, ApiError) as exc:
+                if isinstance(exc, ApiError) and not is_unavailable(exc):
+                    raise
                 pause = retry.pause(trio.current_time())
                 if pause is None:
                     raise

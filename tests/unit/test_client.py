@@ -121,6 +121,9 @@ class Script:
         step = self.steps.pop(0)
         if step == "refused":
             raise httpx.ConnectError("connection refused", request=request)
+        if step == "unavailable":  # the server's database is restarting
+            body = {"error": {"code": "SERVICE_UNAVAILABLE", "message": "PostgreSQL is down"}}
+            return httpx.Response(503, json=body)
         headers = {"content-type": "text/event-stream"}
         if isinstance(step, Dropped):
             return httpx.Response(200, headers=headers, stream=step)
@@ -149,6 +152,33 @@ async def test_async_events_resume_after_the_last_event(autojump_clock: trio.abc
     assert [after for _, after in script.requests] == [0, 2, 2, 2]
     times = [at for at, _ in script.requests]
     assert times == pytest.approx([0, 0.4, 1.2, 2.8])  # backoff 0.4 (the drop), 0.8, 1.6
+
+
+async def test_async_events_ride_out_a_database_restart(autojump_clock: trio.abc.Clock) -> None:
+    script = Script(
+        Dropped(sse((1, "workflow.started"))),
+        "unavailable",
+        "unavailable",
+        sse((2, "workflow.completed")),
+        now=trio.current_time,
+    )
+    config = ClientConfig(api_url=API, reconnect_seconds=60)
+    async with async_http(script) as http, AsyncClient(config=config, http=http) as kf:
+        events = [e["event_id"] async for e in kf.events(WORKFLOW)]
+    assert events == [1, 2]
+    assert [after for _, after in script.requests] == [0, 1, 1, 1]
+
+
+async def test_async_events_raise_other_error_answers_at_once() -> None:
+    def handle(request: httpx.Request) -> httpx.Response:
+        body = {"error": {"code": "NOT_FOUND", "message": f"workflow {WORKFLOW} not found"}}
+        return httpx.Response(404, json=body)
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handle))
+    async with http, AsyncClient(api_url=API, http=http) as kf:
+        with pytest.raises(ApiError, match="not found"):
+            async for _ in kf.events(WORKFLOW):
+                pass
 
 
 async def test_async_events_deadline_restarts_after_a_successful_reconnect(
@@ -201,6 +231,7 @@ def test_sync_events_resume_after_the_last_event(monkeypatch: pytest.MonkeyPatch
     script = Script(
         Dropped(sse((1, "workflow.started"), (2, "activity.completed"))),
         "refused",
+        "unavailable",
         sse((3, "workflow.completed")),
         now=clock.monotonic,
     )
@@ -208,7 +239,8 @@ def test_sync_events_resume_after_the_last_event(monkeypatch: pytest.MonkeyPatch
     with httpx.Client(transport=httpx.MockTransport(script)) as http:
         kf = Client(config=config, http=http)
         assert [e["event_id"] for e in kf.events(WORKFLOW)] == [1, 2, 3]
-    assert script.requests == [(0, 0), (0.4, 2), pytest.approx((1.2, 2))]
+    assert [after for _, after in script.requests] == [0, 2, 2, 2]
+    assert [at for at, _ in script.requests] == pytest.approx([0, 0.4, 1.2, 2.8])
 
 
 def test_sync_events_give_up_when_no_reconnect_succeeds(monkeypatch: pytest.MonkeyPatch) -> None:
