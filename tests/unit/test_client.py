@@ -317,27 +317,24 @@ async def test_async_wait_polls_a_server_without_long_poll(autojump_clock: trio.
     assert [at for at, _ in script.requests] == pytest.approx([0, 0.1, 0.2])
 
 
-async def test_async_wait_rides_out_a_server_restart(autojump_clock: trio.abc.Clock) -> None:
-    script = LongPolls(
-        (3, "running"), "refused", "refused", (1, "cancelled"), now=trio.current_time
-    )
+@pytest.mark.parametrize(
+    ("outage", "final", "times"),
+    [
+        # The first answer came early (3 s of 20): a 0.1 s pause, then backoff 0.4 and 0.8.
+        ("refused", (3, "cancelled"), [0, 3.1, 3.5, 4.3]),  # the server restarting
+        ("unavailable", (2, "completed"), [0, 2.1, 2.5, 3.3]),  # its database restarting
+    ],
+)
+async def test_async_wait_rides_out_a_restart(
+    autojump_clock: trio.abc.Clock, outage: str, final: tuple[float, str], times: list[float]
+) -> None:
+    held, status = final
+    script = LongPolls((held, "running"), outage, outage, (1, status), now=trio.current_time)
     config = ClientConfig(api_url=API, reconnect_seconds=60)
     async with long_poll_http(script) as http, AsyncClient(config=config, http=http) as kf:
         done = await kf.wait(WORKFLOW)
-    assert done["status"] == "cancelled"
-    # The first answer came early (3 s of 20): a 0.1 s pause, then backoff 0.4 and 0.8.
-    assert [at for at, _ in script.requests] == pytest.approx([0, 3.1, 3.5, 4.3])
-
-
-async def test_async_wait_rides_out_a_database_restart(autojump_clock: trio.abc.Clock) -> None:
-    script = LongPolls(
-        (2, "running"), "unavailable", "unavailable", (1, "completed"), now=trio.current_time
-    )
-    config = ClientConfig(api_url=API, reconnect_seconds=60)
-    async with long_poll_http(script) as http, AsyncClient(config=config, http=http) as kf:
-        done = await kf.wait(WORKFLOW)
-    assert done["status"] == "completed"
-    assert [at for at, _ in script.requests] == pytest.approx([0, 2.1, 2.5, 3.3])
+    assert done["status"] == status
+    assert [at for at, _ in script.requests] == pytest.approx(times)
 
 
 async def test_async_wait_gives_up_on_a_503_that_lasts(autojump_clock: trio.abc.Clock) -> None:

@@ -122,24 +122,11 @@ async def store(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Async
         await opened.aclose()
 
 
-def _client(tx: Any, client_id: str) -> None:
+def _client(tx: Any, client_id: str, *, sent: bool = False) -> None:
+    """Insert a client; ``sent``: without waiting for an answer (``Tx.send``)."""
     import datetime as dt
 
-    tx.run(
-        "insert_client",
-        client_id=client_id,
-        secret_hash="x",
-        scopes="worker",
-        description=None,
-        now=tx.time(dt.datetime.now(dt.UTC)),
-    )
-
-
-def _sent_client(tx: Any, client_id: str) -> None:
-    """:func:`_client`, sent without waiting for an answer (``Tx.send``)."""
-    import datetime as dt
-
-    tx.send(
+    (tx.send if sent else tx.run)(
         "insert_client",
         client_id=client_id,
         secret_hash="x",
@@ -199,16 +186,16 @@ async def test_sent_statements_commit_with_the_unit_and_their_errors_fail_it(
     fails the whole unit, even when nothing is read after it."""
 
     def sent_then_read(tx: Any) -> Any:
-        _sent_client(tx, "sent-2")
+        _client(tx, "sent-2", sent=True)
         return tx.one("get_client", client_id="sent-2")
 
-    await store.write(lambda tx: _sent_client(tx, "sent-1"))
+    await store.write(lambda tx: _client(tx, "sent-1", sent=True))
     assert (await store.write(sent_then_read))["client_id"] == "sent-2"
     assert await store.read(lambda tx: tx.one("get_client", client_id="sent-1")) is not None
 
     def clash_then_more(tx: Any) -> None:
         _client(tx, "sent-3")
-        _sent_client(tx, "sent-1")  # already there: fails at the commit at the latest
+        _client(tx, "sent-1", sent=True)  # already there: fails at the commit at the latest
 
     with pytest.raises(ConflictError):
         await store.write(clash_then_more)
@@ -266,10 +253,10 @@ async def test_sent_statements_share_round_trips_on_postgresql(
     def unit(tx: Any) -> None:
         tx.one("get_client", client_id="nobody")
         for name in ("rt-1", "rt-2", "rt-3"):
-            _sent_client(tx, name)
+            _client(tx, name, sent=True)
         tx.one("get_client", client_id="rt-1")
         for name in ("rt-4", "rt-5"):
-            _sent_client(tx, name)
+            _client(tx, name, sent=True)
 
     await store.write(unit)
     assert len(waits) <= 5, waits
