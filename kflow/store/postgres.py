@@ -16,12 +16,15 @@ is why units of work must not have side effects outside the transaction.
 Notifications (:meth:`PgTx.notify`) are sent with ``pg_notify`` inside the
 transaction: PostgreSQL delivers them to listeners only if it commits.
 
-Inside a write unit's transaction, statements run in psycopg's pipeline
-mode: those whose answer nobody needs (:meth:`PgTx.send`, ``run_many``,
-notifications) travel with the next statement that needs one, or with the
-sync that ends the unit before its ``COMMIT``. ``BEGIN`` is still a round
-trip of its own, sent first: a pooled connection that died meanwhile is
-found there, before the unit wrote anything, and the unit runs on another.
+A write unit runs in psycopg's pipeline mode, transaction included:
+``BEGIN`` travels with the unit's first statement that needs an answer;
+statements whose answer nobody needs (:meth:`PgTx.send`, ``run_many``,
+notifications) travel with the next one that does; whatever is still
+queued travels with ``COMMIT``. A unit that reads once and writes waits for
+PostgreSQL twice. A pooled connection that died meanwhile is found at the
+first answer, before anything could commit, and the unit runs again on
+another; a connection lost once ``COMMIT`` is on its way is an error (the
+outcome is unknown), never a retry.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from typing import Any, TypeVar
 import psycopg
 import psycopg.errors
 import structlog
+from psycopg import pq
 from psycopg.adapt import Loader
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
@@ -53,6 +57,8 @@ log = structlog.get_logger("kflow.store")
 MIGRATION_LOCK = 0x6B666C6F77
 #: How often a unit of work hitting a deadlock or serialization failure is retried.
 RETRIES = 5
+
+_IDLE = pq.TransactionStatus.IDLE
 
 _RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 
@@ -88,12 +94,19 @@ class PgTx:
         #: Write units run in pipeline mode: :meth:`send` statements and
         #: notifications travel with the next statement that needs an answer.
         self._pipeline = pipeline
+        #: Whether PostgreSQL has answered anything in this unit (the
+        #: connection was alive when the unit started).
+        self.answered = False
+        #: Whether the unit's ``COMMIT`` is queued or sent (a lost connection
+        #: leaves the outcome unknown from then on).
+        self.committing = False
 
     def _execute(self, sql: str, params: Any = None) -> psycopg.Cursor[Any]:
         """Execute and wait for the answer (sending whatever was queued before with it)."""
         cursor = self._conn.execute(sql, params)
         if self._pipeline is not None:
             self._pipeline.sync()
+            self.answered = True
         return cursor
 
     def _writing(self, what: str) -> None:
@@ -148,31 +161,22 @@ class PgTx:
         self._conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))  # sent with the commit
 
 
-def _begin(
-    conn: psycopg.Connection[Any], mode: str, inside: contextlib.ExitStack
-) -> psycopg.Pipeline | None:
-    """Set ``conn`` up for ``mode``; ``write`` and ``locking-read`` enter a transaction
-    (``BEGIN`` or ``BEGIN READ ONLY`` — no separate ``SET TRANSACTION`` round trip).
-    ``write`` then enters pipeline mode inside the transaction (the pipeline
-    is returned); it is synced, sending what is still queued, before ``COMMIT``.
+def _begin(conn: psycopg.Connection[Any], mode: str, inside: contextlib.ExitStack) -> None:
+    """Set ``conn`` up for a ``read`` (autocommit) or a ``locking-read`` unit (one
+    transaction, ``BEGIN READ ONLY`` — no separate ``SET TRANSACTION`` round trip).
 
     Raises:
         psycopg.OperationalError: the connection is lost.
     """
     if conn.broken:
         raise psycopg.OperationalError("the connection is lost")
-    pipeline: psycopg.Pipeline | None = None
     autocommit = mode == "read"
     if conn.autocommit != autocommit:
         conn.autocommit = autocommit
     if not autocommit:
-        read_only = mode != "write"
-        if conn.read_only != read_only:
-            conn.read_only = read_only
+        if not conn.read_only:
+            conn.read_only = True
         inside.enter_context(conn.transaction())
-        if mode == "write":
-            pipeline = inside.enter_context(conn.pipeline())
-    return pipeline
 
 
 def _translate(exc: psycopg.Error) -> KflowError:
@@ -242,16 +246,42 @@ class PostgresStore:
 
     def _unit(self, conn: psycopg.Connection[Any], fn: Callable[[PgTx], T], mode: str) -> T:
         """The synchronous part of :meth:`_transact`, run by :func:`run_unit`."""
+        if mode == "write":
+            return self._write_unit(conn, fn)
         with contextlib.ExitStack() as inside:
             try:
-                pipeline = _begin(conn, mode, inside)
-                if mode == "read":
-                    return fn(PgTx(conn, self._queries, writable=False))
+                _begin(conn, mode, inside)
             except psycopg.OperationalError as exc:
                 if conn.broken:
                     raise _LostBeforeWriting(exc) from exc
                 raise
-            return fn(PgTx(conn, self._queries, pipeline=pipeline))
+            return fn(PgTx(conn, self._queries, writable=False))
+
+    def _write_unit(self, conn: psycopg.Connection[Any], fn: Callable[[PgTx], T]) -> T:
+        """``fn`` in one transaction whose ``BEGIN`` and ``COMMIT`` ride in the pipeline.
+
+        The connection stays in autocommit mode and the transaction is spelled
+        out: psycopg's own transaction handling would wait for ``BEGIN`` and
+        for ``COMMIT`` separately. On any failure the transaction is rolled
+        back before the connection goes back to the pool.
+        """
+        tx = PgTx(conn, self._queries)
+        try:
+            if not conn.autocommit:
+                conn.autocommit = True
+            with conn.pipeline() as pipeline:
+                tx._pipeline = pipeline
+                conn.execute("BEGIN")
+                result = fn(tx)
+                tx.committing = True
+                conn.execute("COMMIT")
+            return result
+        except psycopg.OperationalError as exc:
+            if conn.broken and not (tx.answered or tx.committing):
+                raise _LostBeforeWriting(exc) from exc
+            raise
+        finally:
+            _roll_back_leftover(conn)
 
     async def write(self, fn: Callable[[PgTx], T]) -> T:
         """Run ``fn`` in a read-write transaction and commit (retrying deadlocks).
@@ -322,6 +352,16 @@ class PostgresStore:
             return
         self._closed = True
         self._pool.close()
+
+
+def _roll_back_leftover(conn: psycopg.Connection[Any]) -> None:
+    """End a write unit's transaction that a failure left open (or aborted)."""
+    if conn.broken or conn.closed or conn.pgconn.transaction_status == _IDLE:
+        return
+    try:
+        conn.execute("ROLLBACK")
+    except psycopg.Error:
+        conn.close()  # the pool drops it
 
 
 class _LostBeforeWriting(Exception):
