@@ -120,7 +120,7 @@ class ActivityContext:
         signal: Mapping[str, Any] | None = None,
         heartbeat_details: Any | None = None,
         budget_remaining_usd: decimal.Decimal | None = None,
-        workdir: pathlib.Path | None = None,
+        workdir: pathlib.Path | Callable[[], pathlib.Path] | None = None,
         api: ActivityApi | None = None,
         thread_limiter: trio.CapacityLimiter | None = None,
     ) -> None:
@@ -142,32 +142,53 @@ class ActivityContext:
         self.recorded_usage: list[Usage] = []
         self.recorded_cost = decimal.Decimal(0)
         self._workdir = workdir
-        self._workdir_ready = False
+        self._workdir_ready: pathlib.Path | None = None
         self._api = api
         self._thread_limiter = thread_limiter
-        self.logger = structlog.get_logger("kflow.activity").bind(
-            workflow_id=str(workflow_id), activity_key=activity_key, attempt=attempt
-        )
+        self._logger: Any = None
+
+    @property
+    def logger(self) -> Any:
+        """A structlog logger bound to the run, the activity key and the attempt
+        (made on first use: most attempts never log through it)."""
+        if self._logger is None:
+            self._logger = structlog.get_logger("kflow.activity").bind(
+                workflow_id=str(self.workflow_id),
+                activity_key=self.activity_key,
+                attempt=self.attempt,
+            )
+        return self._logger
+
+    @logger.setter
+    def logger(self, value: Any) -> None:
+        self._logger = value
 
     @property
     def workdir(self) -> pathlib.Path:
         """A private temporary directory for this attempt (removed afterwards).
 
-        The directory is created on first use, so attempts that never ask for
-        it cost no file-system work.
+        The directory is created on first use (the runtime may even choose its
+        name then), so attempts that never ask for it cost no file-system work.
 
         Raises:
             ActivityError: the runtime gave this context no directory.
             OSError: the directory cannot be created.
         """
+        if self._workdir_ready is not None:
+            return self._workdir_ready
         if self._workdir is None:
             raise ActivityError(
                 "this context has no working directory", code="NO_WORKDIR", retryable=False
             )
-        if not self._workdir_ready:
-            self._workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._workdir_ready = True
-        return self._workdir
+        path = self._workdir if isinstance(self._workdir, pathlib.Path) else self._workdir()
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._workdir_ready = path
+        return path
+
+    @property
+    def workdir_created(self) -> pathlib.Path | None:
+        """The working directory if :attr:`workdir` created it (for the runtime to remove)."""
+        return self._workdir_ready
 
     def record_usage(self, *usage: Usage) -> None:
         """Record model calls this attempt made (tokens and, when known, cost).

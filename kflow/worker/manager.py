@@ -199,6 +199,7 @@ class WorkerManager:
         )
         with self._everything:
             async with trio.open_nursery() as root:
+                await root.start(runner.heartbeats.serve)
                 async with trio.open_nursery() as work:
                     with self._intake:
                         self.server_info = await api.info()

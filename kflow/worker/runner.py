@@ -14,8 +14,11 @@ output has no JSON form        ``INVALID_OUTPUT``          no
 worker stopped (past timeout)  ``WORKER_SHUTDOWN``         yes
 =============================  ==========================  =========
 
-A heartbeat answered 409 (lease lost or run cancelled) cancels the attempt and
-nothing is reported. The final report goes through
+Heartbeats of every running attempt come from one task per worker
+(:class:`Heartbeats`), not a task per attempt: most attempts end long before
+their first heartbeat is due, and a task per attempt cost more CPU than a
+no-op activity itself. A heartbeat answered 409 (lease lost or run
+cancelled) cancels the attempt and nothing is reported. The final report goes through
 :meth:`~kflow.worker.outbox.Reporter.deliver` (shielded, time-bounded, backed by
 the outbox) while the heartbeat task still runs. One canonical log line,
 ``activity.finished``, closes every attempt.
@@ -23,13 +26,15 @@ the outbox) while the heartbeat task still runs. One canonical log line,
 
 from __future__ import annotations
 
+import contextlib
 import decimal
+import math
 import pathlib
 import secrets
 import shutil
 import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -49,9 +54,9 @@ from kflow.worker.wire import ClaimedActivity, Report, ReportOutcome, describe
 logger = structlog.get_logger("kflow.worker")
 
 
-@attrs.define
+@attrs.define(eq=False)  # hashed by identity: the heartbeat service keys on it
 class _Attempt:
-    """Mutable state of one attempt, shared by the attempt and its heartbeat task."""
+    """Mutable state of one attempt, shared by the attempt and the heartbeat service."""
 
     item: ClaimedActivity
     log: Any
@@ -109,8 +114,79 @@ class _AttemptApi:
         return await self._api.reserve_budget(activity_id, worker_id, amount)
 
 
+class Heartbeats:
+    """Sends the heartbeats of every running attempt of one worker, from one task.
+
+    :meth:`watch` registers an attempt for its first heartbeat one interval
+    from now; after each heartbeat the next is due one interval (the
+    server's ``next_heartbeat_seconds`` when it names one) after the answer,
+    as long as the attempt is still watched. A 409 answer cancels the
+    attempt; other failures are logged and the heartbeat is tried again one
+    interval later. Heartbeats are sent concurrently; :meth:`serve` must run
+    (in a nursery that outlives the attempts) for any to be sent.
+    """
+
+    def __init__(self, api: WorkerApi, config: WorkerConfig) -> None:
+        self._api = api
+        self._config = config
+        self._due: dict[_Attempt, float] = {}
+        self._wake = trio.Event()
+        self._sleeping_until = math.inf
+
+    @contextlib.contextmanager
+    def watch(self, attempt: _Attempt) -> Iterator[None]:
+        """Heartbeat ``attempt`` while the ``with`` block runs."""
+        due = trio.current_time() + self._config.heartbeat_interval
+        self._due[attempt] = due
+        if due < self._sleeping_until:
+            self._wake.set()
+        try:
+            yield
+        finally:
+            del self._due[attempt]
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Send heartbeats as they fall due, until cancelled."""
+        async with trio.open_nursery() as beats:
+            task_status.started()
+            while True:
+                now = trio.current_time()
+                next_due = math.inf
+                for attempt, due in list(self._due.items()):
+                    if due <= now:
+                        self._due[attempt] = math.inf  # one heartbeat in flight at a time
+                        beats.start_soon(self._beat, attempt)
+                    else:
+                        next_due = min(next_due, due)
+                self._wake = trio.Event()
+                self._sleeping_until = next_due
+                with trio.move_on_at(next_due):
+                    await self._wake.wait()
+
+    async def _beat(self, attempt: _Attempt) -> None:
+        wanted: float | None = None
+        try:
+            wanted = await self._api.heartbeat(
+                attempt.item.activity_id, self._config.worker_id, None
+            )
+        except ActivityCancelled as exc:
+            if attempt in self._due:
+                attempt.cancel_by_server(exc.message)
+            return
+        except (KflowError, httpx.HTTPError) as exc:
+            if attempt in self._due:
+                attempt.log.warning("activity.heartbeat_failed", error=describe(exc))
+        if attempt in self._due:
+            self._due[attempt] = trio.current_time() + (wanted or self._config.heartbeat_interval)
+            # the service sleeps until the earliest other due time: wake it to re-plan
+            self._wake.set()
+
+
 class ActivityRunner:
-    """Runs claimed attempts for one worker process (shared by all its slots)."""
+    """Runs claimed attempts for one worker process (shared by all its slots).
+
+    Its :attr:`heartbeats` service must be running (see :meth:`Heartbeats.serve`).
+    """
 
     def __init__(
         self,
@@ -126,6 +202,7 @@ class ActivityRunner:
         self._api = api
         self._reporter = reporter
         self._thread_limiter = thread_limiter
+        self.heartbeats = Heartbeats(api, config)
 
     async def run(self, item: ClaimedActivity) -> str:
         """Run ``item`` to the end and report it; returns the logged outcome
@@ -146,24 +223,21 @@ class ActivityRunner:
             "attempt": item.attempt,
         }
         attempt = _Attempt(item=item, log=logger.bind(**fields))
-        with structlog.contextvars.bound_contextvars(**fields):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._heartbeats, attempt)
-                try:
-                    result, outcome = await self._attempt(attempt)
-                except trio.Cancelled:
-                    result = ActivityResult.error(
-                        "the worker shut down before the activity finished",
-                        code="WORKER_SHUTDOWN",
-                        retryable=True,
-                    )
-                    await self._report(attempt, result, "cancelled", started)
-                    raise
-                if result is None:
-                    self._finished(attempt, started, "cancelled", None, None)
-                else:
-                    outcome = await self._report(attempt, result, outcome, started)
-                nursery.cancel_scope.cancel()
+        with structlog.contextvars.bound_contextvars(**fields), self.heartbeats.watch(attempt):
+            try:
+                result, outcome = await self._attempt(attempt)
+            except trio.Cancelled:
+                result = ActivityResult.error(
+                    "the worker shut down before the activity finished",
+                    code="WORKER_SHUTDOWN",
+                    retryable=True,
+                )
+                await self._report(attempt, result, "cancelled", started)
+                raise
+            if result is None:
+                self._finished(attempt, started, "cancelled", None, None)
+            else:
+                outcome = await self._report(attempt, result, outcome, started)
         return outcome
 
     async def _attempt(self, attempt: _Attempt) -> tuple[ActivityResult | None, str]:
@@ -178,18 +252,15 @@ class ActivityRunner:
             )
             return ActivityResult.error(message, code="UNKNOWN_ACTIVITY", retryable=False), "error"
         timeout = item.timeout_seconds or self._config.activity_timeout
-        workdir = pathlib.Path(tempfile.gettempdir()) / (
-            f"kflow-{item.activity_id}-{secrets.token_hex(3)}"
-        )
+        ctx = self._context(attempt)
         outcome: tuple[ActivityResult | None, str] = (None, "cancelled")
         try:
             with attempt.scope:  # cancelled by a heartbeat answered 409
-                outcome = await self._execute(
-                    impl, attempt, self._context(attempt, workdir), timeout
-                )
+                outcome = await self._execute(impl, attempt, ctx, timeout)
             return outcome
         finally:
-            if workdir.exists():
+            workdir = ctx.workdir_created
+            if workdir is not None:
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(shutil.rmtree, workdir, True)
 
@@ -222,8 +293,14 @@ class ActivityRunner:
             retryable=False,
         ), "error"
 
-    def _context(self, attempt: _Attempt, workdir: pathlib.Path) -> ActivityContext:
+    def _context(self, attempt: _Attempt) -> ActivityContext:
         item = attempt.item
+
+        def workdir() -> pathlib.Path:  # named when the activity first asks for it
+            return pathlib.Path(tempfile.gettempdir()) / (
+                f"kflow-{item.activity_id}-{secrets.token_hex(3)}"
+            )
+
         return ActivityContext(
             workflow_id=item.workflow_id,
             activity_id=item.activity_id,
@@ -241,23 +318,6 @@ class ActivityRunner:
             api=_AttemptApi(self._api, attempt),
             thread_limiter=self._thread_limiter,
         )
-
-    async def _heartbeats(self, attempt: _Attempt) -> None:
-        """Heartbeat until cancelled; a 409 cancels the attempt."""
-        interval = self._config.heartbeat_interval
-        while True:
-            await trio.sleep(interval)
-            try:
-                wanted = await self._api.heartbeat(
-                    attempt.item.activity_id, self._config.worker_id, None
-                )
-            except ActivityCancelled as exc:
-                attempt.cancel_by_server(exc.message)
-                return
-            except (KflowError, httpx.HTTPError) as exc:
-                attempt.log.warning("activity.heartbeat_failed", error=describe(exc))
-                continue
-            interval = wanted or self._config.heartbeat_interval
 
     async def _report(
         self, attempt: _Attempt, result: ActivityResult, outcome: str, started: float

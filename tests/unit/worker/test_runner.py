@@ -212,6 +212,21 @@ async def test_heartbeats_keep_the_lease_at_the_interval(
     assert [t for t, _ in fake.activities[act].heartbeats] == [30, 60, 90]
 
 
+async def test_one_service_keeps_every_running_attempt_alive_and_stops_with_each(
+    make_manager: MakeManager, fake: Any, autojump_clock: trio.abc.Clock
+) -> None:
+    """Heartbeats of concurrent attempts come from one task: each attempt at its own
+    pace, none after the attempt has ended."""
+    long = fake.enqueue("sleepy", {"seconds": 95}, timeout_seconds=300)
+    short = fake.enqueue("sleepy", {"seconds": 45}, timeout_seconds=300)
+    quick = fake.enqueue("sleepy", {"seconds": 5}, timeout_seconds=300)
+    await burst(make_manager, sleepy, heartbeat_interval=30)
+    assert [t for t, _ in fake.activities[long].heartbeats] == [30, 60, 90]
+    assert [t for t, _ in fake.activities[short].heartbeats] == [30]
+    assert fake.activities[quick].heartbeats == []
+    assert {fake.activities[a].status for a in (long, short, quick)} == {"completed"}
+
+
 async def test_the_server_can_change_the_heartbeat_pace(
     make_manager: MakeManager, fake: Any, autojump_clock: trio.abc.Clock
 ) -> None:
