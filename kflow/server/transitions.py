@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 import attrs
@@ -228,6 +228,22 @@ class TransitionEngine:
         if row is None:
             raise NotFoundError(f"workflow {workflow_id} not found")
         return row
+
+    def lock_many(self, tx: Tx, workflow_ids: Iterable[str]) -> dict[str, Row]:
+        """Lock several runs in one statement, in id order; returns their rows by id
+        (as strings), in that order.
+
+        Raises:
+            NotFoundError: one of them does not exist.
+        """
+        wanted = sorted(set(workflow_ids))
+        if not wanted:
+            return {}
+        rows = {str(row["id"]): row for row in tx.all("lock_workflows", ids=tx.json(wanted))}
+        missing = [w for w in wanted if w not in rows]
+        if missing:
+            raise NotFoundError(f"workflow {missing[0]} not found")
+        return {w: rows[w] for w in wanted}
 
     def transition(
         self, tx: Tx, effects: Effects, state: WorkflowState, event: Event, now: dt.datetime

@@ -75,8 +75,8 @@ class WorkerOps(WorkerReports):
             # Events of a run are appended only under the run's row lock (sorted, so
             # two claims cannot deadlock on each other): a run's history then
             # commits in id order, and a stream reading "after id N" never skips.
-            for workflow_id in sorted({item["workflow_id"] for item in items}):
-                run = self.engine.lock(tx, workflow_id)
+            runs = self.engine.lock_many(tx, {item["workflow_id"] for item in items})
+            for workflow_id, run in runs.items():
                 if run["status"] == "created":
                     tx.send("mark_workflow_running", id=workflow_id, now=tx.time(now))
                 self._hand_out_budget(

@@ -102,8 +102,9 @@ async def create(request: Request) -> Response:
     async def held_detail() -> AsyncIterator[bytes]:
         # Starlette cancels this when the caller hangs up.
         if wait:
-            await _until_finished(ctx, None, started.id, wait)
-        yield dumps(await ctx.store.read(lambda tx: views.workflow_detail(tx, started.id)))
+            yield dumps(await _detail_when_finished(ctx, None, started.id, wait))
+        else:
+            yield dumps(await _detail(ctx, started.id))
 
     return StreamingResponse(
         held_detail(),
@@ -158,37 +159,52 @@ async def get_run(request: Request) -> JSONResponse:
     wait = query.number("wait_seconds", low=0, high=ctx.config.max_wait_seconds)
     query.check()
     if wait:
-        await _until_finished(ctx, request, workflow_id, wait)
-    return JSONResponse(await ctx.store.read(lambda tx: views.workflow_detail(tx, workflow_id)))
+        return JSONResponse(await _detail_when_finished(ctx, request, workflow_id, wait))
+    return JSONResponse(await _detail(ctx, workflow_id))
 
 
-async def _until_finished(
+async def _detail(ctx: ServerContext, workflow_id: uuid.UUID) -> dict[str, Any]:
+    """The run as ``GET /workflows/{id}`` shows it.
+
+    Raises:
+        NotFoundError: no such run.
+    """
+    detail: dict[str, Any] = await ctx.store.read(lambda tx: views.workflow_detail(tx, workflow_id))
+    return detail
+
+
+async def _detail_when_finished(
     ctx: ServerContext, request: Request | None, workflow_id: uuid.UUID, wait: float
-) -> None:
-    """Return when the run is final, ``wait`` seconds passed or the caller of
-    ``request`` hung up (``None``: the caller watches for that itself).
+) -> dict[str, Any]:
+    """The run as ``GET /workflows/{id}`` shows it, once it is final, ``wait``
+    seconds passed or the caller of ``request`` hung up (``None``: the caller
+    watches for that itself).
 
     Raises:
         NotFoundError: no such run.
     """
     finished = finished_key(workflow_id)
     deadline = trio.current_time() + wait
-    # The version is taken before each status read, so a finish committed in
-    # between is never missed; a wake-up that finds the run still going
-    # (another server reconnected and woke everyone) waits again.
+    # The version is taken before each read, so a finish committed in between
+    # is never missed; a wake-up that finds the run still going (another
+    # server reconnected and woke everyone) waits again. After a wake-up the
+    # whole run is read at once: it is the answer when it is final.
     seen = ctx.hub.version(finished)
     status = await ctx.store.read(lambda tx: views.run_status(tx, workflow_id))
     if status in _FINAL:
-        return
+        return await _detail(ctx, workflow_id)
+    final: dict[str, Any] | None = None
     async with trio.open_nursery() as nursery:
         if request is not None:
             nursery.start_soon(_cancel_on_hang_up, request, nursery.cancel_scope)
         while await ctx.hub.wait(finished, seen, deadline - trio.current_time()):
             seen = ctx.hub.version(finished)
-            status = await ctx.store.read(lambda tx: views.run_status(tx, workflow_id))
-            if status in _FINAL:
+            detail = await _detail(ctx, workflow_id)
+            if detail["status"] in _FINAL:
+                final = detail
                 break
         nursery.cancel_scope.cancel()
+    return final if final is not None else await _detail(ctx, workflow_id)
 
 
 async def _cancel_on_hang_up(request: Request, scope: trio.CancelScope) -> None:

@@ -15,6 +15,16 @@ SELECT id, definition_name, definition_version, status, input, unique_key, error
 FROM workflows WHERE id = %(id)s
 FOR UPDATE;
 
+-- name: lock_workflows
+-- Several runs, locked in id order (two claims never wait on each other in a cycle);
+-- ids is a JSON array of run ids.
+SELECT id, definition_name, definition_version, status, input, unique_key, error_message,
+       total_cost_usd, created_at, updated_at, completed_at, timeout_at
+FROM workflows
+WHERE id IN (SELECT jsonb_array_elements_text(%(ids)s)::uuid)
+ORDER BY id
+FOR UPDATE;
+
 -- name: lock_workflow_of_attempt
 -- The run an attempt belongs to, locked (one statement instead of a lookup and a lock).
 SELECT id, definition_name, definition_version, status, input, unique_key, error_message,

@@ -14,6 +14,14 @@ SELECT id, definition_name, definition_version, status, input, unique_key, error
        total_cost_usd, created_at, updated_at, completed_at, timeout_at
 FROM workflows WHERE id = :id;
 
+-- name: lock_workflows
+-- Several runs (ids: a JSON array of run ids); SQLite's write lock covers them all.
+SELECT id, definition_name, definition_version, status, input, unique_key, error_message,
+       total_cost_usd, created_at, updated_at, completed_at, timeout_at
+FROM workflows
+WHERE id IN (SELECT value FROM json_each(:ids))
+ORDER BY id;
+
 -- name: lock_workflow_of_attempt
 -- The run an attempt belongs to, locked (one statement instead of a lookup and a lock).
 SELECT id, definition_name, definition_version, status, input, unique_key, error_message,
