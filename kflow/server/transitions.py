@@ -213,9 +213,12 @@ class TransitionEngine:
         self.after_commit(effects)
         return result
 
-    def load_state(self, tx: Tx, row: Row) -> WorkflowState:
+    def load_state(self, tx: Tx, row: Row, activities: list[Row] | None = None) -> WorkflowState:
+        """The run of ``row`` as the orchestrator sees it; ``activities``: its
+        ``workflow_activities`` rows when the caller read them already in ``tx``."""
         loaded = self.definitions.load(tx, row["definition_name"], row["definition_version"])
-        activities = tx.all("workflow_activities", workflow_id=str(row["id"]))
+        if activities is None:
+            activities = tx.all("workflow_activities", workflow_id=str(row["id"]))
         return workflow_state(tx, row, loaded, activities)
 
     def lock(self, tx: Tx, workflow_id: uuid.UUID | str) -> Row:
@@ -336,9 +339,11 @@ class TransitionEngine:
         now: dt.datetime,
         *,
         locked: Row | None = None,
+        activities: list[Row] | None = None,
     ) -> Transition:
-        """Lock the run (unless ``locked`` is its row, locked earlier in ``tx``), load it,
-        and apply the event ``make_event(state)``."""
+        """Lock the run (unless ``locked`` is its row, locked earlier in ``tx``), load it
+        (its ``activities`` rows may be passed, read under that lock and unchanged
+        since), and apply the event ``make_event(state)``."""
         row = locked if locked is not None else self.lock(tx, workflow_id)
-        state = self.load_state(tx, row)
+        state = self.load_state(tx, row, activities)
         return self.transition(tx, effects, state, make_event(state), now)

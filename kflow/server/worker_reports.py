@@ -219,10 +219,13 @@ class WorkerReports:
         now = engine.clock.now()
 
         def report_tx(tx: Tx, effects: Effects) -> dict[str, Any]:
-            # Lock the run first, then read the activity: a transition of another
-            # server (a lease expiry, a cancel) may have changed it just before.
+            # Lock the run first, then read its activities: a transition of another
+            # server (a lease expiry, a cancel) may have changed them just before.
+            # The same rows serve the transition (recording the attempt changes none).
             run = tx.one("lock_workflow_of_attempt", attempt_id=str(attempt_id))
-            row = tx.one("activity_by_attempt", attempt_id=str(attempt_id)) if run else None
+            activities = tx.all("workflow_activities", workflow_id=str(run["id"])) if run else []
+            wanted = str(attempt_id)
+            row = next((a for a in activities if str(a["attempt_id"]) == wanted), None)
             if row is None or (row["status"] != "running" and row["status"] != "cancelled"):
                 finished_attempt(tx, attempt_id, worker_id, outcome)
                 return {
@@ -266,6 +269,7 @@ class WorkerReports:
                     lambda _: make_event(row["key"]),
                     now,
                     locked=run,
+                    activities=activities,
                 )
                 return {
                     "acknowledged": True,
@@ -283,7 +287,13 @@ class WorkerReports:
                 usage=list(usage),
             )
             result = engine.transition_row(
-                tx, effects, row["workflow_id"], lambda _: make_event(row["key"]), now, locked=run
+                tx,
+                effects,
+                row["workflow_id"],
+                lambda _: make_event(row["key"]),
+                now,
+                locked=run,
+                activities=activities,
             )
             put = result.put_for(row["key"])
             will_retry = bool(put is not None and put.new_attempt)

@@ -9,7 +9,7 @@ SELECT workflow_id, key, position, queue, activity_name, timeout_seconds, settin
        output_definitions, status, iteration, attempt, attempt_id, parameters, available_at,
        wait_signal, wait_timeout_at, signal_data, worker_id, claimed_at, lease_expires_at,
        heartbeat_details, outputs, error, failure_handled, cost_usd, started_at,
-       completed_at, updated_at
+       completed_at, updated_at, lease_client, reserved_usd
 FROM activities WHERE workflow_id = :workflow_id ORDER BY position;
 
 -- name: activity_by_key
