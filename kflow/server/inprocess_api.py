@@ -69,6 +69,9 @@ class InProcessWorkerApi(WorkerApi):
         self._ctx = ctx
         self._routes: list[Route] = list(worker_routes.routes)
 
+    def batch_reports(self, **options: Any) -> None:
+        """Nothing to share: reports of an in-process worker are function calls."""
+
     async def _request(
         self,
         method: str,

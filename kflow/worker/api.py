@@ -39,6 +39,7 @@ from kflow.errors import (
     UnauthorizedError,
 )
 from kflow.worker.config import WorkerConfig
+from kflow.worker.report_batch import BATCH_PATH, ReportBatcher, SendAlone
 from kflow.worker.wire import (
     POLL_BACKOFF_CAP,
     REPORT_BACKOFF_CAP,
@@ -69,6 +70,7 @@ class WorkerApi:
         self._token: str | None = None
         self._token_expires_at: float | None = None
         self._token_lock = trio.Lock()
+        self._batcher: ReportBatcher | None = None
 
     # -- calls ------------------------------------------------------------------
 
@@ -214,28 +216,41 @@ class WorkerApi:
         """Report failure (a :class:`~kflow.worker.activity.Failure`); see :meth:`report`."""
         return await self.report(Report.fail(activity_id, worker_id, failure, cost_usd, usage))
 
-    async def report(self, report: Report, *, retry: bool = True) -> ReportOutcome:
+    def batch_reports(self, **options: Any) -> None:
+        """Let :meth:`report` calls with ``batched=True`` share requests
+        (``POST /activities/reports``; the server must offer ``report_batch``).
+        ``options`` go to :class:`~kflow.worker.report_batch.ReportBatcher`."""
+        self._batcher = ReportBatcher(self._post_batch, **options)
+
+    async def _post_batch(self, body: bytes) -> httpx.Response:
+        return await self._send("POST", BATCH_PATH, body=body)
+
+    async def report(
+        self, report: Report, *, retry: bool = True, batched: bool = False
+    ) -> ReportOutcome:
         """Deliver a complete/fail report and classify the server's answer.
 
         200 → ACKNOWLEDGED; 409 → LEASE_LOST (warning); 404 → UNKNOWN_ACTIVITY
         (error); other 4xx or refused credentials → REJECTED (error). With
         ``retry`` transient failures are retried until the server answers.
+        ``batched`` (one try only, without ``retry``) lets the report share a
+        request with others finishing at the same time, once
+        :meth:`batch_reports` was called; its answer is classified the same way.
 
         Raises:
             httpx.TransportError, ApiError: a transient failure, only with ``retry=False``.
         """
-        bound = log.bind(
-            activity_id=str(report.activity_id), kind=report.kind, worker_id=report.worker_id
-        )
         send = retrying(cap=REPORT_BACKOFF_CAP, what=report.kind) if retry else _once
         try:
-            response = await send(self._send, "POST", report.path, body=report.body)
+            response = await self._send_report(report, send, batched and not retry)
         except UnauthorizedError as exc:
+            bound = _report_log(report)
             bound.error("worker.report.rejected", status=401, message=exc.message)
             return ReportOutcome.REJECTED
         except ApiError as exc:
             if is_transient(exc):
                 raise
+            bound = _report_log(report)
             if exc.status == 409:
                 bound.warning("worker.report.lease_lost", message=exc.message)
                 return ReportOutcome.LEASE_LOST
@@ -251,9 +266,31 @@ class WorkerApi:
         except InvalidInputError:
             data = {}  # acknowledged all the same: the status says so
         if isinstance(data, dict) and data.get("warnings"):
-            bound.warning("worker.report.warnings", warnings=data["warnings"])
-        bound.debug("worker.report.acknowledged")
+            _report_log(report).warning("worker.report.warnings", warnings=data["warnings"])
         return ReportOutcome.ACKNOWLEDGED
+
+    async def _send_report(
+        self, report: Report, send: Callable[..., Awaitable[httpx.Response]], batched: bool
+    ) -> httpx.Response:
+        """The server's answer to ``report``: through the batcher when allowed and
+        possible, else on the report's own route with ``send``.
+
+        Raises:
+            ApiError: a non-2xx answer (the report's own, or the batch's transient one).
+            httpx.TransportError: a network failure.
+        """
+        batcher = self._batcher
+        if batched and batcher is not None and batcher.enabled:
+            try:
+                response = await batcher.submit(report)
+            except SendAlone:
+                pass
+            else:
+                if response.is_error:
+                    raise error_from_response(response)
+                return response
+        answer: httpx.Response = await send(self._send, "POST", report.path, body=report.body)
+        return answer
 
     async def upload_file(
         self,
@@ -422,6 +459,12 @@ class WorkerApi:
 
 async def _once(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
     return await fn(*args, **kwargs)
+
+
+def _report_log(report: Report) -> Any:
+    return log.bind(
+        activity_id=str(report.activity_id), kind=report.kind, worker_id=report.worker_id
+    )
 
 
 def _file_path(workflow_id: uuid.UUID, activity_key: str, filename: str) -> str:

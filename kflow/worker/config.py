@@ -127,6 +127,9 @@ class WorkerConfig:
     http_timeout: float = attrs.field(default=30.0, validator=_positive("number"))
     #: How long a runner keeps retrying its final report before leaving it to the outbox.
     report_timeout: float = attrs.field(default=30.0, validator=_positive("number"))
+    #: Reports finishing while others are on their way share one request
+    #: (``POST /activities/reports``), when the server offers ``report_batch``.
+    report_batch: bool = True
     #: Directory of the durable outbox of unacknowledged results.
     state_dir: pathlib.Path = attrs.field(factory=default_state_dir, converter=pathlib.Path)
     #: No credentials: requests go without Authorization. Defaults to True exactly
@@ -286,6 +289,7 @@ _ENV: tuple[tuple[str, tuple[str, ...], Callable[[str, str], Any]], ...] = (
     ("long_poll_seconds", ("KFLOW_WORKER_LONG_POLL_SECONDS",), _seconds(positive=False, high=60)),
     ("http_timeout", ("KFLOW_WORKER_HTTP_TIMEOUT",), _seconds(positive=True)),
     ("report_timeout", ("KFLOW_WORKER_REPORT_TIMEOUT",), _seconds(positive=True)),
+    ("report_batch", ("KFLOW_WORKER_REPORT_BATCH",), _bool),
     ("state_dir", ("KFLOW_WORKER_STATE_DIR",), _path),
     ("insecure", ("KFLOW_WORKER_INSECURE",), _bool),
 )

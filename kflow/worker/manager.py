@@ -207,6 +207,8 @@ class WorkerManager:
                         long_poll = (
                             "long_poll" in features and config.long_poll_seconds > 0 and not burst
                         )
+                        if "report_batch" in features and config.report_batch:
+                            api.batch_reports()
                         self._log_start(long_poll)
                         task_status.started()
                         await reporter.drain_until_empty()

@@ -257,7 +257,7 @@ class Reporter:
         with self._shield():
             if not self._hard_stopped:  # after a hard stop, straight to the outbox
                 try:
-                    outcome = await self._api.report(report, retry=False)
+                    outcome = await self._api.report(report, retry=False, batched=True)
                 except (httpx.TransportError, ApiError) as exc:
                     if not is_transient(exc):
                         raise

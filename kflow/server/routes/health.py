@@ -24,6 +24,7 @@ FEATURES = [
     "lease_ownership",
     "long_poll",
     "loops",
+    "report_batch",
     "schedules",
     "scopes",
     "signals",

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import decimal
 import re
-from collections.abc import Callable
+import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import structlog
 import trio
 from starlette.requests import Request
 from starlette.routing import Route
 
 from kflow._serde import to_decimal
-from kflow.errors import ValidationFailed
+from kflow.errors import KflowError, NotFoundError, ValidationFailed
 from kflow.server.context import ServerContext, context_of
-from kflow.server.http import JSONResponse, hung_up, path_uuid, read_object
+from kflow.server.errors import STATUS_BY_CODE
+from kflow.server.http import JSONResponse, envelope, hung_up, path_uuid, read_object
 from kflow.server.state import ErrorInfo
+
+log = structlog.get_logger("kflow.server")
 
 _QUEUE = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -245,11 +250,31 @@ async def heartbeat(request: Request) -> JSONResponse:
     return JSONResponse(answer)
 
 
-async def complete(request: Request) -> JSONResponse:
+Apply = Callable[[ServerContext, str, uuid.UUID, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+async def _one_report(request: Request, apply: Apply) -> JSONResponse:
+    """``POST /activities/{id}/complete|fail``: one report, ``apply``-ed."""
     ctx = context_of(request)
     principal = await ctx.principal(request, "worker")
     attempt_id = path_uuid(request, "activity_id", "activity")
-    fields = _Fields(await read_object(request))
+    data = await read_object(request)
+    return JSONResponse(await apply(ctx, principal.client_id, attempt_id, data))
+
+
+async def complete(request: Request) -> JSONResponse:
+    return await _one_report(request, _complete)
+
+
+async def _complete(
+    ctx: ServerContext, client_id: str, attempt_id: uuid.UUID, data: dict[str, Any]
+) -> dict[str, Any]:
+    """Apply one completion (the body of ``POST .../complete``).
+
+    Raises:
+        ValidationFailed: a field is wrong. KflowError: as ``WorkerOps.complete``.
+    """
+    fields = _Fields(data)
     worker_id = fields.text("worker_id")
     output = fields.data.get("output", {})
     if output is None:
@@ -259,18 +284,24 @@ async def complete(request: Request) -> JSONResponse:
     cost = fields.money("cost_usd")
     usage = fields.usage()
     fields.check("completion")
-    answer = await ctx.worker_ops.complete(
-        attempt_id, worker_id, output, cost, usage, principal.client_id
-    )
+    answer = await ctx.worker_ops.complete(attempt_id, worker_id, output, cost, usage, client_id)
     ctx.metrics.reports.labels("completed").inc()
-    return JSONResponse(answer)
+    return answer
 
 
 async def fail(request: Request) -> JSONResponse:
-    ctx = context_of(request)
-    principal = await ctx.principal(request, "worker")
-    attempt_id = path_uuid(request, "activity_id", "activity")
-    fields = _Fields(await read_object(request))
+    return await _one_report(request, _fail)
+
+
+async def _fail(
+    ctx: ServerContext, client_id: str, attempt_id: uuid.UUID, data: dict[str, Any]
+) -> dict[str, Any]:
+    """Apply one failure report (the body of ``POST .../fail``).
+
+    Raises:
+        ValidationFailed: a field is wrong. KflowError: as ``WorkerOps.fail``.
+    """
+    fields = _Fields(data)
     worker_id = fields.text("worker_id")
     raw = fields.data.get("error", {})
     if not isinstance(raw, dict):
@@ -289,11 +320,114 @@ async def fail(request: Request) -> JSONResponse:
     usage = fields.usage()
     fields.check("failure report")
     error = ErrorInfo(code=str(code), message=str(message)[:8000], retryable=bool(retryable))
-    answer = await ctx.worker_ops.fail(
-        attempt_id, worker_id, error, cost, usage, principal.client_id
-    )
+    answer = await ctx.worker_ops.fail(attempt_id, worker_id, error, cost, usage, client_id)
     ctx.metrics.reports.labels("failed").inc()
-    return JSONResponse(answer)
+    return answer
+
+
+#: Most reports one ``POST /activities/reports`` may carry.
+MAX_BATCH_REPORTS = 100
+
+_APPLY: dict[str, Apply] = {"complete": _complete, "fail": _fail}
+
+
+async def reports(request: Request) -> JSONResponse:
+    """Several complete/fail reports in one request (kflow extension, feature
+    ``report_batch``): ``{"reports": [{"activity_id", "kind", "report"}]}``.
+
+    Each report is applied exactly as its own route would apply it, in its own
+    transaction, all of them concurrently; ``results`` answers each in order
+    with the status and body (or error envelope) that route would have given.
+    One report's failure never affects another's.
+
+    Raises:
+        ValidationFailed: ``reports`` is not an array of 1 to MAX_BATCH_REPORTS items.
+    """
+    ctx = context_of(request)
+    principal = await ctx.principal(request, "worker")
+    data = await read_object(request)
+    items = data.get("reports")
+    if not isinstance(items, list) or not items:
+        raise ValidationFailed(
+            "invalid report batch: reports: expected a non-empty array",
+            {"reports": ["expected a non-empty array of {activity_id, kind, report}"]},
+        )
+    if len(items) > MAX_BATCH_REPORTS:
+        raise ValidationFailed(
+            f"invalid report batch: at most {MAX_BATCH_REPORTS} reports per request",
+            {"reports": [f"at most {MAX_BATCH_REPORTS} items, got {len(items)}"]},
+        )
+    results: list[dict[str, Any]] = [{} for _ in items]
+
+    async def apply(index: int, item: Any) -> None:
+        results[index] = await _batch_item(ctx, principal.client_id, item)
+
+    async with trio.open_nursery() as nursery:
+        for index, item in enumerate(items):
+            nursery.start_soon(apply, index, item)
+    return JSONResponse({"results": results})
+
+
+async def _batch_item(ctx: ServerContext, client_id: str, item: Any) -> dict[str, Any]:
+    """One report of a batch, answered as ``{activity_id, status, body | error}``."""
+    activity_id = item.get("activity_id") if isinstance(item, dict) else None
+    try:
+        attempt_id, apply, body = _batch_entry(item)
+        answer = await apply(ctx, client_id, attempt_id, body)
+    except KflowError as exc:
+        status = STATUS_BY_CODE.get(exc.code, 500)
+        if status >= 500:
+            log.exception("http.report_failed", code=exc.code, error=exc.message)
+        if status == 500:  # store errors carry SQL: log only
+            return _item_error(
+                activity_id, 500, "INTERNAL_ERROR", "internal error; see the server log"
+            )
+        return _item_error(activity_id, status, exc.code, exc.message, exc.details)
+    except Exception:
+        log.exception("http.report_failed", activity_id=str(activity_id))
+        return _item_error(activity_id, 500, "INTERNAL_ERROR", "internal error; see the server log")
+    return {"activity_id": activity_id, "status": 200, "body": answer}
+
+
+def _batch_entry(item: Any) -> tuple[uuid.UUID, Apply, dict[str, Any]]:
+    """``(attempt id, the route's apply function, its body)`` of one batch item.
+
+    Raises:
+        ValidationFailed: not an object, an unknown ``kind``, ``report`` not an object.
+        NotFoundError: ``activity_id`` is no id (as a malformed id in a path).
+    """
+    if not isinstance(item, dict):
+        raise ValidationFailed(
+            "invalid report: expected an object", {"report": ["expected an object"]}
+        )
+    try:
+        attempt_id = uuid.UUID(str(item.get("activity_id")))
+    except ValueError:
+        raise NotFoundError(f"activity {item.get('activity_id')} not found") from None
+    kind = item.get("kind")
+    apply = _APPLY.get(kind) if isinstance(kind, str) else None
+    if apply is None:
+        raise ValidationFailed(
+            "invalid report: kind: expected 'complete' or 'fail'",
+            {"kind": ["expected 'complete' or 'fail'"]},
+        )
+    body = item.get("report")
+    if not isinstance(body, dict):
+        raise ValidationFailed(
+            "invalid report: report: expected the object its own route takes",
+            {"report": ["expected an object"]},
+        )
+    return attempt_id, apply, body
+
+
+def _item_error(
+    activity_id: Any, status: int, code: str, message: str, details: Any = None
+) -> dict[str, Any]:
+    return {
+        "activity_id": activity_id,
+        "status": status,
+        **envelope(code, message, details or None),
+    }
 
 
 async def reserve_budget(request: Request) -> JSONResponse:
@@ -313,6 +447,7 @@ async def reserve_budget(request: Request) -> JSONResponse:
 
 routes = [
     Route("/api/v1/workers/poll", poll, methods=["POST"]),
+    Route("/api/v1/activities/reports", reports, methods=["POST"]),
     Route("/api/v1/activities/{activity_id}/heartbeat", heartbeat, methods=["POST"]),
     Route("/api/v1/activities/{activity_id}/complete", complete, methods=["POST"]),
     Route("/api/v1/activities/{activity_id}/fail", fail, methods=["POST"]),

@@ -96,6 +96,7 @@ async def test_token_errors(secure_api: Api) -> None:
         ("GET", "/api/v1/workflows"),
         ("POST", "/api/v1/workflow_definitions"),
         ("POST", "/api/v1/workers/poll"),
+        ("POST", "/api/v1/activities/reports"),
         ("GET", "/api/v1/workflow_definitions"),
     ],
 )

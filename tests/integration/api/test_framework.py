@@ -191,6 +191,7 @@ async def test_openapi_document(api: Api) -> None:
         "/api/v1/activities/{activity_id}/heartbeat": {"post"},
         "/api/v1/activities/{activity_id}/complete": {"post"},
         "/api/v1/activities/{activity_id}/fail": {"post"},
+        "/api/v1/activities/reports": {"post"},
         "/api/v1/workflows/{workflow_id}/activities/{key}/files/{filename}": {"get", "post", "put"},
         "/api/v1/oauth/token": {"post"},
         "/health": {"get"},

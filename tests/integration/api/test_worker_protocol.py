@@ -507,3 +507,88 @@ async def test_a_cancelled_attempt_refuses_a_conflicting_second_report(api: Api)
     assert first.json()["warnings"]
     assert (await api.fail(item)).status_code == 200  # the same report again: idempotent
     assert_error(await api.complete(item, value=1), 409)
+
+
+REPORTS = "/api/v1/activities/reports"
+
+PAIR = """
+name: pair
+activities:
+  - key: left
+    activity_name: echo
+  - key: right
+    activity_name: echo
+"""
+
+
+def _item(kind: str, activity_id: Any, **report: Any) -> dict[str, Any]:
+    return {"activity_id": activity_id, "kind": kind, "report": report}
+
+
+async def test_a_report_batch_answers_each_report_as_its_own_route_would(api: Api) -> None:
+    """Completions, a failure, a conflict, an unknown and a malformed report in one
+    request: each is applied (or refused) on its own, in order, and one report's
+    error leaves the others untouched."""
+    await api.deploy(PAIR)
+    done_run = await api.start("pair")
+    failed_run = await api.start("pair")
+    items = await api.poll(n=10, worker_id="w1")
+    by_run = {(i["workflow_id"], i["activity_key"]): i["activity_id"] for i in items}
+    assert len(by_run) == 4
+    batch = [
+        _item("complete", by_run[(done_run, "left")], worker_id="w1", output={"value": 1}),
+        _item("complete", by_run[(done_run, "right")], worker_id="w1", output={"value": 2}),
+        _item(
+            "fail",
+            by_run[(failed_run, "left")],
+            worker_id="w1",
+            error={"code": "BOOM", "message": "no", "retryable": False},
+        ),
+        _item("complete", by_run[(failed_run, "right")], worker_id="intruder", output={}),
+        _item("complete", str(uuid.uuid4()), worker_id="w1", output={}),
+        _item("complete", "not-a-uuid", worker_id="w1", output={}),
+        _item("complete", by_run[(failed_run, "right")], worker_id="w1", output=[1]),
+        {"activity_id": by_run[(failed_run, "right")], "kind": "explode", "report": {}},
+        "not an object",
+    ]
+    response = await api.client.post(REPORTS, json={"reports": batch})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == [200, 200, 200, 409, 404, 404, 422, 422, 422]
+    assert [r["activity_id"] for r in results[:5]] == [b["activity_id"] for b in batch[:5]]
+    assert results[0]["body"]["acknowledged"] is True
+    assert results[2]["body"] == {"acknowledged": True, "will_retry": False, "warnings": []}
+    assert results[3]["error"]["code"] == "CONFLICT"
+    assert results[6]["error"]["details"]["field_errors"] == {
+        "output": ["expected an object mapping output names to values"]
+    }
+    assert results[7]["error"]["details"]["field_errors"] == {
+        "kind": ["expected 'complete' or 'fail'"]
+    }
+    assert (await api.run(done_run))["status"] == "completed"
+    failed = await api.run(failed_run)
+    assert _activity(failed, "left")["status"] == "failed"
+    assert _activity(failed, "right")["status"] == "running"  # nothing applied to it
+    again = await api.client.post(REPORTS, json={"reports": batch[:1]})
+    assert again.json()["results"][0]["status"] == 200  # a repeat is acknowledged
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({}, 422),
+        ({"reports": []}, 422),
+        ({"reports": {"a": 1}}, 422),
+        ({"reports": [{}] * 101}, 422),
+        ([1, 2], 422),
+    ],
+)
+async def test_a_report_batch_must_be_an_array_of_1_to_100_reports(
+    api: Api, body: Any, status: int
+) -> None:
+    assert_error(await api.client.post(REPORTS, json=body), status)
+
+
+async def test_the_server_offers_report_batches(api: Api) -> None:
+    info = await api.client.get("/api/v1/info")
+    assert "report_batch" in info.json()["features"]

@@ -131,6 +131,9 @@ class FakeServer:
         self.reports: list[tuple[uuid.UUID, str, dict[str, Any]]] = []
         self.files: dict[tuple[str, str, str], tuple[bytes, str]] = {}
         self.max_running: dict[str, int] = {}
+        self.batch_delay = 0.0  # seconds a report batch request is held
+        self.batch_route = True  # False: "report_batch" advertised, route missing
+        self.batches: list[int] = []  # reports per batch request
         self._work = trio.Event()
 
     # -- staging --------------------------------------------------------------
@@ -222,6 +225,8 @@ class FakeServer:
             return envelope(401, "UNAUTHORIZED", "missing or invalid token")
         if path == "/api/v1/workers/poll" and request.method == "POST":
             return await self._poll(body)
+        if path == "/api/v1/activities/reports" and request.method == "POST" and self.batch_route:
+            return await self._batch(body)
         if m := _ACTIVITY.match(path):
             return self._activity_call(m["id"], m["op"], body)
         if m := _FILE.match(path):
@@ -288,6 +293,28 @@ class FakeServer:
             self.max_running.get(worker_id, 0), self.running(worker_id)
         )
         return claimed
+
+    async def _batch(self, body: Any) -> httpx.Response:
+        """``POST /activities/reports``: each item answered as its own route would."""
+        items = body.get("reports") if isinstance(body, dict) else None
+        if not isinstance(items, list) or not items:
+            return envelope(422, "VALIDATION_ERROR", "reports must be a non-empty array")
+        self.batches.append(len(items))
+        await trio.sleep(self.batch_delay)
+        results = []
+        for item in items:
+            answer = self._activity_call(item["activity_id"], item["kind"], item["report"])
+            data = orjson.loads(answer.content)
+            result: dict[str, Any] = {
+                "activity_id": item["activity_id"],
+                "status": answer.status_code,
+            }
+            if answer.status_code < 300:
+                result["body"] = data
+            else:
+                result.update(data)
+            results.append(result)
+        return ok({"results": results})
 
     def _activity_call(self, raw_id: str, op: str, body: Any) -> httpx.Response:
         try:
