@@ -85,26 +85,26 @@ def workflow_state(
 def insert_activities(
     tx: Tx, workflow_id: uuid.UUID, definition: WorkflowDefinition, now: dt.datetime
 ) -> None:
-    """One ``not_scheduled`` row per activity of ``definition``."""
-    rows = []
-    for position, act in enumerate(definition.activities):
-        settings = act.settings
-        rows.append(
-            {
-                "workflow_id": str(workflow_id),
-                "key": act.key,
-                "position": position,
-                "queue": act.worker,
-                "activity_name": act.activity_name,
-                "timeout_seconds": settings.timeout_seconds,
-                "settings": tx.json(dispatch_settings(act.settings)),
-                "output_definitions": tx.json(
-                    [{"name": o.name, "type": o.type.value} for o in act.outputs] or None
-                ),
-                "now": tx.time(now),
-            }
-        )
-    tx.run_many("insert_activity", rows)
+    """One ``not_scheduled`` row per activity of ``definition``, in one statement."""
+    rows = [
+        {
+            "key": act.key,
+            "position": position,
+            "queue": act.worker,
+            "activity_name": act.activity_name,
+            "timeout_seconds": act.settings.timeout_seconds,
+            "settings": dispatch_settings(act.settings),
+            "output_definitions": [{"name": o.name, "type": o.type.value} for o in act.outputs]
+            or None,
+        }
+        for position, act in enumerate(definition.activities)
+    ]
+    tx.send(
+        "insert_activities",
+        workflow_id=str(workflow_id),
+        activities=tx.json(rows),
+        now=tx.time(now),
+    )
 
 
 def dispatch_settings(settings: ActivitySettings) -> dict[str, Any]:
@@ -154,20 +154,28 @@ def apply_put(
 
 
 def append_events(tx: Tx, workflow_id: uuid.UUID, emits: Iterable[Emit], now: dt.datetime) -> int:
-    """Append events to the run's history; returns how many."""
-    rows = [
-        {
-            "workflow_id": str(workflow_id),
-            "type": e.type,
-            "activity_key": e.activity_key,
-            "data": tx.json(e.data),
-            "now": tx.time(now),
-        }
-        for e in emits
-    ]
-    if rows:
-        tx.run_many("insert_event", rows)
-    return len(rows)
+    """Append events to the run's history, in order, in one statement; returns how many."""
+    events = list(emits)
+    if len(events) == 1:
+        [event] = events
+        tx.send(
+            "insert_event",
+            workflow_id=str(workflow_id),
+            type=event.type,
+            activity_key=event.activity_key,
+            data=tx.json(event.data),
+            now=tx.time(now),
+        )
+    elif events:
+        tx.send(
+            "insert_events",
+            workflow_id=str(workflow_id),
+            events=tx.json(
+                [{"type": e.type, "activity_key": e.activity_key, "data": e.data} for e in events]
+            ),
+            now=tx.time(now),
+        )
+    return len(events)
 
 
 def record_attempt(

@@ -309,3 +309,34 @@ async def test_a_closed_store_refuses_work(store: Store) -> None:
     await store.aclose()
     with pytest.raises(StoreError):
         await store.read(lambda tx: tx.all("list_clients"))
+
+
+@pytest.mark.parametrize("count", [1, 3])
+async def test_events_appended_together_keep_their_order_and_their_data(
+    store: Store, count: int
+) -> None:
+    """One event or several in one statement: ids in list order, data unchanged
+    (floats, big integers, escapes, non-ASCII text), JSON null stored as no data."""
+    import datetime as dt
+    import uuid
+
+    from kflow.server.persistence import append_events
+    from kflow.server.state import Emit
+
+    run = uuid.uuid4()
+    now = dt.datetime(2026, 12, 7, 5, 0, tzinfo=dt.UTC)
+    data = {"f": 0.30000000000000004, "big": 12345678901234567890, "s": 'é "q" \\', "n": None}
+    emits = [
+        Emit(type="first", activity_key="a", data=data),
+        Emit(type="second", activity_key=None, data=None),
+        Emit(type="third", activity_key="c", data={"i": [1, {"j": []}]}),
+    ][:count]
+    assert await store.write(lambda tx: append_events(tx, run, emits, now)) == count
+    rows = await store.read(
+        lambda tx: tx.all("workflow_events", workflow_id=str(run), after_id=0, limit=10)
+    )
+    assert [r["type"] for r in rows] == [e.type for e in emits]
+    assert [r["activity_key"] for r in rows] == [e.activity_key for e in emits]
+    assert [load_json(r["data"]) for r in rows] == [e.data for e in emits]
+    assert [r["id"] for r in rows] == sorted(r["id"] for r in rows)
+    assert {load_time(r["created_at"]) for r in rows} == {now}

@@ -1,8 +1,12 @@
--- name: insert_activity
+-- name: insert_activities
+-- Every activity of a new run in one statement (activities: a JSON array of
+-- {key, position, queue, activity_name, timeout_seconds, settings, output_definitions}).
 INSERT INTO activities (workflow_id, key, position, queue, activity_name, timeout_seconds,
                         settings, output_definitions, status, updated_at)
-VALUES (%(workflow_id)s, %(key)s, %(position)s, %(queue)s, %(activity_name)s, %(timeout_seconds)s,
-        %(settings)s, %(output_definitions)s, 'not_scheduled', %(now)s);
+SELECT %(workflow_id)s, a.item ->> 'key', (a.item ->> 'position')::integer, a.item ->> 'queue',
+       a.item ->> 'activity_name', (a.item ->> 'timeout_seconds')::numeric::integer, a.item -> 'settings',
+       NULLIF(a.item -> 'output_definitions', 'null'::jsonb), 'not_scheduled', %(now)s
+FROM jsonb_array_elements(%(activities)s) AS a(item);
 
 -- name: workflow_activities
 SELECT workflow_id, key, position, queue, activity_name, timeout_seconds, settings,

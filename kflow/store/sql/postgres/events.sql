@@ -1,3 +1,13 @@
+-- name: insert_events
+-- Several events of one run in one statement, in list order (events: a JSON
+-- array of {type, activity_key, data}); the same shared lock as insert_event.
+INSERT INTO events (workflow_id, type, activity_key, data, created_at)
+SELECT %(workflow_id)s, e.item ->> 'type', e.item ->> 'activity_key',
+       NULLIF(e.item -> 'data', 'null'::jsonb), %(now)s
+FROM (SELECT pg_advisory_xact_lock_shared(7102)) AS appending,
+     jsonb_array_elements(%(events)s) WITH ORDINALITY AS e(item, n)
+ORDER BY e.n;
+
 -- name: insert_event
 -- Appenders hold a shared advisory lock until they commit; a reader of every
 -- run's history first takes it exclusively (settle_events), so the events it

@@ -1,8 +1,12 @@
--- name: insert_activity
+-- name: insert_activities
+-- Every activity of a new run in one statement (activities: a JSON array of
+-- {key, position, queue, activity_name, timeout_seconds, settings, output_definitions}).
 INSERT INTO activities (workflow_id, key, position, queue, activity_name, timeout_seconds,
                         settings, output_definitions, status, updated_at)
-VALUES (:workflow_id, :key, :position, :queue, :activity_name, :timeout_seconds,
-        :settings, :output_definitions, 'not_scheduled', :now);
+SELECT :workflow_id, a.value ->> '$.key', a.value ->> '$.position', a.value ->> '$.queue',
+       a.value ->> '$.activity_name', a.value ->> '$.timeout_seconds', a.value -> '$.settings',
+       NULLIF(a.value -> '$.output_definitions', 'null'), 'not_scheduled', :now
+FROM json_each(:activities) AS a;
 
 -- name: workflow_activities
 SELECT workflow_id, key, position, queue, activity_name, timeout_seconds, settings,

@@ -1,3 +1,12 @@
+-- name: insert_events
+-- Several events of one run in one statement, in list order (events: a JSON
+-- array of {type, activity_key, data}); json_each keeps each value's text as it is.
+INSERT INTO events (workflow_id, type, activity_key, data, created_at)
+SELECT :workflow_id, e.value ->> '$.type', e.value ->> '$.activity_key',
+       NULLIF(e.value -> '$.data', 'null'), :now
+FROM json_each(:events) AS e
+ORDER BY e.key;
+
 -- name: insert_event
 INSERT INTO events (workflow_id, type, activity_key, data, created_at)
 VALUES (:workflow_id, :type, :activity_key, :data, :now);
