@@ -158,6 +158,11 @@ def test_reads_os_environ_without_a_mapping(monkeypatch: pytest.MonkeyPatch) -> 
             "KFLOW_WORKER_INSECURE must be a boolean (1/0, true/false, yes/no, on/off), "
             "got 'maybe'",
         ),
+        (
+            {"KRUXIAFLOW_TOKEN": "t", "KFLOW_WORKER_REPORT_BATCH": "sometimes"},
+            "KFLOW_WORKER_REPORT_BATCH must be a boolean (1/0, true/false, yes/no, on/off), "
+            "got 'sometimes'",
+        ),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None:
@@ -210,3 +215,9 @@ def test_repr_hides_secrets() -> None:
     config = WorkerConfig(client_id="w1", client_secret="hunter2")
     assert "hunter2" not in repr(config)
     assert "hunter2" not in repr(WorkerConfig(access_token="hunter2"))
+
+
+def test_report_batching_is_on_unless_switched_off() -> None:
+    assert WorkerConfig.from_env({"KRUXIAFLOW_TOKEN": "t"}).report_batch is True
+    off = WorkerConfig.from_env({"KRUXIAFLOW_TOKEN": "t", "KFLOW_WORKER_REPORT_BATCH": "0"})
+    assert off.report_batch is False
