@@ -3,6 +3,7 @@ footprint, physical limit and cost growth."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import re
@@ -463,14 +464,29 @@ async def cost_growth(
     repeats: int = 1,
 ) -> dict[str, Any]:
     """Throughput and p95 of ``scenario`` with ``level × workflows`` completed runs of
-    it already stored (cloned from real ones), for each level: the best of
-    ``repeats`` back-to-back runs, as for the scenarios (every run must be
-    correct)."""
-    out: dict[str, Any] = {"config": config, "scenario": scenario.key, "levels": []}
-    async with open_stack(config, workdir, env) as stack, bench_client(stack.url) as client:
-        name = stack.definition_name(scenario.key)
-        await run_scenario(stack, client, scenario)  # the first 1× of history, for real
+    it already stored (cloned from real ones), for each level.
+
+    Every level gets a stack of its own (server, workers, database), all
+    filled first; the measured runs then go round the levels ``repeats``
+    times (1×, 10×, 100×, 1×, 10×, 100×, ...), so a drift of the shared
+    machine falls on every level alike. Each level shows the best of its
+    runs, as the scenarios do; every run must be correct.
+    """
+    out: dict[str, Any] = {
+        "config": config,
+        "scenario": scenario.key,
+        "levels": [],
+        "order": "interleaved",
+    }
+    async with contextlib.AsyncExitStack() as stacks:
+        prepared: list[tuple[int, Stack, BenchClient, int, int, float]] = []
         for level in levels:
+            stack = await stacks.enter_async_context(
+                open_stack(config, workdir / f"level-{level}", env)
+            )
+            client = await stacks.enter_async_context(bench_client(stack.url))
+            name = stack.definition_name(scenario.key)
+            await run_scenario(stack, client, scenario)  # the first 1× of history, for real
             target = level * scenario.workflows
             started = time.perf_counter()
             if stack.db == "postgres":
@@ -482,9 +498,13 @@ async def cost_growth(
                 added = await trio.to_thread.run_sync(
                     clone_history_sqlite, stack.db_path, name, target
                 )
-            fill_s = time.perf_counter() - started
-            runs = [await run_scenario(stack, client, scenario) for _ in range(repeats)]
-            figures = best_of(runs)
+            prepared.append((level, stack, client, target, added, time.perf_counter() - started))
+        runs: dict[int, list[dict[str, Any]]] = {level: [] for level in levels}
+        for _ in range(repeats):
+            for level, stack, client, *_ in prepared:
+                runs[level].append(await run_scenario(stack, client, scenario))
+        for level, stack, _, target, added, fill_s in prepared:
+            figures = best_of(runs[level])
             out["levels"].append(
                 {
                     "level": level,
@@ -494,11 +514,11 @@ async def cost_growth(
                     "throughput_wf_s": figures["throughput_wf_s"],
                     "p50_ms": figures["p50_ms"],
                     "p95_ms": figures["p95_ms"],
-                    "success_rate": min(r["success_rate"] or 0.0 for r in runs),
-                    "exactly_once": all(r["executions"]["exactly_once"] for r in runs),
-                    "repetitions": [r["throughput_wf_s"] for r in runs],
+                    "success_rate": min(r["success_rate"] or 0.0 for r in runs[level]),
+                    "exactly_once": all(r["executions"]["exactly_once"] for r in runs[level]),
+                    "repetitions": [r["throughput_wf_s"] for r in runs[level]],
                 }
             )
-    if stack.db_path is not None and os.path.exists(stack.db_path):
-        out["db_file_mib"] = rnd(os.path.getsize(stack.db_path) / 2**20)
+            if stack.db_path is not None and os.path.exists(stack.db_path):
+                out["db_file_mib"] = rnd(os.path.getsize(stack.db_path) / 2**20)
     return out

@@ -83,6 +83,8 @@ class Plan:
         self.growth: list[tuple[str, int]] = (
             [("embedded", 10)] if quick else [("embedded", 100), ("postgres+workers", 100)]
         )
+        #: Rounds over the history levels (each level shows its best run).
+        self.growth_repeats = 1 if quick else 3
 
     def growth_levels(self, top: int) -> list[int]:
         return [lv for lv in (1, 10, 100) if lv <= top]
@@ -259,7 +261,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                         env,
                         plan.growth_scenario(),
                         plan.growth_levels(t),
-                        repeats=plan.repeats,
+                        repeats=plan.growth_repeats,
                     ),
                 )
                 g.setdefault("config", config)
