@@ -84,7 +84,7 @@ class Plan:
             [("embedded", 10)] if quick else [("embedded", 100), ("postgres+workers", 100)]
         )
         #: Rounds over the history levels (each level shows its best run).
-        self.growth_repeats = 1 if quick else 3
+        self.growth_repeats = 2 if quick else 3
 
     def growth_levels(self, top: int) -> list[int]:
         return [lv for lv in (1, 10, 100) if lv <= top]
