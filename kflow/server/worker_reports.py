@@ -23,8 +23,9 @@ from kflow.server.budgets import available, run_budget
 from kflow.server.engine import Effects, Engine
 from kflow.server.persistence import record_attempt
 from kflow.server.state import ZERO, ActivityCompleted, ActivityFailed, ErrorInfo
+from kflow.server.transitions import Transition
 from kflow.server.worker_leases import finished_attempt, holds_lease
-from kflow.store.base import Tx
+from kflow.store.base import Row, Tx
 from kflow.store.codec import load_money
 
 log = structlog.get_logger("kflow.engine")
@@ -226,7 +227,30 @@ class WorkerReports:
             activities = tx.all("workflow_activities", workflow_id=str(run["id"])) if run else []
             wanted = str(attempt_id)
             row = next((a for a in activities if str(a["attempt_id"]) == wanted), None)
-            if row is None or (row["status"] != "running" and row["status"] != "cancelled"):
+
+            def record_and_decide(recorded: str, row: Row, run: Row) -> Transition:
+                """Keep the attempt as ``recorded``, then let the engine decide its event."""
+                record_attempt(
+                    tx,
+                    attempt_id=str(attempt_id),
+                    row=row,
+                    outcome=recorded,
+                    now=now,
+                    error=error,
+                    cost=cost,
+                    usage=list(usage),
+                )
+                return engine.transition_row(
+                    tx,
+                    effects,
+                    row["workflow_id"],
+                    lambda _: make_event(row["key"]),
+                    now,
+                    locked=run,
+                    activities=activities,
+                )
+
+            if run is None or row is None or row["status"] not in ("running", "cancelled"):
                 finished_attempt(tx, attempt_id, worker_id, outcome)
                 return {
                     "acknowledged": True,
@@ -252,49 +276,13 @@ class WorkerReports:
                         "will_retry": False,
                         "warnings": ["the workflow was cancelled; this result was discarded"],
                     }
-                record_attempt(
-                    tx,
-                    attempt_id=str(attempt_id),
-                    row=row,
-                    outcome="cancelled",
-                    now=now,
-                    error=error,
-                    cost=cost,
-                    usage=list(usage),
-                )
-                engine.transition_row(
-                    tx,
-                    effects,
-                    row["workflow_id"],
-                    lambda _: make_event(row["key"]),
-                    now,
-                    locked=run,
-                    activities=activities,
-                )
+                record_and_decide("cancelled", row, run)
                 return {
                     "acknowledged": True,
                     "will_retry": False,
                     "warnings": ["the workflow was cancelled; this result was discarded"],
                 }
-            record_attempt(
-                tx,
-                attempt_id=str(attempt_id),
-                row=row,
-                outcome=outcome,
-                now=now,
-                error=error,
-                cost=cost,
-                usage=list(usage),
-            )
-            result = engine.transition_row(
-                tx,
-                effects,
-                row["workflow_id"],
-                lambda _: make_event(row["key"]),
-                now,
-                locked=run,
-                activities=activities,
-            )
+            result = record_and_decide(outcome, row, run)
             put = result.put_for(row["key"])
             will_retry = bool(put is not None and put.new_attempt)
             return {"acknowledged": True, "will_retry": will_retry, "warnings": []}
