@@ -5,28 +5,24 @@ under a lease owned by the polling ``worker_id``; only that worker may then
 heartbeat, complete or fail the attempt (its id is the wire's
 ``activity_id``). Reports are idempotent for the worker that made them.
 
-Claims, releases and the items a poll hands out are here; heartbeats and
-reports are :mod:`kflow.server.worker_reports`, lease ownership
+Claims and releases are here; the items a claim hands out are
+:mod:`kflow.server.worker_claims`, heartbeats and reports
+:mod:`kflow.server.worker_reports`, lease ownership
 :mod:`kflow.server.worker_leases`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import decimal
 import uuid
 from typing import Any
 
-from kflow.errors import TemplateError
-from kflow.server.budgets import available, run_budget
 from kflow.server.engine import Effects, Engine
-from kflow.server.persistence import append_events, record_attempt
-from kflow.server.state import ActivityFailed, Emit, ErrorInfo
+from kflow.server.persistence import append_events
+from kflow.server.state import Emit
 from kflow.server.worker_leases import holds_lease
 from kflow.server.worker_reports import WorkerReports, total_cost
-from kflow.store.base import Row, Tx
-from kflow.store.codec import load_json, load_time
-from kflow.templates import reveal_secrets
+from kflow.store.base import Tx
 
 
 class WorkerOps(WorkerReports):
@@ -66,69 +62,10 @@ class WorkerOps(WorkerReports):
             )
             if touch:
                 tx.send("touch_worker", worker_id=worker_id, queue=queue, now=tx.time(now))
-            items: list[dict[str, Any]] = []
-            for row in rows:
-                try:
-                    items.append(self._poll_item(row))
-                except TemplateError as exc:
-                    self._fail_unsendable(tx, effects, row, now, str(exc))
-            # Events of a run are appended only under the run's row lock (sorted, so
-            # two claims cannot deadlock on each other): a run's history then
-            # commits in id order, and a stream reading "after id N" never skips.
-            runs = self.engine.lock_many(tx, {item["workflow_id"] for item in items})
-            for workflow_id, run in runs.items():
-                if run["status"] == "created":
-                    tx.send("mark_workflow_running", id=workflow_id, now=tx.time(now))
-                self._hand_out_budget(
-                    tx, run, [i for i in items if i["workflow_id"] == workflow_id]
-                )
-                events = [
-                    Emit(
-                        type="activity.started",
-                        activity_key=i["activity_key"],
-                        data={"attempt": i["attempt"], "worker_id": worker_id},
-                    )
-                    for i in items
-                    if i["workflow_id"] == workflow_id
-                ]
-                append_events(tx, uuid.UUID(workflow_id), events, now)
-                effects.workflows.add(uuid.UUID(workflow_id))
-            return items
+            return self._hand_out(tx, effects, rows, worker_id, now)
 
         claimed: list[dict[str, Any]] = await engine.write(claim_tx)
         return claimed
-
-    def _hand_out_budget(self, tx: Tx, run: Row, items: list[dict[str, Any]]) -> None:
-        """Tell each claimed attempt what its run may still spend (runs with a budget)."""
-        budget = run_budget(tx, self.engine.definitions, run)
-        if budget is None:
-            return
-        remaining = max(available(tx, run, budget.limit), decimal.Decimal(0))
-        for item in items:
-            item["budget_remaining_usd"] = remaining
-
-    def _fail_unsendable(
-        self, tx: Tx, effects: Effects, row: Row, now: dt.datetime, message: str
-    ) -> None:
-        """Fail a just-claimed activity whose parameters cannot be completed."""
-        error = ErrorInfo(code="TEMPLATE_ERROR", message=message, retryable=False)
-        current = tx.one("activity_by_attempt", attempt_id=str(row["attempt_id"]))
-        if current is not None:
-            record_attempt(
-                tx,
-                attempt_id=str(row["attempt_id"]),
-                row=current,
-                outcome="failed",
-                now=now,
-                error=error,
-            )
-        self.engine.transition_row(
-            tx,
-            effects,
-            row["workflow_id"],
-            lambda _: ActivityFailed(key=row["key"], error=error),
-            now,
-        )
 
     async def release(self, items: list[dict[str, Any]], worker_id: str) -> int:
         """Put claimed activities back in their queue (the claimer never got them).
@@ -178,34 +115,6 @@ class WorkerOps(WorkerReports):
             self._last_touch.clear()
         self._last_touch[worker_id] = now
         return True
-
-    def _poll_item(self, row: Row) -> dict[str, Any]:
-        parameters = reveal_secrets(
-            load_json(row["parameters"]) or {}, self.engine.settings.secrets
-        )
-        item: dict[str, Any] = {
-            "activity_id": str(row["attempt_id"]),
-            "workflow_id": str(row["workflow_id"]),
-            "activity_key": row["key"],
-            "worker": row["queue"],
-            "activity_name": row["activity_name"],
-            "parameters": parameters,
-            "settings": load_json(row["settings"]) or {},
-            "timeout_seconds": int(row["timeout_seconds"]),
-            "attempt": int(row["attempt"]),
-            "iteration": int(row["iteration"]),
-            "lease_expires_at": load_time(row["lease_expires_at"]),
-        }
-        outputs = load_json(row["output_definitions"])
-        if outputs:
-            item["output_definitions"] = outputs
-        signal = load_json(row["signal_data"])
-        if signal is not None:
-            item["signal_data"] = signal
-        details = load_json(row["heartbeat_details"])
-        if details is not None:
-            item["heartbeat_details"] = details
-        return item
 
 
 __all__ = ["WorkerOps", "holds_lease", "total_cost"]

@@ -2,7 +2,11 @@
 
 Each report is one transaction: check the lease, record the attempt (its
 outputs or error, cost and usage), and let the engine decide what follows.
-A report on a run that was cancelled meanwhile is recorded and discarded. If
+A report may ask for its run's next activity: if the decision made one ready
+in the same queue, it is claimed for the reporting worker in the same
+transaction and returned with the answer (``activities``) — the slot the
+report frees goes straight to the run's next step, without a poll. A report
+on a run that was cancelled meanwhile is recorded and discarded. If
 applying a report breaks the engine, the result is kept, the run is failed
 and the report is still acknowledged, so the worker does not report again
 for ever.
@@ -20,10 +24,11 @@ import structlog
 
 from kflow.errors import ConflictError, KflowError, NotFoundError
 from kflow.server.budgets import available, run_budget
-from kflow.server.engine import Effects, Engine
+from kflow.server.engine import Effects
 from kflow.server.persistence import record_attempt
 from kflow.server.state import ZERO, ActivityCompleted, ActivityFailed, ErrorInfo
 from kflow.server.transitions import Transition
+from kflow.server.worker_claims import WorkerClaims
 from kflow.server.worker_leases import finished_attempt, holds_lease
 from kflow.store.base import Row, Tx
 from kflow.store.codec import load_money
@@ -43,11 +48,8 @@ def total_cost(
     return total
 
 
-class WorkerReports:
+class WorkerReports(WorkerClaims):
     """Heartbeats and reports of workers about their leased attempts."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
 
     # ---- heartbeat ---------------------------------------------------------------------
 
@@ -165,8 +167,12 @@ class WorkerReports:
         cost_usd: decimal.Decimal | None,
         usage: Sequence[Mapping[str, Any]],
         client_id: str = "dev",
+        *,
+        claim_next: bool = False,
     ) -> dict[str, Any]:
-        """Record a finished attempt's outputs and move the run forward.
+        """Record a finished attempt's outputs and move the run forward; with
+        ``claim_next`` the answer's ``activities`` holds the run's next activity
+        in the same queue, claimed for ``worker_id`` (none if there is none).
 
         Raises:
             NotFoundError: unknown attempt.
@@ -178,7 +184,9 @@ class WorkerReports:
         def event(key: str) -> ActivityCompleted:
             return ActivityCompleted(key=key, outputs=dict(output), cost_usd=cost)
 
-        return await self._report(attempt_id, worker_id, client_id, "completed", event, cost, usage)
+        return await self._report(
+            attempt_id, worker_id, client_id, "completed", event, cost, usage, claim_next=claim_next
+        )
 
     async def fail(
         self,
@@ -188,8 +196,12 @@ class WorkerReports:
         cost_usd: decimal.Decimal | None,
         usage: Sequence[Mapping[str, Any]],
         client_id: str = "dev",
+        *,
+        claim_next: bool = False,
     ) -> dict[str, Any]:
         """Record a failed attempt; the engine retries it if policy allows.
+        ``claim_next`` as for :meth:`complete` (a retry due at once is such a
+        next activity).
 
         Raises:
             NotFoundError: unknown attempt.
@@ -202,7 +214,15 @@ class WorkerReports:
             return ActivityFailed(key=key, error=error, cost_usd=cost)
 
         return await self._report(
-            attempt_id, worker_id, client_id, "failed", event, cost, usage, error=error
+            attempt_id,
+            worker_id,
+            client_id,
+            "failed",
+            event,
+            cost,
+            usage,
+            error=error,
+            claim_next=claim_next,
         )
 
     async def _report(
@@ -215,6 +235,8 @@ class WorkerReports:
         cost: decimal.Decimal,
         usage: Sequence[Mapping[str, Any]],
         error: ErrorInfo | None = None,
+        *,
+        claim_next: bool = False,
     ) -> dict[str, Any]:
         engine = self.engine
         now = engine.clock.now()
@@ -282,10 +304,25 @@ class WorkerReports:
                     "will_retry": False,
                     "warnings": ["the workflow was cancelled; this result was discarded"],
                 }
+            queue_woken_before = row["queue"] in effects.queues
             result = record_and_decide(outcome, row, run)
             put = result.put_for(row["key"])
             will_retry = bool(put is not None and put.new_attempt)
-            return {"acknowledged": True, "will_retry": will_retry, "warnings": []}
+            answer = {"acknowledged": True, "will_retry": will_retry, "warnings": []}
+            if claim_next:
+                answer["activities"] = self.claim_next(
+                    tx,
+                    effects,
+                    result,
+                    run,
+                    activities,
+                    row["queue"],
+                    worker_id,
+                    client_id,
+                    now,
+                    queue_woken_before=queue_woken_before,
+                )
+            return answer
 
         try:
             answer: dict[str, Any] = await engine.write(report_tx)
@@ -297,6 +334,8 @@ class WorkerReports:
             )
         if outcome == "completed":
             answer.pop("will_retry", None)
+        if claim_next:
+            answer.setdefault("activities", [])
         return answer
 
     async def _report_after_engine_error(

@@ -71,6 +71,10 @@ class WorkerApi:
         self._token_expires_at: float | None = None
         self._token_lock = trio.Lock()
         self._batcher: ReportBatcher | None = None
+        #: Whether batched reports ask for their run's next activity (``claim_next``).
+        self.claim_next = False
+        #: Activities claimed by reports, by the reported attempt's id (see :meth:`take_next`).
+        self._next: dict[uuid.UUID, ClaimedActivity] = {}
 
     # -- calls ------------------------------------------------------------------
 
@@ -222,6 +226,10 @@ class WorkerApi:
         ``options`` go to :class:`~kflow.worker.report_batch.ReportBatcher`."""
         self._batcher = ReportBatcher(self._post_batch, **options)
 
+    def take_next(self, activity_id: uuid.UUID) -> ClaimedActivity | None:
+        """The activity the report of ``activity_id`` claimed for this worker, once."""
+        return self._next.pop(activity_id, None)
+
     async def _post_batch(self, body: bytes) -> httpx.Response:
         return await self._send("POST", BATCH_PATH, body=body)
 
@@ -267,7 +275,31 @@ class WorkerApi:
             data = {}  # acknowledged all the same: the status says so
         if isinstance(data, dict) and data.get("warnings"):
             _report_log(report).warning("worker.report.warnings", warnings=data["warnings"])
+        if isinstance(data, dict) and data.get("activities"):
+            self._keep_next(report, data["activities"])
         return ReportOutcome.ACKNOWLEDGED
+
+    def _keep_next(self, report: Report, raw_items: Any) -> None:
+        """Keep the activity a report claimed for :meth:`take_next` (at most one)."""
+        items = raw_items if isinstance(raw_items, list) else [raw_items]
+        for raw in items:
+            try:
+                claimed = ClaimedActivity.from_wire(raw)
+            except (TypeError, ValueError) as exc:
+                log.error(  # noqa: TRY400 (a bad item needs no traceback)
+                    "worker.report.bad_next_item",
+                    activity_id=str(report.activity_id),
+                    error=str(exc),
+                )
+                continue
+            if report.activity_id in self._next:
+                log.error(
+                    "worker.report.too_many_next",
+                    activity_id=str(report.activity_id),
+                    dropped=str(claimed.activity_id),
+                )
+                continue
+            self._next[report.activity_id] = claimed
 
     async def _send_report(
         self, report: Report, send: Callable[..., Awaitable[httpx.Response]], batched: bool
@@ -282,7 +314,7 @@ class WorkerApi:
         batcher = self._batcher
         if batched and batcher is not None and batcher.enabled:
             try:
-                response = await batcher.submit(report)
+                response = await batcher.submit(report, claim_next=self.claim_next)
             except SendAlone:
                 pass
             else:

@@ -74,6 +74,7 @@ class WorkerManager:
         self._intake: trio.CancelScope | None = None
         self._everything: trio.CancelScope | None = None
         self._reporter: Reporter | None = None
+        self._api: WorkerApi | None = None
         #: The server's ``GET /api/v1/info`` answer (``{}`` when it has none), once known.
         self.server_info: dict[str, Any] | None = None
 
@@ -87,6 +88,8 @@ class WorkerManager:
         if not self._stopping:
             self._stopping = True
             log.info("worker.shutdown_requested", worker_id=self.config.worker_id)
+            if self._api is not None:
+                self._api.claim_next = False  # no new work, from polls or reports
             if self._intake is not None:
                 self._intake.cancel()
         if immediate and not self._immediate:
@@ -209,6 +212,9 @@ class WorkerManager:
                         )
                         if "report_batch" in features and config.report_batch:
                             api.batch_reports()
+                            # a report's freed slot takes its run's next step at once
+                            api.claim_next = "report_claim_next" in features and not self._stopping
+                            self._api = api
                         self._log_start(long_poll)
                         task_status.started()
                         await reporter.drain_until_empty()
@@ -317,10 +323,16 @@ class WorkerManager:
         item: ClaimedActivity,
         token: object,
     ) -> None:
+        """Run ``item`` in the slot of ``token``, then each activity its report
+        claimed (the run's next step), until a report brings none."""
+        current: ClaimedActivity | None = item
         try:
-            await runner.run(item)
+            while current is not None:
+                await runner.run(current)
+                current = runner.take_next(current)
         except Exception:
-            log.exception("worker.slot_failed", activity_id=str(item.activity_id))
+            assert current is not None
+            log.exception("worker.slot_failed", activity_id=str(current.activity_id))
         finally:
             slots.release_on_behalf_of(token)
 

@@ -54,6 +54,7 @@ class SendAlone(Exception):
 @attrs.define(eq=False)
 class _Pending:
     report: Report
+    claim_next: bool = False
     done: trio.Event = attrs.field(factory=trio.Event)
     taken: bool = False
     response: httpx.Response | None = None
@@ -88,15 +89,18 @@ class ReportBatcher:
         #: False once the server turned out not to have the route.
         self.enabled = True
 
-    async def submit(self, report: Report) -> httpx.Response:
+    async def submit(self, report: Report, *, claim_next: bool = False) -> httpx.Response:
         """The answer the server gives ``report`` (any status; the caller classifies it).
+        ``claim_next`` asks the server to claim the run's next activity of the
+        same queue with it (feature ``report_claim_next``; the answer's body
+        then lists it under ``activities``).
 
         Raises:
             SendAlone: the report could not travel in a batch.
             httpx.TransportError, ApiError: the request carrying it failed
                 transiently (network error, 408/429/5xx).
         """
-        pending = _Pending(report)
+        pending = _Pending(report, claim_next)
         self._queue.append(pending)
         try:
             while not pending.taken:
@@ -165,8 +169,13 @@ class ReportBatcher:
 def _batch_body(batch: list[_Pending]) -> bytes:
     """``{"reports": [...]}`` with each report's own body embedded as it is."""
     items = [
-        b'{"activity_id":"%s","kind":"%s","report":%s}'
-        % (str(p.report.activity_id).encode(), p.report.kind.encode(), p.report.body)
+        b'{"activity_id":"%s","kind":"%s","report":%s%s}'
+        % (
+            str(p.report.activity_id).encode(),
+            p.report.kind.encode(),
+            p.report.body,
+            b',"claim_next":true' if p.claim_next else b"",
+        )
         for p in batch
     ]
     return b'{"reports":[' + b",".join(items) + b"]}"

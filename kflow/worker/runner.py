@@ -240,6 +240,11 @@ class ActivityRunner:
                 outcome = await self._report(attempt, result, outcome, started)
         return outcome
 
+    def take_next(self, item: ClaimedActivity) -> ClaimedActivity | None:
+        """The activity ``item``'s report claimed for this worker (its run's next
+        step, see ``WorkerApi.claim_next``), handed out once; None if none."""
+        return self._api.take_next(item.activity_id)
+
     async def _attempt(self, attempt: _Attempt) -> tuple[ActivityResult | None, str]:
         """Execute the activity; ``(None, "cancelled")`` when the server cancelled it."""
         item = attempt.item

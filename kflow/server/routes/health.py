@@ -25,6 +25,7 @@ FEATURES = [
     "long_poll",
     "loops",
     "report_batch",
+    "report_claim_next",
     "schedules",
     "scopes",
     "signals",

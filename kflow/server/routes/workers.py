@@ -6,7 +6,7 @@ import decimal
 import re
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 import trio
@@ -250,7 +250,18 @@ async def heartbeat(request: Request) -> JSONResponse:
     return JSONResponse(answer)
 
 
-Apply = Callable[[ServerContext, str, uuid.UUID, dict[str, Any]], Awaitable[dict[str, Any]]]
+class Apply(Protocol):
+    """A report route's work: apply one body (``claim_next``: see ``reports``)."""
+
+    def __call__(
+        self,
+        ctx: ServerContext,
+        client_id: str,
+        attempt_id: uuid.UUID,
+        data: dict[str, Any],
+        *,
+        claim_next: bool = False,
+    ) -> Awaitable[dict[str, Any]]: ...
 
 
 async def _one_report(request: Request, apply: Apply) -> JSONResponse:
@@ -267,7 +278,12 @@ async def complete(request: Request) -> JSONResponse:
 
 
 async def _complete(
-    ctx: ServerContext, client_id: str, attempt_id: uuid.UUID, data: dict[str, Any]
+    ctx: ServerContext,
+    client_id: str,
+    attempt_id: uuid.UUID,
+    data: dict[str, Any],
+    *,
+    claim_next: bool = False,
 ) -> dict[str, Any]:
     """Apply one completion (the body of ``POST .../complete``).
 
@@ -284,8 +300,11 @@ async def _complete(
     cost = fields.money("cost_usd")
     usage = fields.usage()
     fields.check("completion")
-    answer = await ctx.worker_ops.complete(attempt_id, worker_id, output, cost, usage, client_id)
+    answer = await ctx.worker_ops.complete(
+        attempt_id, worker_id, output, cost, usage, client_id, claim_next=claim_next
+    )
     ctx.metrics.reports.labels("completed").inc()
+    _count_claimed(ctx, answer)
     return answer
 
 
@@ -294,7 +313,12 @@ async def fail(request: Request) -> JSONResponse:
 
 
 async def _fail(
-    ctx: ServerContext, client_id: str, attempt_id: uuid.UUID, data: dict[str, Any]
+    ctx: ServerContext,
+    client_id: str,
+    attempt_id: uuid.UUID,
+    data: dict[str, Any],
+    *,
+    claim_next: bool = False,
 ) -> dict[str, Any]:
     """Apply one failure report (the body of ``POST .../fail``).
 
@@ -320,9 +344,18 @@ async def _fail(
     usage = fields.usage()
     fields.check("failure report")
     error = ErrorInfo(code=str(code), message=str(message)[:8000], retryable=bool(retryable))
-    answer = await ctx.worker_ops.fail(attempt_id, worker_id, error, cost, usage, client_id)
+    answer = await ctx.worker_ops.fail(
+        attempt_id, worker_id, error, cost, usage, client_id, claim_next=claim_next
+    )
     ctx.metrics.reports.labels("failed").inc()
+    _count_claimed(ctx, answer)
     return answer
+
+
+def _count_claimed(ctx: ServerContext, answer: dict[str, Any]) -> None:
+    """Count the activities a report claimed for its worker (``claim_next``)."""
+    for item in answer.get("activities") or ():
+        ctx.metrics.claimed.labels(item["worker"]).inc()
 
 
 #: Most reports one ``POST /activities/reports`` may carry.
@@ -333,12 +366,16 @@ _APPLY: dict[str, Apply] = {"complete": _complete, "fail": _fail}
 
 async def reports(request: Request) -> JSONResponse:
     """Several complete/fail reports in one request (kflow extension, feature
-    ``report_batch``): ``{"reports": [{"activity_id", "kind", "report"}]}``.
+    ``report_batch``): ``{"reports": [{"activity_id", "kind", "report",
+    "claim_next"?}]}``.
 
     Each report is applied exactly as its own route would apply it, in its own
     transaction, all of them concurrently; ``results`` answers each in order
     with the status and body (or error envelope) that route would have given.
-    One report's failure never affects another's.
+    One report's failure never affects another's. An item with ``claim_next``
+    (feature ``report_claim_next``) also claims, in its transaction, the run's
+    next ready activity in the same queue for the reporting worker; its body
+    then has ``activities`` (poll items, at most one).
 
     Raises:
         ValidationFailed: ``reports`` is not an array of 1 to MAX_BATCH_REPORTS items.
@@ -372,8 +409,8 @@ async def _batch_item(ctx: ServerContext, client_id: str, item: Any) -> dict[str
     """One report of a batch, answered as ``{activity_id, status, body | error}``."""
     activity_id = item.get("activity_id") if isinstance(item, dict) else None
     try:
-        attempt_id, apply, body = _batch_entry(item)
-        answer = await apply(ctx, client_id, attempt_id, body)
+        attempt_id, apply, body, claim_next = _batch_entry(item)
+        answer = await apply(ctx, client_id, attempt_id, body, claim_next=claim_next)
     except KflowError as exc:
         status = STATUS_BY_CODE.get(exc.code, 500)
         if status >= 500:
@@ -389,11 +426,13 @@ async def _batch_item(ctx: ServerContext, client_id: str, item: Any) -> dict[str
     return {"activity_id": activity_id, "status": 200, "body": answer}
 
 
-def _batch_entry(item: Any) -> tuple[uuid.UUID, Apply, dict[str, Any]]:
-    """``(attempt id, the route's apply function, its body)`` of one batch item.
+def _batch_entry(item: Any) -> tuple[uuid.UUID, Apply, dict[str, Any], bool]:
+    """``(attempt id, the route's apply function, its body, claim_next)`` of one
+    batch item.
 
     Raises:
-        ValidationFailed: not an object, an unknown ``kind``, ``report`` not an object.
+        ValidationFailed: not an object, an unknown ``kind``, ``report`` not an
+            object, ``claim_next`` not a boolean.
         NotFoundError: ``activity_id`` is no id (as a malformed id in a path).
     """
     if not isinstance(item, dict):
@@ -417,7 +456,13 @@ def _batch_entry(item: Any) -> tuple[uuid.UUID, Apply, dict[str, Any]]:
             "invalid report: report: expected the object its own route takes",
             {"report": ["expected an object"]},
         )
-    return attempt_id, apply, body
+    claim_next = item.get("claim_next", False)
+    if not isinstance(claim_next, bool):
+        raise ValidationFailed(
+            "invalid report: claim_next: expected true or false",
+            {"claim_next": ["expected true or false"]},
+        )
+    return attempt_id, apply, body, claim_next
 
 
 def _item_error(

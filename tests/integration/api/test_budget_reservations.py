@@ -126,3 +126,36 @@ async def test_bad_reservations_name_the_field(api: Api) -> None:
     assert_error(await reserve(api, item, None), 422, field="amount_usd")
     assert_error(await reserve(api, item, "-1"), 422, field="amount_usd")
     assert_error(await reserve(api, item, "lots"), 422, field="amount_usd")
+
+
+BUDGETED_CHAIN = """
+name: budgeted-chain
+settings:
+  budget: {limit: 0.05, action: abort}
+activities:
+  - {key: a, activity_name: echo}
+  - {key: b, activity_name: echo, depends_on: [a]}
+"""
+
+
+async def test_the_next_step_a_report_claims_is_handed_what_is_left_after_that_report(
+    api: Api,
+) -> None:
+    """The spend the report records in its transaction counts for the activity it
+    claims in the same transaction (``claim_next``)."""
+    await api.deploy(BUDGETED_CHAIN)
+    await api.start("budgeted-chain")
+    [a] = await api.poll()
+    report = {"worker_id": "w1", "output": {}, "cost_usd": "0.02"}
+    response = await api.client.post(
+        "/api/v1/activities/reports",
+        json={
+            "reports": [
+                {"activity_id": a["activity_id"], "kind": "complete", "report": report}
+                | {"claim_next": True}
+            ]
+        },
+    )
+    [b] = response.json()["results"][0]["body"]["activities"]
+    assert b["activity_key"] == "b"
+    assert D(b["budget_remaining_usd"]) == D("0.03")

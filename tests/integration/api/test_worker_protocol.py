@@ -591,4 +591,79 @@ async def test_a_report_batch_must_be_an_array_of_1_to_100_reports(
 
 async def test_the_server_offers_report_batches(api: Api) -> None:
     info = await api.client.get("/api/v1/info")
-    assert "report_batch" in info.json()["features"]
+    assert {"report_batch", "report_claim_next"} <= set(info.json()["features"])
+
+
+SPLIT = """
+name: split
+activities:
+  - key: a
+    activity_name: echo
+  - key: b
+    worker: other-q
+    activity_name: echo
+    depends_on: [a]
+  - key: c
+    activity_name: echo
+    parameters: {from_b: "{{ b.value }}"}
+    depends_on: [b]
+"""
+
+
+async def test_a_report_with_claim_next_takes_its_runs_next_activity_at_once(api: Api) -> None:
+    """The completion commits and hands the reporting worker the run's next step of
+    the same queue in the same transaction: leased to it, started in the history,
+    never seen by another poller."""
+    await api.deploy(CHAIN)
+    run = await api.start("chain")
+    [a] = await api.poll(worker_id="w1")
+    item = {**_item("complete", a["activity_id"], worker_id="w1", output={"value": 7})}
+    response = await api.client.post(REPORTS, json={"reports": [{**item, "claim_next": True}]})
+    assert response.status_code == 200, response.text
+    [result] = response.json()["results"]
+    assert result["status"] == 200
+    [b] = result["body"]["activities"]
+    assert (b["workflow_id"], b["activity_key"], b["worker"]) == (run, "b", "std")
+    assert b["parameters"] == {"from_a": 7}
+    assert b["attempt"] == 1
+    assert b["activity_id"] != a["activity_id"]
+    assert await api.poll(worker_id="w2") == []  # it is w1's already
+    state = _activity(await api.run(run), "b")
+    assert (state["status"], state["worker_id"]) == ("running", "w1")
+    started = [e for e in await _events(api, run) if e["type"] == "activity.started"]
+    assert [(e["activity_key"], e["data"]["worker_id"]) for e in started] == [
+        ("a", "w1"),
+        ("b", "w1"),
+    ]
+    last = _item("complete", b["activity_id"], worker_id="w1", output={})
+    response = await api.client.post(REPORTS, json={"reports": [{**last, "claim_next": True}]})
+    assert response.json()["results"][0]["body"]["activities"] == []  # the run is over
+    assert (await api.run(run))["status"] == "completed"
+
+
+async def test_claim_next_takes_nothing_from_another_queue_or_a_repeated_report(
+    api: Api,
+) -> None:
+    await api.deploy(SPLIT)
+    run = await api.start("split")
+    [a] = await api.poll(worker_id="w1")
+    report = {**_item("complete", a["activity_id"], worker_id="w1", output={}), "claim_next": True}
+    first = (await api.client.post(REPORTS, json={"reports": [report]})).json()["results"][0]
+    assert first["body"]["activities"] == []  # b waits in other-q for its own workers
+    [b] = await api.poll(worker="other-q", worker_id="o1")
+    assert b["activity_key"] == "b"
+    again = (await api.client.post(REPORTS, json={"reports": [report]})).json()["results"][0]
+    assert again["status"] == 200
+    assert again["body"]["activities"] == []
+    assert again["body"]["warnings"] == ["attempt already reported as completed"]
+    plain = await api.client.post(REPORTS, json={"reports": [report | {"claim_next": False}]})
+    assert "activities" not in plain.json()["results"][0]["body"]
+    assert _activity(await api.run(run), "c")["status"] == "not_scheduled"
+
+
+async def test_claim_next_must_be_a_boolean(api: Api) -> None:
+    item = {**_item("complete", str(uuid.uuid4()), worker_id="w1", output={}), "claim_next": "yes"}
+    response = await api.client.post(REPORTS, json={"reports": [item]})
+    [result] = response.json()["results"]
+    assert result["status"] == 422
+    assert result["error"]["details"]["field_errors"] == {"claim_next": ["expected true or false"]}

@@ -134,6 +134,9 @@ class FakeServer:
         self.batch_delay = 0.0  # seconds a report batch request is held
         self.batch_route = True  # False: "report_batch" advertised, route missing
         self.batches: list[int] = []  # reports per batch request
+        #: Completing the key's activity makes this activity ready in its run (name,
+        #: parameters): what the engine's next step of a sequence is.
+        self.next_steps: dict[uuid.UUID, tuple[str, dict[str, Any]]] = {}
         self._work = trio.Event()
 
     # -- staging --------------------------------------------------------------
@@ -305,6 +308,13 @@ class FakeServer:
         for item in items:
             answer = self._activity_call(item["activity_id"], item["kind"], item["report"])
             data = orjson.loads(answer.content)
+            if answer.status_code == 200 and item["kind"] == "complete":
+                step = self._next_step(uuid.UUID(item["activity_id"]))
+                if item.get("claim_next"):  # claimed with the report, never pending
+                    data["activities"] = [] if step is None else [step.item()]
+                    if step is not None:
+                        self.pending.remove(step.activity_id)
+                        step.status, step.leased_by = "running", item["report"]["worker_id"]
             result: dict[str, Any] = {
                 "activity_id": item["activity_id"],
                 "status": answer.status_code,
@@ -315,6 +325,16 @@ class FakeServer:
                 result.update(data)
             results.append(result)
         return ok({"results": results})
+
+    def _next_step(self, done: uuid.UUID) -> FakeActivity | None:
+        """The staged next step of ``done``'s run, now ready (once)."""
+        staged = self.next_steps.pop(done, None)
+        if staged is None:
+            return None
+        name, parameters = staged
+        act = self.activities[self.enqueue(name, parameters)]
+        act.workflow_id = self.activities[done].workflow_id
+        return act
 
     def _activity_call(self, raw_id: str, op: str, body: Any) -> httpx.Response:
         try:

@@ -45,6 +45,40 @@ async def test_reports_made_at_the_same_moment_leave_together(
     assert {line["reported"] for line in finished(logs)} == {"acknowledged"}
 
 
+async def test_a_report_brings_its_runs_next_step_into_the_slot_it_frees(
+    make_manager: MakeManager, batching: Any, autojump_clock: trio.abc.Clock
+) -> None:
+    """With ``report_claim_next`` the server claims the run's next step with the
+    report: the worker runs it at once, without a poll; the last report of the
+    chain brings nothing."""
+    batching.features.append("report_claim_next")
+    batching.batch_delay = 0
+    first = batching.enqueue("sleepy", {"seconds": 1})
+    batching.next_steps[first] = ("sleepy", {"seconds": 2})
+    logs = await burst(make_manager, sleepy)
+    [second] = [a for a in batching.activities if a != first]
+    assert batching.activities[second].workflow_id == batching.activities[first].workflow_id
+    assert {batching.activities[a].status for a in (first, second)} == {"completed"}
+    assert all(p.returned == 0 for p in batching.polls[1:])  # only the first poll brought work
+    bodies = [body for _, _, body, _ in batching.calls("POST", "/activities/reports")]
+    assert [item["claim_next"] for body in bodies for item in body["reports"]] == [True, True]
+    done_at = {line["activity_id"]: line for line in finished(logs)}
+    assert set(done_at) == {str(first), str(second)}
+    assert batching.request_times["/api/v1/activities/reports"] == pytest.approx([1.0, 3.0])
+
+
+async def test_reports_ask_for_no_next_step_unless_the_server_offers_it(
+    make_manager: MakeManager, batching: Any, autojump_clock: trio.abc.Clock
+) -> None:
+    first = batching.enqueue("sleepy", {"seconds": 1})
+    batching.next_steps[first] = ("sleepy", {"seconds": 1})
+    await burst(make_manager, sleepy)
+    assert {a.status for a in batching.activities.values()} == {"completed"}
+    bodies = [body for _, _, body, _ in batching.calls("POST", "/activities/reports")]
+    assert all("claim_next" not in item for body in bodies for item in body["reports"])
+    assert sum(p.returned for p in batching.polls) == 2  # the second step came by poll
+
+
 async def test_a_lone_report_is_not_held_back(
     make_manager: MakeManager, batching: Any, autojump_clock: trio.abc.Clock
 ) -> None:

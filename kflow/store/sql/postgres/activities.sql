@@ -76,6 +76,29 @@ RETURNING workflow_id, key, attempt_id, queue, activity_name, timeout_seconds, s
           output_definitions, parameters, signal_data, heartbeat_details, attempt, iteration,
           lease_expires_at;
 
+-- name: claim_run_activities
+-- claim_activities restricted to one run (the run whose report just committed)
+UPDATE activities
+SET status = 'running',
+    worker_id = %(worker_id)s,
+    lease_client = %(client_id)s,
+    reserved_usd = 0,
+    claimed_at = %(now)s,
+    started_at = %(now)s,
+    lease_expires_at = %(now)s + make_interval(secs => activities.timeout_seconds)
+                       + %(lease_grace_micros)s * interval '1 microsecond',
+    updated_at = %(now)s
+FROM (
+    SELECT workflow_id AS c_workflow_id, key AS c_key FROM activities
+    WHERE workflow_id = %(workflow_id)s AND queue = %(queue)s AND status = 'pending' AND available_at <= %(now)s
+    ORDER BY available_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED) AS claimable
+WHERE activities.workflow_id = claimable.c_workflow_id AND activities.key = claimable.c_key
+RETURNING workflow_id, key, attempt_id, queue, activity_name, timeout_seconds, settings,
+          output_definitions, parameters, signal_data, heartbeat_details, attempt, iteration,
+          lease_expires_at;
+
 -- name: extend_lease
 UPDATE activities
 SET lease_expires_at = GREATEST(lease_expires_at, %(lease_expires_at)s),

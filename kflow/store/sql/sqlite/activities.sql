@@ -73,6 +73,26 @@ RETURNING workflow_id, key, attempt_id, queue, activity_name, timeout_seconds, s
           output_definitions, parameters, signal_data, heartbeat_details, attempt, iteration,
           lease_expires_at;
 
+-- name: claim_run_activities
+-- claim_activities restricted to one run (the run whose report just committed)
+UPDATE activities
+SET status = 'running',
+    worker_id = :worker_id,
+    lease_client = :client_id,
+    reserved_usd = '0',
+    claimed_at = :now,
+    started_at = :now,
+    lease_expires_at = :now + timeout_seconds * 1000000 + :lease_grace_micros,
+    updated_at = :now
+WHERE rowid IN (
+    SELECT rowid FROM activities
+    WHERE workflow_id = :workflow_id AND queue = :queue AND status = 'pending' AND available_at <= :now
+    ORDER BY available_at
+    LIMIT :limit)
+RETURNING workflow_id, key, attempt_id, queue, activity_name, timeout_seconds, settings,
+          output_definitions, parameters, signal_data, heartbeat_details, attempt, iteration,
+          lease_expires_at;
+
 -- name: extend_lease
 UPDATE activities
 SET lease_expires_at = MAX(lease_expires_at, :lease_expires_at),

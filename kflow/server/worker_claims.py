@@ -1,0 +1,207 @@
+"""What a claim hands a worker: the items of just-claimed activities.
+
+Shared by the poll's claim (:class:`~kflow.server.worker_ops.WorkerOps`) and
+by a report that asks for its run's next activity in the same transaction
+(:meth:`WorkerClaims.claim_next`, used by
+:class:`~kflow.server.worker_reports.WorkerReports`): each claimed row
+becomes a poll item with its secrets substituted, its run is marked
+running, the run's remaining budget is handed out, and ``activity.started``
+is appended under the run's lock. An activity whose parameters cannot be
+completed fails (``TEMPLATE_ERROR``) instead of being handed out.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import uuid
+from typing import Any
+
+from kflow._types import ActivityStatus
+from kflow.errors import TemplateError
+from kflow.server.budgets import available, run_budget
+from kflow.server.engine import Effects, Engine
+from kflow.server.persistence import append_events, record_attempt
+from kflow.server.state import ActivityFailed, Emit, ErrorInfo, PutActivity, WakeQueue
+from kflow.server.transitions import Transition
+from kflow.store.base import Row, Tx
+from kflow.store.codec import load_json, load_time
+from kflow.templates import reveal_secrets
+
+
+class WorkerClaims:
+    """Turns claimed activity rows into what the worker receives (see the module)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def _hand_out(
+        self,
+        tx: Tx,
+        effects: Effects,
+        rows: list[Row],
+        worker_id: str,
+        now: dt.datetime,
+        *,
+        locked: Row | None = None,
+    ) -> list[dict[str, Any]]:
+        """The poll items of just-claimed ``rows``, with their runs marked running,
+        budgets handed out and ``activity.started`` appended (inside ``tx``).
+
+        ``locked``: the row of the one run all ``rows`` belong to, locked earlier
+        in ``tx`` and running (a report's run): not locked again.
+        """
+        items: list[dict[str, Any]] = []
+        for row in rows:
+            try:
+                items.append(self._poll_item(row))
+            except TemplateError as exc:
+                self._fail_unsendable(tx, effects, row, now, str(exc))
+        # Events of a run are appended only under the run's row lock (sorted, so
+        # two claims cannot deadlock on each other): a run's history then
+        # commits in id order, and a stream reading "after id N" never skips.
+        if locked is not None:
+            runs = {str(locked["id"]): locked} if items else {}
+        else:
+            runs = self.engine.lock_many(tx, {item["workflow_id"] for item in items})
+        for workflow_id, run in runs.items():
+            if locked is None and run["status"] == "created":
+                tx.send("mark_workflow_running", id=workflow_id, now=tx.time(now))
+            self._hand_out_budget(
+                tx,
+                run,
+                [i for i in items if i["workflow_id"] == workflow_id],
+                reread=locked is not None,
+            )
+            events = [
+                Emit(
+                    type="activity.started",
+                    activity_key=i["activity_key"],
+                    data={"attempt": i["attempt"], "worker_id": worker_id},
+                )
+                for i in items
+                if i["workflow_id"] == workflow_id
+            ]
+            append_events(tx, uuid.UUID(workflow_id), events, now)
+            effects.workflows.add(uuid.UUID(workflow_id))
+        return items
+
+    def claim_next(
+        self,
+        tx: Tx,
+        effects: Effects,
+        transition: Transition,
+        run: Row,
+        activities: list[Row],
+        queue: str,
+        worker_id: str,
+        client_id: str,
+        now: dt.datetime,
+        *,
+        queue_woken_before: bool,
+    ) -> list[dict[str, Any]]:
+        """Inside a report's transaction: claim for the reporting worker one ready
+        activity of the same run and queue (for the slot its report frees).
+
+        ``run`` and ``activities`` are the run's rows as read under its lock
+        before ``transition``: the run is not locked again, and the claim is
+        not even tried when neither they nor ``transition`` have a pending
+        activity in ``queue``. When the activity claimed is the one activity
+        ``transition`` made pending in ``queue`` (and nothing earlier in ``tx``
+        woke that queue), the queue is not woken: no poller would find
+        anything there.
+        """
+        wakes = sum(1 for c in transition.commands if isinstance(c, WakeQueue) and c.queue == queue)
+        if not wakes and not any(
+            a["status"] == "pending" and a["queue"] == queue for a in activities
+        ):
+            return []
+        rows = tx.all(
+            "claim_run_activities",
+            workflow_id=str(transition.state.id),
+            queue=queue,
+            worker_id=worker_id,
+            client_id=client_id,
+            now=tx.time(now),
+            limit=1,
+            lease_grace_micros=int(self.engine.settings.lease_grace_seconds * 1_000_000),
+        )
+        if not rows:
+            return []
+        made_pending = {
+            c.activity.key
+            for c in transition.commands
+            if isinstance(c, PutActivity) and c.activity.status is ActivityStatus.PENDING
+        }
+        items = self._hand_out(tx, effects, rows, worker_id, now, locked=run)
+        if wakes == 1 and rows[0]["key"] in made_pending and not queue_woken_before:
+            effects.queues.discard(queue)
+        return items
+
+    def _hand_out_budget(
+        self, tx: Tx, run: Row, items: list[dict[str, Any]], *, reread: bool = False
+    ) -> None:
+        """Tell each claimed attempt what its run may still spend (runs with a budget).
+
+        ``reread``: ``run`` was read under its lock earlier in ``tx``, before
+        writes of this transaction (its spend) — read it again for the budget.
+        """
+        budget = run_budget(tx, self.engine.definitions, run)
+        if budget is None:
+            return
+        if reread:
+            run = self.engine.lock(tx, run["id"])  # same transaction: sees its own writes
+        remaining = max(available(tx, run, budget.limit), decimal.Decimal(0))
+        for item in items:
+            item["budget_remaining_usd"] = remaining
+
+    def _fail_unsendable(
+        self, tx: Tx, effects: Effects, row: Row, now: dt.datetime, message: str
+    ) -> None:
+        """Fail a just-claimed activity whose parameters cannot be completed."""
+        error = ErrorInfo(code="TEMPLATE_ERROR", message=message, retryable=False)
+        current = tx.one("activity_by_attempt", attempt_id=str(row["attempt_id"]))
+        if current is not None:
+            record_attempt(
+                tx,
+                attempt_id=str(row["attempt_id"]),
+                row=current,
+                outcome="failed",
+                now=now,
+                error=error,
+            )
+        self.engine.transition_row(
+            tx,
+            effects,
+            row["workflow_id"],
+            lambda _: ActivityFailed(key=row["key"], error=error),
+            now,
+        )
+
+    def _poll_item(self, row: Row) -> dict[str, Any]:
+        parameters = reveal_secrets(
+            load_json(row["parameters"]) or {}, self.engine.settings.secrets
+        )
+        item: dict[str, Any] = {
+            "activity_id": str(row["attempt_id"]),
+            "workflow_id": str(row["workflow_id"]),
+            "activity_key": row["key"],
+            "worker": row["queue"],
+            "activity_name": row["activity_name"],
+            "parameters": parameters,
+            "settings": load_json(row["settings"]) or {},
+            "timeout_seconds": int(row["timeout_seconds"]),
+            "attempt": int(row["attempt"]),
+            "iteration": int(row["iteration"]),
+            "lease_expires_at": load_time(row["lease_expires_at"]),
+        }
+        outputs = load_json(row["output_definitions"])
+        if outputs:
+            item["output_definitions"] = outputs
+        signal = load_json(row["signal_data"])
+        if signal is not None:
+            item["signal_data"] = signal
+        details = load_json(row["heartbeat_details"])
+        if details is not None:
+            item["heartbeat_details"] = details
+        return item
