@@ -81,8 +81,9 @@ class InProcessWorkerApi(WorkerApi):
         limits: httpx.Timeout | None,
         token: str | None,
     ) -> httpx.Response:
-        full_path = "/api/v1" + path
+        full_path, _, query = ("/api/v1" + path).partition("?")
         scope = self._scope(method, full_path, body, content_type, token)
+        scope["query_string"] = query.encode("ascii")
         for route in self._routes:
             match, child = route.matches(scope)
             if match is Match.FULL:

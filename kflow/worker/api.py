@@ -321,7 +321,10 @@ class WorkerApi:
                 if response.is_error:
                     raise error_from_response(response)
                 return response
-        answer: httpx.Response = await send(self._send, "POST", report.path, body=report.body)
+        path = report.path
+        if batched and self.claim_next:
+            path += "?claim_next=true"
+        answer: httpx.Response = await send(self._send, "POST", path, body=report.body)
         return answer
 
     async def upload_file(

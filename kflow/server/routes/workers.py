@@ -265,12 +265,25 @@ class Apply(Protocol):
 
 
 async def _one_report(request: Request, apply: Apply) -> JSONResponse:
-    """``POST /activities/{id}/complete|fail``: one report, ``apply``-ed."""
+    """``POST /activities/{id}/complete|fail``: one report, ``apply``-ed; with
+    ``?claim_next=true`` (feature ``report_claim_next``) it also claims the
+    run's next ready activity of the same queue, as a batch item's ``claim_next``.
+
+    Raises:
+        ValidationFailed: ``claim_next`` is neither ``true`` nor ``false``.
+    """
     ctx = context_of(request)
     principal = await ctx.principal(request, "worker")
     attempt_id = path_uuid(request, "activity_id", "activity")
+    flag = request.query_params.get("claim_next", "false")
+    if flag not in ("true", "false"):
+        raise ValidationFailed(
+            "invalid report: claim_next: expected true or false",
+            {"claim_next": ["expected true or false"]},
+        )
     data = await read_object(request)
-    return JSONResponse(await apply(ctx, principal.client_id, attempt_id, data))
+    answer = await apply(ctx, principal.client_id, attempt_id, data, claim_next=flag == "true")
+    return JSONResponse(answer)
 
 
 async def complete(request: Request) -> JSONResponse:

@@ -15,6 +15,7 @@ from kflow.server.auth import INTERNAL_CLIENT
 from kflow.server.inprocess_api import InProcessWorkerApi
 from kflow.worker.api import WorkerApi
 from kflow.worker.config import WorkerConfig
+from kflow.worker.wire import Report, ReportOutcome
 from tests.integration.conftest import Api, assert_error
 
 CHAIN = """
@@ -100,6 +101,29 @@ async def test_a_claim_and_its_completion_go_through_the_direct_path(secure_api:
     metrics = secure_api.ctx.metrics.render().decode()
     assert 'route="/api/v1/workers/poll"' in metrics
     assert 'route="/api/v1/activities/{activity_id}/complete"' in metrics
+
+
+async def test_claim_next_reaches_the_route_through_the_direct_path(secure_api: Api) -> None:
+    pair = Pair(secure_api, secure_api.client)
+    headers = {"Authorization": f"Bearer {secure_api.ctx.auth.mint(INTERNAL_CLIENT, {'admin'})}"}
+    secure_api.client.headers.update(headers)
+    await secure_api.deploy(CHAIN)
+    workflow_id = await secure_api.start("chain")
+    config = WorkerConfig(
+        api_url="http://kflow.test", worker="std", worker_id="w1", access_token=pair.token
+    )
+    direct = InProcessWorkerApi(
+        secure_api.client, config, app=build_app(secure_api.ctx), ctx=secure_api.ctx
+    )
+    [item] = await direct.poll(5)
+    direct.claim_next = True
+    report = Report.complete(item.activity_id, "w1", {"value": 7})
+    assert await direct.report(report, retry=False, batched=True) is ReportOutcome.ACKNOWLEDGED
+    claimed = direct.take_next(item.activity_id)
+    assert claimed is not None
+    assert (claimed.workflow_id, claimed.activity_key) == (uuid.UUID(workflow_id), "b")
+    assert claimed.parameters == {"from_a": 7}
+    assert direct.take_next(item.activity_id) is None  # handed out once
 
 
 @pytest.mark.parametrize(

@@ -667,3 +667,23 @@ async def test_claim_next_must_be_a_boolean(api: Api) -> None:
     [result] = response.json()["results"]
     assert result["status"] == 422
     assert result["error"]["details"]["field_errors"] == {"claim_next": ["expected true or false"]}
+
+
+async def test_a_single_report_route_takes_claim_next_as_a_query_parameter(api: Api) -> None:
+    await api.deploy(CHAIN)
+    run = await api.start("chain")
+    [a] = await api.poll(worker_id="w1")
+    path = f"/api/v1/activities/{a['activity_id']}/complete"
+    body = {"worker_id": "w1", "output": {"value": 1}}
+    bad = await api.client.post(path + "?claim_next=yes", json=body)
+    assert_error(bad, 422)
+    assert bad.json()["error"]["details"]["field_errors"] == {
+        "claim_next": ["expected true or false"]
+    }
+    assert _activity(await api.run(run), "a")["status"] == "running"  # nothing applied
+    response = await api.client.post(path + "?claim_next=true", json=body)
+    assert response.status_code == 200, response.text
+    [b] = response.json()["activities"]
+    assert (b["workflow_id"], b["activity_key"]) == (run, "b")
+    plain = await api.client.post(path, json=body)  # a repeat, without the flag
+    assert "activities" not in plain.json()
