@@ -62,6 +62,9 @@ class ServerConfig:
     #: Connections of a PostgreSQL server process (its database threads).
     db_pool_size: int = 10
     worker_concurrency: int = 16
+    #: Built-in workers take a run's next step with the report of its previous one
+    #: (``KFLOW_WORKER_CLAIM_NEXT``; see ``WorkerConfig.claim_next``).
+    worker_claim_next: bool = True
     script_pool_size: int = 2
     script_memory_mb: int = 1024
     deploy_paths: tuple[pathlib.Path, ...] = ()
@@ -150,6 +153,7 @@ _ENV_FIELDS: dict[str, tuple[str, Any]] = {
     "KFLOW_FILE_BODY_LIMIT": ("file_body_limit", (int, 1024)),
     "KFLOW_SQLITE_SYNCHRONOUS": ("sqlite_synchronous", str),
     "KFLOW_WORKER_CONCURRENCY": ("worker_concurrency", (int, 1)),
+    "KFLOW_WORKER_CLAIM_NEXT": ("worker_claim_next", bool),
     "KFLOW_SCRIPT_POOL_SIZE": ("script_pool_size", (int, 1)),
     "KFLOW_DB_POOL_SIZE": ("db_pool_size", (int, 2)),
     "KFLOW_SCRIPT_MEMORY_MB": ("script_memory_mb", (int, 0)),

@@ -79,6 +79,7 @@ async def run_inprocess_workers(
                 worker=queue,
                 worker_id=f"{host}-{os.getpid()}-serve-{queue}",
                 max_activities=config.worker_concurrency,
+                claim_next=config.worker_claim_next,
                 poll_max_activities=min(config.worker_concurrency, 100),
                 long_poll_seconds=min(20.0, config.max_wait_seconds),
                 state_dir=_state_dir(ctx),

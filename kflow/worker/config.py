@@ -130,6 +130,11 @@ class WorkerConfig:
     #: Reports finishing while others are on their way share one request
     #: (``POST /activities/reports``), when the server offers ``report_batch``.
     report_batch: bool = True
+    #: Batched reports ask for their run's next activity (same queue), which the
+    #: freed slot runs at once (server feature ``report_claim_next``): a run's
+    #: next step goes ahead of activities already waiting in the queue. False:
+    #: every activity comes by poll, oldest first.
+    claim_next: bool = True
     #: Directory of the durable outbox of unacknowledged results.
     state_dir: pathlib.Path = attrs.field(factory=default_state_dir, converter=pathlib.Path)
     #: No credentials: requests go without Authorization. Defaults to True exactly
@@ -290,6 +295,7 @@ _ENV: tuple[tuple[str, tuple[str, ...], Callable[[str, str], Any]], ...] = (
     ("http_timeout", ("KFLOW_WORKER_HTTP_TIMEOUT",), _seconds(positive=True)),
     ("report_timeout", ("KFLOW_WORKER_REPORT_TIMEOUT",), _seconds(positive=True)),
     ("report_batch", ("KFLOW_WORKER_REPORT_BATCH",), _bool),
+    ("claim_next", ("KFLOW_WORKER_CLAIM_NEXT",), _bool),
     ("state_dir", ("KFLOW_WORKER_STATE_DIR",), _path),
     ("insecure", ("KFLOW_WORKER_INSECURE",), _bool),
 )

@@ -213,7 +213,11 @@ class WorkerManager:
                         if "report_batch" in features and config.report_batch:
                             api.batch_reports()
                             # a report's freed slot takes its run's next step at once
-                            api.claim_next = "report_claim_next" in features and not self._stopping
+                            api.claim_next = (
+                                config.claim_next
+                                and "report_claim_next" in features
+                                and not self._stopping
+                            )
                             self._api = api
                         self._log_start(long_poll)
                         task_status.started()

@@ -58,3 +58,10 @@ def test_inprocess_workers_are_a_subset_of_the_built_in_ones() -> None:
     assert server_config({}, run_workers=False).builtin_workers == ()
     with pytest.raises(ConfigError, match="KFLOW_INPROCESS_WORKERS: unknown worker"):
         server_config({"KFLOW_INPROCESS_WORKERS": "std,gpu"})
+
+
+def test_built_in_workers_claim_the_next_step_unless_switched_off() -> None:
+    assert server_config({}).worker_claim_next is True
+    assert server_config({"KFLOW_WORKER_CLAIM_NEXT": "0"}).worker_claim_next is False
+    with pytest.raises(ConfigError, match="KFLOW_WORKER_CLAIM_NEXT"):
+        server_config({"KFLOW_WORKER_CLAIM_NEXT": "maybe"})

@@ -618,8 +618,10 @@ async def test_a_report_with_claim_next_takes_its_runs_next_activity_at_once(api
     run = await api.start("chain")
     [a] = await api.poll(worker_id="w1")
     item = {**_item("complete", a["activity_id"], worker_id="w1", output={"value": 7})}
+    woken = api.ctx.dispatcher.sequence("std")
     response = await api.client.post(REPORTS, json={"reports": [{**item, "claim_next": True}]})
     assert response.status_code == 200, response.text
+    assert api.ctx.dispatcher.sequence("std") == woken  # nothing left for a parked poll
     [result] = response.json()["results"]
     assert result["status"] == 200
     [b] = result["body"]["activities"]
@@ -648,8 +650,10 @@ async def test_claim_next_takes_nothing_from_another_queue_or_a_repeated_report(
     run = await api.start("split")
     [a] = await api.poll(worker_id="w1")
     report = {**_item("complete", a["activity_id"], worker_id="w1", output={}), "claim_next": True}
+    woken = api.ctx.dispatcher.sequence("other-q")
     first = (await api.client.post(REPORTS, json={"reports": [report]})).json()["results"][0]
     assert first["body"]["activities"] == []  # b waits in other-q for its own workers
+    assert api.ctx.dispatcher.sequence("other-q") == woken + 1  # ... who are woken
     [b] = await api.poll(worker="other-q", worker_id="o1")
     assert b["activity_key"] == "b"
     again = (await api.client.post(REPORTS, json={"reports": [report]})).json()["results"][0]

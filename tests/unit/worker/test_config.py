@@ -221,3 +221,9 @@ def test_report_batching_is_on_unless_switched_off() -> None:
     assert WorkerConfig.from_env({"KRUXIAFLOW_TOKEN": "t"}).report_batch is True
     off = WorkerConfig.from_env({"KRUXIAFLOW_TOKEN": "t", "KFLOW_WORKER_REPORT_BATCH": "0"})
     assert off.report_batch is False
+
+
+def test_claiming_the_next_step_with_a_report_is_on_unless_switched_off() -> None:
+    assert WorkerConfig.from_env({"KRUXIAFLOW_TOKEN": "t"}).claim_next is True
+    off = WorkerConfig.from_env({"KRUXIAFLOW_TOKEN": "t", "KFLOW_WORKER_CLAIM_NEXT": "no"})
+    assert off.claim_next is False

@@ -79,6 +79,19 @@ async def test_reports_ask_for_no_next_step_unless_the_server_offers_it(
     assert sum(p.returned for p in batching.polls) == 2  # the second step came by poll
 
 
+async def test_a_worker_switched_to_fifo_asks_for_no_next_step(
+    make_manager: MakeManager, batching: Any, autojump_clock: trio.abc.Clock
+) -> None:
+    batching.features.append("report_claim_next")
+    first = batching.enqueue("sleepy", {"seconds": 1})
+    batching.next_steps[first] = ("sleepy", {"seconds": 1})
+    await burst(make_manager, sleepy, claim_next=False)
+    assert {a.status for a in batching.activities.values()} == {"completed"}
+    bodies = [body for _, _, body, _ in batching.calls("POST", "/activities/reports")]
+    assert all("claim_next" not in item for body in bodies for item in body["reports"])
+    assert sum(p.returned for p in batching.polls) == 2
+
+
 async def test_a_lone_report_is_not_held_back(
     make_manager: MakeManager, batching: Any, autojump_clock: trio.abc.Clock
 ) -> None:
