@@ -153,6 +153,61 @@ def apply_put(
     return attempt_id
 
 
+def apply_puts(
+    tx: Tx, workflow_id: uuid.UUID, puts: list[PutActivity], now: dt.datetime
+) -> dict[str, uuid.UUID]:
+    """Write several activities' new states of one run; returns the new attempt
+    ids by activity key.
+
+    Two or more distinct activities go in one statement (``update_activities``:
+    a JSON array of the same fields :func:`apply_put` binds one by one); one
+    activity, or a list naming an activity twice (whose updates must apply in
+    order), goes row by row.
+    """
+    keys = [put.activity.key for put in puts]
+    attempts: dict[str, uuid.UUID] = {}
+    if len(puts) < 2 or len(set(keys)) != len(keys):
+        for put in puts:
+            made = apply_put(tx, workflow_id, put, now)
+            if made is not None:
+                attempts[put.activity.key] = made
+        return attempts
+    rows = []
+    for put in puts:
+        act = put.activity
+        attempt_id = new_id() if put.new_attempt else None
+        if attempt_id is not None:
+            attempts[act.key] = attempt_id
+        rows.append(
+            {
+                "key": act.key,
+                "status": act.status.value,
+                "iteration": act.iteration,
+                "attempt": act.attempt,
+                "new_attempt_id": None if attempt_id is None else str(attempt_id),
+                "parameters": act.parameters,
+                "available_at": tx.time(act.available_at),
+                "wait_signal": act.wait_signal,
+                "wait_timeout_at": tx.time(act.wait_timeout_at),
+                "signal_data": act.signal_data,
+                "outputs": act.outputs,
+                "error": None if act.error is None else act.error.as_dict(),
+                "failure_handled": act.failure_handled,
+                "cost_usd": tx.money(act.cost_usd),
+                "completed_at": tx.time(act.completed_at),
+                "clear_lease": put.release_lease or put.new_attempt,
+                "clear_details": put.new_attempt and act.attempt <= 1,
+            }
+        )
+    tx.send(
+        "update_activities",
+        workflow_id=str(workflow_id),
+        activities=tx.json(rows),
+        now=tx.time(now),
+    )
+    return attempts
+
+
 def append_events(tx: Tx, workflow_id: uuid.UUID, emits: Iterable[Emit], now: dt.datetime) -> int:
     """Append events to the run's history, in order, in one statement; returns how many."""
     events = list(emits)

@@ -24,7 +24,7 @@ from kflow.errors import NotFoundError
 from kflow.ids import new_id
 from kflow.server.definitions import DefinitionCache
 from kflow.server.orchestrator import DecideContext, decide
-from kflow.server.persistence import append_events, apply_put, workflow_state
+from kflow.server.persistence import append_events, apply_puts, workflow_state
 from kflow.server.state import (
     ZERO,
     AddCost,
@@ -249,21 +249,31 @@ class TransitionEngine:
         return {w: rows[w] for w in wanted}
 
     def transition(
-        self, tx: Tx, effects: Effects, state: WorkflowState, event: Event, now: dt.datetime
+        self,
+        tx: Tx,
+        effects: Effects,
+        state: WorkflowState,
+        event: Event,
+        now: dt.datetime,
+        *,
+        hold_events: list[Emit] | None = None,
     ) -> Transition:
-        """Decide ``event`` for ``state`` and write the result (inside ``tx``)."""
+        """Decide ``event`` for ``state`` and write the result (inside ``tx``).
+
+        ``hold_events``: the events are added to this list instead of appended;
+        the caller appends them (with events of its own) before ``tx`` ends.
+        """
         ctx = DecideContext(now=now, templates=self.templates, secret_names=self._secret_names)
         commands = decide(state, event, ctx)
         attempt_ids: dict[str, uuid.UUID] = {}
         emits: list[Emit] = []
         cost = ZERO
         status = state.status
+        puts: list[PutActivity] = []
         for command in commands:
             match command:
                 case PutActivity():
-                    new_attempt = apply_put(tx, state.id, command, now)
-                    if new_attempt is not None:
-                        attempt_ids[command.activity.key] = new_attempt
+                    puts.append(command)
                 case PutWorkflow(status=new_status, error_message=message, finished=finished):
                     status = new_status
                     if new_status.is_terminal:
@@ -286,6 +296,7 @@ class TransitionEngine:
                     effects.queues.add(queue)
                 case ArmTimer(at=at):
                     effects.timers.append(at)
+        attempt_ids.update(apply_puts(tx, state.id, puts, now))
         if cost:
             tx.send(
                 "set_workflow_cost",
@@ -293,7 +304,9 @@ class TransitionEngine:
                 total_cost_usd=tx.money(state.total_cost_usd + cost),
                 now=tx.time(now),
             )
-        if append_events(tx, state.id, emits, now):
+        if hold_events is not None:
+            hold_events.extend(emits)
+        elif append_events(tx, state.id, emits, now):
             effects.workflows.add(state.id)
         return Transition(state=state, commands=commands, attempt_ids=attempt_ids, status=status)
 
@@ -340,10 +353,12 @@ class TransitionEngine:
         *,
         locked: Row | None = None,
         activities: list[Row] | None = None,
+        hold_events: list[Emit] | None = None,
     ) -> Transition:
         """Lock the run (unless ``locked`` is its row, locked earlier in ``tx``), load it
         (its ``activities`` rows may be passed, read under that lock and unchanged
-        since), and apply the event ``make_event(state)``."""
+        since), and apply the event ``make_event(state)`` (``hold_events``: as for
+        :meth:`transition`)."""
         row = locked if locked is not None else self.lock(tx, workflow_id)
         state = self.load_state(tx, row, activities)
-        return self.transition(tx, effects, state, make_event(state), now)
+        return self.transition(tx, effects, state, make_event(state), now, hold_events=hold_events)

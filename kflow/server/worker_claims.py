@@ -44,18 +44,23 @@ class WorkerClaims:
         now: dt.datetime,
         *,
         locked: Row | None = None,
+        hold_events: list[Emit] | None = None,
     ) -> list[dict[str, Any]]:
         """The poll items of just-claimed ``rows``, with their runs marked running,
         budgets handed out and ``activity.started`` appended (inside ``tx``).
 
         ``locked``: the row of the one run all ``rows`` belong to, locked earlier
-        in ``tx`` and running (a report's run): not locked again.
+        in ``tx`` and running (a report's run): not locked again; its
+        ``activity.started`` events go to ``hold_events`` when given (the
+        caller appends them).
         """
         items: list[dict[str, Any]] = []
         for row in rows:
             try:
                 items.append(self._poll_item(row))
             except TemplateError as exc:
+                if hold_events:  # the run's history stays in order
+                    self._append_held(tx, effects, row["workflow_id"], hold_events, now)
                 self._fail_unsendable(tx, effects, row, now, str(exc))
         # Events of a run are appended only under the run's row lock (sorted, so
         # two claims cannot deadlock on each other): a run's history then
@@ -82,9 +87,22 @@ class WorkerClaims:
                 for i in items
                 if i["workflow_id"] == workflow_id
             ]
+            if hold_events is not None and locked is not None:
+                hold_events.extend(events)
+                continue
             append_events(tx, uuid.UUID(workflow_id), events, now)
             effects.workflows.add(uuid.UUID(workflow_id))
         return items
+
+    @staticmethod
+    def _append_held(
+        tx: Tx, effects: Effects, workflow_id: Any, held: list[Emit], now: dt.datetime
+    ) -> None:
+        """Append the events held so far (and forget them), before others follow."""
+        run = uuid.UUID(str(workflow_id))
+        if append_events(tx, run, held, now):
+            effects.workflows.add(run)
+        held.clear()
 
     def claim_next(
         self,
@@ -99,6 +117,7 @@ class WorkerClaims:
         now: dt.datetime,
         *,
         queue_woken_before: bool,
+        hold_events: list[Emit] | None = None,
     ) -> list[dict[str, Any]]:
         """Inside a report's transaction: claim for the reporting worker one ready
         activity of the same run and queue (for the slot its report frees).
@@ -109,7 +128,7 @@ class WorkerClaims:
         activity in ``queue``. When the activity claimed is the one activity
         ``transition`` made pending in ``queue`` (and nothing earlier in ``tx``
         woke that queue), the queue is not woken: no poller would find
-        anything there.
+        anything there. ``hold_events``: as for :meth:`_hand_out`.
         """
         wakes = sum(1 for c in transition.commands if isinstance(c, WakeQueue) and c.queue == queue)
         if not wakes and not any(
@@ -133,7 +152,9 @@ class WorkerClaims:
             for c in transition.commands
             if isinstance(c, PutActivity) and c.activity.status is ActivityStatus.PENDING
         }
-        items = self._hand_out(tx, effects, rows, worker_id, now, locked=run)
+        items = self._hand_out(
+            tx, effects, rows, worker_id, now, locked=run, hold_events=hold_events
+        )
         if wakes == 1 and rows[0]["key"] in made_pending and not queue_woken_before:
             effects.queues.discard(queue)
         return items

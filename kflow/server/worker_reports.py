@@ -25,8 +25,8 @@ import structlog
 from kflow.errors import ConflictError, KflowError, NotFoundError
 from kflow.server.budgets import available, run_budget
 from kflow.server.engine import Effects
-from kflow.server.persistence import record_attempt
-from kflow.server.state import ZERO, ActivityCompleted, ActivityFailed, ErrorInfo
+from kflow.server.persistence import append_events, record_attempt
+from kflow.server.state import ZERO, ActivityCompleted, ActivityFailed, Emit, ErrorInfo
 from kflow.server.transitions import Transition
 from kflow.server.worker_claims import WorkerClaims
 from kflow.server.worker_leases import finished_attempt, holds_lease
@@ -250,8 +250,11 @@ class WorkerReports(WorkerClaims):
             wanted = str(attempt_id)
             row = next((a for a in activities if str(a["attempt_id"]) == wanted), None)
 
-            def record_and_decide(recorded: str, row: Row, run: Row) -> Transition:
-                """Keep the attempt as ``recorded``, then let the engine decide its event."""
+            def record_and_decide(
+                recorded: str, row: Row, run: Row, held: list[Emit] | None = None
+            ) -> Transition:
+                """Keep the attempt as ``recorded``, then let the engine decide its event
+                (its events go to ``held`` when given)."""
                 record_attempt(
                     tx,
                     attempt_id=str(attempt_id),
@@ -270,6 +273,7 @@ class WorkerReports(WorkerClaims):
                     now,
                     locked=run,
                     activities=activities,
+                    hold_events=held,
                 )
 
             if run is None or row is None or row["status"] not in ("running", "cancelled"):
@@ -305,7 +309,10 @@ class WorkerReports(WorkerClaims):
                     "warnings": ["the workflow was cancelled; this result was discarded"],
                 }
             queue_woken_before = row["queue"] in effects.queues
-            result = record_and_decide(outcome, row, run)
+            # The transition's events and those of the claimed next step (if any)
+            # are appended together, in that order, in one statement.
+            held: list[Emit] = []
+            result = record_and_decide(outcome, row, run, held)
             put = result.put_for(row["key"])
             will_retry = bool(put is not None and put.new_attempt)
             answer = {"acknowledged": True, "will_retry": will_retry, "warnings": []}
@@ -321,7 +328,10 @@ class WorkerReports(WorkerClaims):
                     client_id,
                     now,
                     queue_woken_before=queue_woken_before,
+                    hold_events=held,
                 )
+            if append_events(tx, result.state.id, held, now):
+                effects.workflows.add(result.state.id)
             return answer
 
         try:

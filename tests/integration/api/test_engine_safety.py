@@ -168,3 +168,54 @@ async def test_a_report_whose_transition_breaks_is_kept_and_acknowledged(
         lambda tx: tx.all("workflow_attempts", workflow_id=workflow_id)
     )
     assert [(a["activity_key"], a["outcome"]) for a in attempts] == [("a", "completed")]
+
+
+SECRETIVE_LATER = """
+name: secretive-later
+activities:
+  - {key: plain, activity_name: echo, parameters: {x: 1}}
+  - key: auth
+    activity_name: echo
+    parameters: {header: "Bearer {{ SECRET.TOK }}"}
+    settings: {delay: 0.2s}
+"""
+
+
+async def test_a_next_step_that_cannot_be_handed_out_fails_after_the_report_in_history(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A report's ``claim_next`` takes a ready activity whose secret the server no
+    longer knows: the activity fails (TEMPLATE_ERROR), nothing is handed out, and
+    the history shows the report's events before that failure."""
+    async with _api(make_config(tmp_path, secrets={"TOK": "s3cr3t-value"})) as api:
+        await api.deploy(SECRETIVE_LATER)
+        workflow_id = await api.start("secretive-later")
+        [plain] = await api.poll()
+        assert plain["activity_key"] == "plain"
+    async with _api(make_config(tmp_path)) as api:  # restarted without the secret
+        with trio.fail_after(10):
+            while (
+                next(
+                    a
+                    for a in (await api.run(workflow_id))["activities"]
+                    if a["activity_key"] == "auth"
+                )["status"]
+                != "pending"
+            ):
+                await trio.sleep(0.05)
+        item = {"activity_id": plain["activity_id"], "kind": "complete", "claim_next": True,
+                "report": {"worker_id": "w1", "output": {}}}  # fmt: skip
+        response = await api.client.post("/api/v1/activities/reports", json={"reports": [item]})
+        assert response.json()["results"][0]["body"]["activities"] == []
+        run = await api.run(workflow_id)
+        auth = next(a for a in run["activities"] if a["activity_key"] == "auth")
+        assert (auth["status"], auth["error"]["code"]) == ("failed", "TEMPLATE_ERROR")
+        history = await api.client.get(
+            f"/api/v1/workflows/{workflow_id}/events", headers={"accept": "application/json"}
+        )
+        kinds = [(e["type"], e["activity_key"]) for e in history.json()]
+        assert kinds.index(("activity.completed", "plain")) < kinds.index(
+            ("activity.failed", "auth")
+        )
+        ids = [e["event_id"] for e in history.json()]
+        assert ids == sorted(ids)

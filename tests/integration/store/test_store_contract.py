@@ -340,3 +340,92 @@ async def test_events_appended_together_keep_their_order_and_their_data(
     assert [load_json(r["data"]) for r in rows] == [e.data for e in emits]
     assert [r["id"] for r in rows] == sorted(r["id"] for r in rows)
     assert {load_time(r["created_at"]) for r in rows} == {now}
+
+
+async def test_activities_updated_together_end_as_if_updated_one_by_one(store: Store) -> None:
+    """``update_activities`` (one statement) leaves every column as ``update_activity``
+    row by row does: leases cleared or kept, attempts renewed, JSON values (floats,
+    big integers, escapes, non-ASCII), times and money unchanged."""
+    import datetime as dt
+    import decimal
+    import uuid
+
+    from kflow._types import ActivityStatus as S
+    from kflow.server.persistence import apply_put, apply_puts
+    from kflow.server.state import ActivityState, ErrorInfo, PutActivity
+
+    now = dt.datetime(2026, 12, 7, 7, 0, 0, 123456, tzinfo=dt.UTC)
+    later = now + dt.timedelta(seconds=90, microseconds=7)
+    tricky = {"f": 0.30000000000000004, "big": 12345678901234567890, "s": 'é "q" \\', "n": None}
+
+    def prepare(tx: Any, run: uuid.UUID) -> None:
+        rows = [
+            {"key": k, "position": i, "queue": "std", "activity_name": "echo",
+             "timeout_seconds": 30, "settings": {}, "output_definitions": None}
+            for i, k in enumerate(("k1", "k2", "k3"))
+        ]  # fmt: skip
+        tx.run("insert_activities", workflow_id=str(run), activities=tx.json(rows),
+               now=tx.time(now))  # fmt: skip
+        ready = ActivityState(key="k1", status=S.PENDING, attempt=1, available_at=now)
+        apply_put(tx, run, PutActivity(activity=ready, new_attempt=True), now)
+        claimed = tx.all("claim_run_activities", workflow_id=str(run), queue="std",
+                         worker_id="w1", client_id="c1", now=tx.time(now), limit=1,
+                         lease_grace_micros=0)  # fmt: skip
+        assert len(claimed) == 1
+
+    puts = [
+        PutActivity(
+            activity=ActivityState(key="k1", status=S.COMPLETED, attempt=1, outputs=tricky,
+                                   cost_usd=decimal.Decimal("0.0014"), completed_at=later,
+                                   has_run=True),
+            release_lease=True,
+        ),
+        PutActivity(
+            activity=ActivityState(key="k2", status=S.PENDING, attempt=1, iteration=2,
+                                   parameters={"x": tricky, "list": [1, "二"]}, available_at=later),
+            new_attempt=True,
+        ),
+        PutActivity(
+            activity=ActivityState(key="k3", status=S.WAITING, wait_signal="go",
+                                   wait_timeout_at=later, signal_data={"d": [1.5]},
+                                   error=ErrorInfo(code="E", message="nope ✗"),
+                                   failure_handled=True),
+        ),
+    ]  # fmt: skip
+    together, one_by_one = uuid.uuid4(), uuid.uuid4()
+
+    def write_together(tx: Any) -> dict[str, uuid.UUID]:
+        prepare(tx, together)
+        return apply_puts(tx, together, puts, later)
+
+    def write_one_by_one(tx: Any) -> dict[str, uuid.UUID]:
+        prepare(tx, one_by_one)
+        made = {p.activity.key: apply_put(tx, one_by_one, p, later) for p in puts}
+        return {k: v for k, v in made.items() if v is not None}
+
+    attempts = await store.write(write_together)
+    assert set(attempts) == set(await store.write(write_one_by_one)) == {"k2"}
+
+    async def rows(run: uuid.UUID) -> list[dict[str, Any]]:
+        found = await store.read(lambda tx: tx.all("workflow_activities", workflow_id=str(run)))
+        return [
+            {
+                k: (load_json(v) if k in {"parameters", "outputs", "signal_data", "error"} else v)
+                for k, v in r.items()
+                if k not in ("workflow_id", "attempt_id")
+            }
+            for r in found
+        ]
+
+    assert await rows(together) == await rows(one_by_one)
+    got = {r["key"]: r for r in await rows(together)}
+    assert got["k1"]["outputs"] == tricky
+    assert got["k1"]["worker_id"] is None  # the lease cleared
+    assert got["k2"]["parameters"] == {"x": tricky, "list": [1, "二"]}
+    assert load_time(got["k3"]["wait_timeout_at"]) == later
+    assert load_money(got["k1"]["cost_usd"]) == decimal.Decimal("0.0014")
+    [renewed] = await store.read(
+        lambda tx: [tx.one("activity_by_attempt", attempt_id=str(attempts["k2"]))]
+    )
+    assert renewed is not None
+    assert renewed["key"] == "k2"

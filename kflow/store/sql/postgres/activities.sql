@@ -54,6 +54,36 @@ SET status = %(status)s,
     updated_at = %(now)s
 WHERE workflow_id = %(workflow_id)s AND key = %(key)s;
 
+-- name: update_activities
+-- Several activities of one run in one statement (activities: a JSON array of
+-- the fields update_activity binds, each activity once); JSON null is no value.
+UPDATE activities AS a
+SET status = u.item ->> 'status',
+    iteration = (u.item ->> 'iteration')::integer,
+    attempt = (u.item ->> 'attempt')::integer,
+    attempt_id = COALESCE((u.item ->> 'new_attempt_id')::uuid, a.attempt_id),
+    parameters = NULLIF(u.item -> 'parameters', 'null'::jsonb),
+    available_at = (u.item ->> 'available_at')::timestamptz,
+    wait_signal = u.item ->> 'wait_signal',
+    wait_timeout_at = (u.item ->> 'wait_timeout_at')::timestamptz,
+    signal_data = NULLIF(u.item -> 'signal_data', 'null'::jsonb),
+    outputs = NULLIF(u.item -> 'outputs', 'null'::jsonb),
+    error = NULLIF(u.item -> 'error', 'null'::jsonb),
+    failure_handled = (u.item ->> 'failure_handled')::boolean,
+    cost_usd = (u.item ->> 'cost_usd')::numeric,
+    completed_at = (u.item ->> 'completed_at')::timestamptz,
+    worker_id = CASE WHEN (u.item ->> 'clear_lease')::boolean THEN NULL ELSE a.worker_id END,
+    lease_client = CASE WHEN (u.item ->> 'clear_lease')::boolean THEN NULL ELSE a.lease_client END,
+    claimed_at = CASE WHEN (u.item ->> 'clear_lease')::boolean THEN NULL ELSE a.claimed_at END,
+    lease_expires_at = CASE WHEN (u.item ->> 'clear_lease')::boolean THEN NULL
+                            ELSE a.lease_expires_at END,
+    heartbeat_details = CASE WHEN (u.item ->> 'clear_details')::boolean THEN NULL
+                             ELSE a.heartbeat_details END,
+    started_at = CASE WHEN u.item ->> 'new_attempt_id' IS NOT NULL THEN NULL ELSE a.started_at END,
+    updated_at = %(now)s
+FROM jsonb_array_elements(%(activities)s) AS u(item)
+WHERE a.workflow_id = %(workflow_id)s AND a.key = u.item ->> 'key';
+
 -- name: claim_activities
 UPDATE activities
 SET status = 'running',

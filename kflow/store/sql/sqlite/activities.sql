@@ -54,6 +54,36 @@ SET status = :status,
     updated_at = :now
 WHERE workflow_id = :workflow_id AND key = :key;
 
+-- name: update_activities
+-- Several activities of one run in one statement (activities: a JSON array of
+-- the fields update_activity binds, each activity once); JSON null is no value.
+UPDATE activities
+SET status = u.value ->> '$.status',
+    iteration = u.value ->> '$.iteration',
+    attempt = u.value ->> '$.attempt',
+    attempt_id = COALESCE(u.value ->> '$.new_attempt_id', attempt_id),
+    parameters = NULLIF(u.value -> '$.parameters', 'null'),
+    available_at = u.value ->> '$.available_at',
+    wait_signal = u.value ->> '$.wait_signal',
+    wait_timeout_at = u.value ->> '$.wait_timeout_at',
+    signal_data = NULLIF(u.value -> '$.signal_data', 'null'),
+    outputs = NULLIF(u.value -> '$.outputs', 'null'),
+    error = NULLIF(u.value -> '$.error', 'null'),
+    failure_handled = u.value ->> '$.failure_handled',
+    cost_usd = u.value ->> '$.cost_usd',
+    completed_at = u.value ->> '$.completed_at',
+    worker_id = CASE WHEN u.value ->> '$.clear_lease' THEN NULL ELSE worker_id END,
+    lease_client = CASE WHEN u.value ->> '$.clear_lease' THEN NULL ELSE lease_client END,
+    claimed_at = CASE WHEN u.value ->> '$.clear_lease' THEN NULL ELSE claimed_at END,
+    lease_expires_at = CASE WHEN u.value ->> '$.clear_lease' THEN NULL ELSE lease_expires_at END,
+    heartbeat_details = CASE WHEN u.value ->> '$.clear_details' THEN NULL
+                             ELSE heartbeat_details END,
+    started_at = CASE WHEN u.value ->> '$.new_attempt_id' IS NOT NULL THEN NULL
+                      ELSE started_at END,
+    updated_at = :now
+FROM json_each(:activities) AS u
+WHERE activities.workflow_id = :workflow_id AND activities.key = u.value ->> '$.key';
+
 -- name: claim_activities
 UPDATE activities
 SET status = 'running',
