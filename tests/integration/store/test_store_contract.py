@@ -429,3 +429,22 @@ async def test_activities_updated_together_end_as_if_updated_one_by_one(store: S
     )
     assert renewed is not None
     assert renewed["key"] == "k2"
+
+
+def test_a_reports_claim_reads_only_its_runs_rows_on_sqlite(tmp_path: pathlib.Path) -> None:
+    """``claim_run_activities`` looks the run up by its primary key: the queue's
+    ready index would visit every pending activity of the queue, whatever the run."""
+    import sqlite3
+
+    from kflow.store.queries import load_queries, migration_files
+
+    conn = sqlite3.connect(tmp_path / "plan.db")
+    for _, _, script in migration_files("sqlite"):
+        conn.executescript(script)
+    params = {"workflow_id": "w", "queue": "std", "worker_id": "x", "client_id": "c",
+              "now": 1, "limit": 1, "lease_grace_micros": 0}  # fmt: skip
+    sql = load_queries("sqlite")["claim_run_activities"]
+    plan = " | ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
+    conn.close()
+    assert "(workflow_id=?)" in plan, plan
+    assert "activities_ready" not in plan, plan

@@ -107,7 +107,9 @@ RETURNING workflow_id, key, attempt_id, queue, activity_name, timeout_seconds, s
           lease_expires_at;
 
 -- name: claim_run_activities
--- claim_activities restricted to one run (the run whose report just committed)
+-- claim_activities restricted to one run (the run whose report just committed);
+-- the planner picks the primary key (the run's few rows).
+-- (EXPLAIN with 36,000 activities, 9,000 of them pending: activities_pkey.)
 UPDATE activities
 SET status = 'running',
     worker_id = %(worker_id)s,

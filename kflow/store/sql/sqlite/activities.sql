@@ -104,7 +104,9 @@ RETURNING workflow_id, key, attempt_id, queue, activity_name, timeout_seconds, s
           lease_expires_at;
 
 -- name: claim_run_activities
--- claim_activities restricted to one run (the run whose report just committed)
+-- claim_activities restricted to one run (the run whose report just committed).
+-- The unary + keeps SQLite on the primary key (the run's few rows) instead of
+-- the queue's ready index, which would visit every pending activity of the queue.
 UPDATE activities
 SET status = 'running',
     worker_id = :worker_id,
@@ -116,7 +118,8 @@ SET status = 'running',
     updated_at = :now
 WHERE rowid IN (
     SELECT rowid FROM activities
-    WHERE workflow_id = :workflow_id AND queue = :queue AND status = 'pending' AND available_at <= :now
+    WHERE workflow_id = :workflow_id AND +queue = :queue AND +status = 'pending'
+      AND +available_at <= :now
     ORDER BY available_at
     LIMIT :limit)
 RETURNING workflow_id, key, attempt_id, queue, activity_name, timeout_seconds, settings,
