@@ -332,11 +332,11 @@ class WorkerManager:
         current: ClaimedActivity | None = item
         try:
             while current is not None:
-                await runner.run(current)
-                current = runner.take_next(current)
-        except Exception:
-            assert current is not None
-            log.exception("worker.slot_failed", activity_id=str(current.activity_id))
+                try:
+                    await runner.run(current)
+                except Exception:
+                    log.exception("worker.slot_failed", activity_id=str(current.activity_id))
+                current = runner.take_next(current)  # leased to this worker: run it
         finally:
             slots.release_on_behalf_of(token)
 

@@ -388,7 +388,9 @@ async def reports(request: Request) -> JSONResponse:
     One report's failure never affects another's. An item with ``claim_next``
     (feature ``report_claim_next``) also claims, in its transaction, the run's
     next ready activity in the same queue for the reporting worker; its body
-    then has ``activities`` (poll items, at most one).
+    then has ``activities`` (poll items, at most one). If the caller hangs up
+    (or the request is cancelled) before the answer, those activities are put
+    back in their queue, as a long-poll's are.
 
     Raises:
         ValidationFailed: ``reports`` is not an array of 1 to MAX_BATCH_REPORTS items.
@@ -408,14 +410,47 @@ async def reports(request: Request) -> JSONResponse:
             {"reports": [f"at most {MAX_BATCH_REPORTS} items, got {len(items)}"]},
         )
     results: list[dict[str, Any]] = [{} for _ in items]
+    gone = False
 
     async def apply(index: int, item: Any) -> None:
         results[index] = await _batch_item(ctx, principal.client_id, item)
 
-    async with trio.open_nursery() as nursery:
-        for index, item in enumerate(items):
-            nursery.start_soon(apply, index, item)
+    async def watch_disconnect() -> None:
+        nonlocal gone
+        await hung_up(request)
+        gone = True
+
+    abandoned = False
+    try:
+        async with trio.open_nursery() as watching:
+            watching.start_soon(watch_disconnect)
+            async with trio.open_nursery() as applying:
+                for index, item in enumerate(items):
+                    applying.start_soon(apply, index, item)
+            watching.cancel_scope.cancel()
+        abandoned = gone
+        await trio.lowlevel.checkpoint_if_cancelled()
+    except trio.Cancelled:
+        abandoned = True
+        raise
+    finally:
+        if abandoned:  # nobody will run what the reports claimed: back to the queue
+            with trio.CancelScope(shield=True):
+                await _release_claimed(ctx, items, results)
     return JSONResponse({"results": results})
+
+
+async def _release_claimed(
+    ctx: ServerContext, items: list[Any], results: list[dict[str, Any]]
+) -> None:
+    """Put back the activities that ``claim_next`` reports claimed, by worker."""
+    by_worker: dict[str, list[dict[str, Any]]] = {}
+    for item, result in zip(items, results, strict=True):
+        claimed = (result.get("body") or {}).get("activities") or []
+        if claimed:
+            by_worker.setdefault(item["report"]["worker_id"], []).extend(claimed)
+    for worker_id, claimed in by_worker.items():
+        await ctx.worker_ops.release(claimed, worker_id)
 
 
 async def _batch_item(ctx: ServerContext, client_id: str, item: Any) -> dict[str, Any]:

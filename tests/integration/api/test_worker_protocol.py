@@ -691,3 +691,37 @@ async def test_a_single_report_route_takes_claim_next_as_a_query_parameter(api: 
     assert (b["workflow_id"], b["activity_key"]) == (run, "b")
     plain = await api.client.post(path, json=body)  # a repeat, without the flag
     assert "activities" not in plain.json()
+
+
+async def test_a_next_step_claimed_for_a_caller_that_hung_up_goes_back_to_the_queue(
+    api: Api,
+) -> None:
+    """The report is kept; the activity its ``claim_next`` took is released (as a
+    long-poll's claim is when the poller goes away) and another worker gets it."""
+    from starlette.requests import Request
+
+    from kflow._serde import dumps
+    from kflow.server.app import build_app
+    from kflow.server.routes.workers import reports
+
+    await api.deploy(CHAIN)
+    run = await api.start("chain")
+    [a] = await api.poll(worker_id="w1")
+    body = dumps({"reports": [{**_item("complete", a["activity_id"], worker_id="w1",
+                                       output={"value": 3}), "claim_next": True}]})  # fmt: skip
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.disconnect"}  # the worker gave up waiting
+
+    scope = {"type": "http", "method": "POST", "path": REPORTS, "headers": [],
+             "query_string": b"", "app": build_app(api.ctx)}  # fmt: skip
+    await reports(Request(scope, receive))
+    state = {x["activity_key"]: x["status"] for x in (await api.run(run))["activities"]}
+    assert state == {"a": "completed", "b": "pending"}
+    [b] = await api.poll(worker_id="w2")
+    assert (b["activity_key"], b["attempt"]) == ("b", 1)  # releasing used up no attempt
