@@ -159,6 +159,53 @@ class WorkerClaims:
             effects.queues.discard(queue)
         return items
 
+    def release_unseen_next(
+        self,
+        tx: Tx,
+        effects: Effects,
+        activities: list[Row],
+        past: Row,
+        worker_id: str,
+        client_id: str,
+        now: dt.datetime,
+    ) -> None:
+        """A repeated report: put back what its first application claimed.
+
+        A worker repeats a report only when it never got the answer — so it
+        never saw the next step that report claimed for it (``claim_next``)
+        either, and that activity would wait for its lease to expire. It is
+        recognised among the run's ``activities`` (read under the run's lock)
+        as running under this worker's lease, claimed at the very instant the
+        first report was recorded (``past``: its attempt row), which only that
+        report's transaction writes; it goes back to its queue, its attempt
+        unused.
+        """
+        claimed_at = past["finished_at"]
+        unseen = [
+            a
+            for a in activities
+            if a["status"] == "running"
+            and a["claimed_at"] == claimed_at
+            and a["worker_id"] == worker_id
+            and a["lease_client"] == client_id
+            and str(a["attempt_id"]) != str(past["id"])
+        ]
+        for act in unseen:
+            if not tx.run(
+                "release_claim", attempt_id=str(act["attempt_id"]), worker_id=worker_id,
+                now=tx.time(now),
+            ):  # fmt: skip
+                continue
+            run = uuid.UUID(str(act["workflow_id"]))
+            released = Emit(
+                type="activity.released",
+                activity_key=act["key"],
+                data={"worker_id": worker_id, "reason": "the report that claimed it was repeated"},
+            )
+            append_events(tx, run, [released], now)
+            effects.workflows.add(run)
+            effects.queues.add(act["queue"])
+
     def _hand_out_budget(
         self, tx: Tx, run: Row, items: list[dict[str, Any]], *, reread: bool = False
     ) -> None:

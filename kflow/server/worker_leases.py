@@ -19,8 +19,9 @@ def holds_lease(row: Row, worker_id: str, client_id: str) -> bool:
     return row["worker_id"] == worker_id and row["lease_client"] in (None, client_id)
 
 
-def finished_attempt(tx: Tx, attempt_id: uuid.UUID, worker_id: str, action: str) -> None:
-    """Accept a repeat of what this worker already reported; refuse anything else.
+def finished_attempt(tx: Tx, attempt_id: uuid.UUID, worker_id: str, action: str) -> Row:
+    """Accept a repeat of what this worker already reported (returns the recorded
+    attempt); refuse anything else.
 
     Raises:
         NotFoundError: the attempt never existed.
@@ -40,7 +41,7 @@ def finished_attempt(tx: Tx, attempt_id: uuid.UUID, worker_id: str, action: str)
         past["outcome"] == action
         or (action == "heartbeat" and past["outcome"] in ("completed", "failed"))
     ):
-        return
+        return past
     if past["outcome"] == "lease_expired":
         raise ConflictError(
             f"the lease of activity {attempt_id} expired and the work was "

@@ -277,7 +277,11 @@ class WorkerReports(WorkerClaims):
                 )
 
             if run is None or row is None or row["status"] not in ("running", "cancelled"):
-                finished_attempt(tx, attempt_id, worker_id, outcome)
+                recorded = finished_attempt(tx, attempt_id, worker_id, outcome)
+                if run is not None:
+                    self.release_unseen_next(
+                        tx, effects, activities, recorded, worker_id, client_id, now
+                    )
                 return {
                     "acknowledged": True,
                     "will_retry": False,

@@ -287,6 +287,8 @@ class Audit:
     other_attempts: list[tuple[str, str, int, str, str]]
     #: (run, key) → number of ``activity.started`` events
     started: collections.Counter[tuple[str, str]]
+    #: (run, key) → number of ``activity.released`` events (a claim put back unexecuted)
+    released: collections.Counter[tuple[str, str]]
     #: (run, key, attempt) of every execution
     executed_attempts: set[tuple[str, str, int]]
 
@@ -322,6 +324,16 @@ async def audit(cluster: Cluster, runs: dict[str, list[int]], width: int) -> Aud
             )
         }
     )
+    released = collections.Counter(
+        {
+            (run, key): count
+            for run, key, count in await query(
+                cluster,
+                "SELECT workflow_id::text, activity_key, COUNT(*) FROM events "
+                "WHERE type = 'activity.released' GROUP BY 1, 2",
+            )
+        }
+    )
     return Audit(
         activities=len(expected),
         executions=len(ledger),
@@ -330,13 +342,15 @@ async def audit(cluster: Cluster, runs: dict[str, list[int]], width: int) -> Aud
         completed=completed,
         other_attempts=sorted(other),
         started=started,
+        released=released,
         executed_attempts={(w, k, a) for w, k, a in ledger},
     )
 
 
 def assert_exactly_once(found: Audit, runs: dict[str, list[int]], width: int) -> None:
     """Each activity ran once (ledger) and completed once (attempts); every activity that
-    did not complete on its first claim is a claim whose answer never reached a worker."""
+    did not complete on its first claim is a claim whose answer never reached a worker:
+    its lease expired, or it was put back (released) when that showed."""
     expected = {(run, key) for run in runs for key in activity_keys(width)}
     assert found.duplicates == {}, f"executed more than once: {found.duplicates}"
     assert found.never_executed == [], f"never executed: {found.never_executed[:20]}"
@@ -351,9 +365,9 @@ def assert_exactly_once(found: Audit, runs: dict[str, list[int]], width: int) ->
         assert (run, key, attempt) not in found.executed_attempts, (run, key, attempt, worker_id)
     claims = collections.Counter((run, key) for run, key, *_ in found.other_attempts)
     wrong = {
-        pair: (found.started.get(pair, 0), 1 + claims[pair])
+        pair: (found.started.get(pair, 0), 1 + claims[pair] + found.released[pair])
         for pair in expected
-        if found.started.get(pair, 0) != 1 + claims[pair]
+        if found.started.get(pair, 0) != 1 + claims[pair] + found.released[pair]
     }
     assert wrong == {}, f"activity.started events (found, expected): {wrong}"
 
@@ -463,7 +477,8 @@ async def test_server_killed_mid_run_restarts_and_every_activity_runs_once(
         f"server {recovery:.1f} s after the kill; {deferred} reports of b's workers deferred to "
         f"the outbox, {repeated} of them committed before the kill (acknowledged again as "
         f"already completed); {len(lost_claims)} claims lost with the killed server (lease "
-        f"expired, never executed, re-dispatched); wall {wall:.1f} s"
+        f"expired, never executed, re-dispatched); {sum(found.released.values())} next steps "
+        f"put back when their report was repeated; wall {wall:.1f} s"
     )
 
 

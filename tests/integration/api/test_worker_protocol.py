@@ -725,3 +725,30 @@ async def test_a_next_step_claimed_for_a_caller_that_hung_up_goes_back_to_the_qu
     assert state == {"a": "completed", "b": "pending"}
     [b] = await api.poll(worker_id="w2")
     assert (b["activity_key"], b["attempt"]) == ("b", 1)  # releasing used up no attempt
+
+
+async def test_a_repeated_report_puts_back_the_next_step_its_first_answer_carried(
+    api: Api,
+) -> None:
+    """A worker repeats a report only when it never got the answer (a server killed
+    mid-request, a timeout): the next step that answer carried goes back to the
+    queue at once instead of waiting for its lease to expire."""
+    await api.deploy(CHAIN)
+    run = await api.start("chain")
+    [a] = await api.poll(worker_id="w1")
+    report = {**_item("complete", a["activity_id"], worker_id="w1", output={"value": 3}),
+              "claim_next": True}  # fmt: skip
+    first = (await api.client.post(REPORTS, json={"reports": [report]})).json()["results"][0]
+    [b] = first["body"]["activities"]  # ... lost on its way back to the worker
+    plain = {"worker_id": "w1", "output": {"value": 3}}
+    again = await api.client.post(f"/api/v1/activities/{a['activity_id']}/complete", json=plain)
+    assert again.status_code == 200, again.text
+    state = {x["activity_key"]: x["status"] for x in (await api.run(run))["activities"]}
+    assert state == {"a": "completed", "b": "pending"}
+    [polled] = await api.poll(worker_id="w2")
+    assert (polled["activity_id"], polled["attempt"]) == (b["activity_id"], 1)
+    released = [e for e in await _events(api, run) if e["type"] == "activity.released"]
+    assert [(e["activity_key"], e["data"]["worker_id"]) for e in released] == [("b", "w1")]
+    late = await api.client.post(f"/api/v1/activities/{a['activity_id']}/complete", json=plain)
+    assert late.status_code == 200  # once more: w2's lease of b is left alone
+    assert _activity(await api.run(run), "b")["worker_id"] == "w2"
