@@ -116,6 +116,7 @@ class WorkerClaims:
         client_id: str,
         now: dt.datetime,
         *,
+        reported: str,
         queue_woken_before: bool,
         hold_events: list[Emit] | None = None,
     ) -> list[dict[str, Any]]:
@@ -128,7 +129,9 @@ class WorkerClaims:
         activity in ``queue``. When the activity claimed is the one activity
         ``transition`` made pending in ``queue`` (and nothing earlier in ``tx``
         woke that queue), the queue is not woken: no poller would find
-        anything there. ``hold_events``: as for :meth:`_hand_out`.
+        anything there. ``reported``: the report's attempt id, kept with the
+        claim (``claimed_with``) for :meth:`release_unseen_next`.
+        ``hold_events``: as for :meth:`_hand_out`.
         """
         wakes = sum(1 for c in transition.commands if isinstance(c, WakeQueue) and c.queue == queue)
         if not wakes and not any(
@@ -144,6 +147,7 @@ class WorkerClaims:
             now=tx.time(now),
             limit=1,
             lease_grace_micros=int(self.engine.settings.lease_grace_seconds * 1_000_000),
+            claimed_with=reported,
         )
         if not rows:
             return []
@@ -174,21 +178,20 @@ class WorkerClaims:
         A worker repeats a report only when it never got the answer — so it
         never saw the next step that report claimed for it (``claim_next``)
         either, and that activity would wait for its lease to expire. It is
-        recognised among the run's ``activities`` (read under the run's lock)
-        as running under this worker's lease, claimed at the very instant the
-        first report was recorded (``past``: its attempt row), which only that
-        report's transaction writes; it goes back to its queue, its attempt
-        unused.
+        the one among the run's ``activities`` (read under the run's lock)
+        still running under this worker's lease with ``claimed_with`` naming
+        the reported attempt (``past``: its attempt row); it goes back to its
+        queue, its attempt unused.
         """
-        claimed_at = past["finished_at"]
+        reported = str(past["id"])
         unseen = [
             a
             for a in activities
             if a["status"] == "running"
-            and a["claimed_at"] == claimed_at
+            and a["claimed_with"] is not None
+            and str(a["claimed_with"]) == reported
             and a["worker_id"] == worker_id
             and a["lease_client"] == client_id
-            and str(a["attempt_id"]) != str(past["id"])
         ]
         for act in unseen:
             if not tx.run(

@@ -331,6 +331,7 @@ class WorkerReports(WorkerClaims):
                     worker_id,
                     client_id,
                     now,
+                    reported=str(attempt_id),
                     queue_woken_before=queue_woken_before,
                     hold_events=held,
                 )

@@ -370,7 +370,7 @@ async def test_activities_updated_together_end_as_if_updated_one_by_one(store: S
         apply_put(tx, run, PutActivity(activity=ready, new_attempt=True), now)
         claimed = tx.all("claim_run_activities", workflow_id=str(run), queue="std",
                          worker_id="w1", client_id="c1", now=tx.time(now), limit=1,
-                         lease_grace_micros=0)  # fmt: skip
+                         lease_grace_micros=0, claimed_with=str(uuid.uuid4()))  # fmt: skip
         assert len(claimed) == 1
 
     puts = [
@@ -442,7 +442,7 @@ def test_a_reports_claim_reads_only_its_runs_rows_on_sqlite(tmp_path: pathlib.Pa
     for _, _, script in migration_files("sqlite"):
         conn.executescript(script)
     params = {"workflow_id": "w", "queue": "std", "worker_id": "x", "client_id": "c",
-              "now": 1, "limit": 1, "lease_grace_micros": 0}  # fmt: skip
+              "now": 1, "limit": 1, "lease_grace_micros": 0, "claimed_with": None}  # fmt: skip
     sql = load_queries("sqlite")["claim_run_activities"]
     plan = " | ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
     conn.close()

@@ -13,7 +13,7 @@ SELECT workflow_id, key, position, queue, activity_name, timeout_seconds, settin
        output_definitions, status, iteration, attempt, attempt_id, parameters, available_at,
        wait_signal, wait_timeout_at, signal_data, worker_id, claimed_at, lease_expires_at,
        heartbeat_details, outputs, error, failure_handled, cost_usd, started_at,
-       completed_at, updated_at, lease_client, reserved_usd
+       completed_at, updated_at, lease_client, reserved_usd, claimed_with
 FROM activities WHERE workflow_id = %(workflow_id)s ORDER BY position;
 
 -- name: activity_by_key
@@ -49,6 +49,7 @@ SET status = %(status)s,
     lease_client = CASE WHEN %(clear_lease)s THEN NULL ELSE lease_client END,
     claimed_at = CASE WHEN %(clear_lease)s THEN NULL ELSE claimed_at END,
     lease_expires_at = CASE WHEN %(clear_lease)s THEN NULL ELSE lease_expires_at END,
+    claimed_with = CASE WHEN %(clear_lease)s THEN NULL ELSE claimed_with END,
     heartbeat_details = CASE WHEN %(clear_details)s THEN NULL ELSE heartbeat_details END,
     started_at = CASE WHEN %(new_attempt_id)s IS NOT NULL THEN NULL ELSE started_at END,
     updated_at = %(now)s
@@ -77,6 +78,7 @@ SET status = u.item ->> 'status',
     claimed_at = CASE WHEN (u.item ->> 'clear_lease')::boolean THEN NULL ELSE a.claimed_at END,
     lease_expires_at = CASE WHEN (u.item ->> 'clear_lease')::boolean THEN NULL
                             ELSE a.lease_expires_at END,
+    claimed_with = CASE WHEN (u.item ->> 'clear_lease')::boolean THEN NULL ELSE a.claimed_with END,
     heartbeat_details = CASE WHEN (u.item ->> 'clear_details')::boolean THEN NULL
                              ELSE a.heartbeat_details END,
     started_at = CASE WHEN u.item ->> 'new_attempt_id' IS NOT NULL THEN NULL ELSE a.started_at END,
@@ -94,6 +96,7 @@ SET status = 'running',
     started_at = %(now)s,
     lease_expires_at = %(now)s + make_interval(secs => activities.timeout_seconds)
                        + %(lease_grace_micros)s * interval '1 microsecond',
+    claimed_with = NULL,
     updated_at = %(now)s
 FROM (
     SELECT workflow_id AS c_workflow_id, key AS c_key FROM activities
@@ -119,6 +122,7 @@ SET status = 'running',
     started_at = %(now)s,
     lease_expires_at = %(now)s + make_interval(secs => activities.timeout_seconds)
                        + %(lease_grace_micros)s * interval '1 microsecond',
+    claimed_with = %(claimed_with)s,
     updated_at = %(now)s
 FROM (
     SELECT workflow_id AS c_workflow_id, key AS c_key FROM activities
@@ -195,7 +199,7 @@ FROM attempts WHERE workflow_id = %(workflow_id)s ORDER BY finished_at, id;
 UPDATE activities
 SET status = 'pending', worker_id = NULL, lease_client = NULL, claimed_at = NULL,
     lease_expires_at = NULL,
-    started_at = NULL, updated_at = %(now)s
+    started_at = NULL, claimed_with = NULL, updated_at = %(now)s
 WHERE attempt_id = %(attempt_id)s AND status = 'running' AND worker_id = %(worker_id)s;
 
 -- name: cancel_open_activities

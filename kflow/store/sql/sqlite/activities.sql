@@ -13,7 +13,7 @@ SELECT workflow_id, key, position, queue, activity_name, timeout_seconds, settin
        output_definitions, status, iteration, attempt, attempt_id, parameters, available_at,
        wait_signal, wait_timeout_at, signal_data, worker_id, claimed_at, lease_expires_at,
        heartbeat_details, outputs, error, failure_handled, cost_usd, started_at,
-       completed_at, updated_at, lease_client, reserved_usd
+       completed_at, updated_at, lease_client, reserved_usd, claimed_with
 FROM activities WHERE workflow_id = :workflow_id ORDER BY position;
 
 -- name: activity_by_key
@@ -49,6 +49,7 @@ SET status = :status,
     lease_client = CASE WHEN :clear_lease THEN NULL ELSE lease_client END,
     claimed_at = CASE WHEN :clear_lease THEN NULL ELSE claimed_at END,
     lease_expires_at = CASE WHEN :clear_lease THEN NULL ELSE lease_expires_at END,
+    claimed_with = CASE WHEN :clear_lease THEN NULL ELSE claimed_with END,
     heartbeat_details = CASE WHEN :clear_details THEN NULL ELSE heartbeat_details END,
     started_at = CASE WHEN :new_attempt_id IS NOT NULL THEN NULL ELSE started_at END,
     updated_at = :now
@@ -76,6 +77,7 @@ SET status = u.value ->> '$.status',
     lease_client = CASE WHEN u.value ->> '$.clear_lease' THEN NULL ELSE lease_client END,
     claimed_at = CASE WHEN u.value ->> '$.clear_lease' THEN NULL ELSE claimed_at END,
     lease_expires_at = CASE WHEN u.value ->> '$.clear_lease' THEN NULL ELSE lease_expires_at END,
+    claimed_with = CASE WHEN u.value ->> '$.clear_lease' THEN NULL ELSE claimed_with END,
     heartbeat_details = CASE WHEN u.value ->> '$.clear_details' THEN NULL
                              ELSE heartbeat_details END,
     started_at = CASE WHEN u.value ->> '$.new_attempt_id' IS NOT NULL THEN NULL
@@ -93,6 +95,7 @@ SET status = 'running',
     claimed_at = :now,
     started_at = :now,
     lease_expires_at = :now + timeout_seconds * 1000000 + :lease_grace_micros,
+    claimed_with = NULL,
     updated_at = :now
 WHERE rowid IN (
     SELECT rowid FROM activities
@@ -115,6 +118,7 @@ SET status = 'running',
     claimed_at = :now,
     started_at = :now,
     lease_expires_at = :now + timeout_seconds * 1000000 + :lease_grace_micros,
+    claimed_with = :claimed_with,
     updated_at = :now
 WHERE rowid IN (
     SELECT rowid FROM activities
@@ -188,7 +192,7 @@ FROM attempts WHERE workflow_id = :workflow_id ORDER BY finished_at, id;
 UPDATE activities
 SET status = 'pending', worker_id = NULL, lease_client = NULL, claimed_at = NULL,
     lease_expires_at = NULL,
-    started_at = NULL, updated_at = :now
+    started_at = NULL, claimed_with = NULL, updated_at = :now
 WHERE attempt_id = :attempt_id AND status = 'running' AND worker_id = :worker_id;
 
 -- name: cancel_open_activities
