@@ -243,6 +243,13 @@ async def cluster_context(
                 scope.shield = True
                 for proc in state.procs:
                     await proc.process.wait()
+            # Whatever did not stop in time (a worker still retrying reports to a dead
+            # server) is killed and reaped, never left to the garbage collector.
+            with trio.CancelScope(shield=True):
+                for proc in state.procs:
+                    if proc.alive():
+                        proc.kill(signal.SIGKILL)
+                        await proc.process.wait()
             if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
                 for proc in state.procs:
                     print(f"==== {proc.name} ({proc.log.name}) ====\n{proc.output()[-6000:]}")
