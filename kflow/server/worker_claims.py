@@ -194,20 +194,40 @@ class WorkerClaims:
             and a["lease_client"] == client_id
         ]
         for act in unseen:
-            if not tx.run(
-                "release_claim", attempt_id=str(act["attempt_id"]), worker_id=worker_id,
-                now=tx.time(now),
-            ):  # fmt: skip
-                continue
-            run = uuid.UUID(str(act["workflow_id"]))
-            released = Emit(
-                type="activity.released",
-                activity_key=act["key"],
-                data={"worker_id": worker_id, "reason": "the report that claimed it was repeated"},
-            )
-            append_events(tx, run, [released], now)
-            effects.workflows.add(run)
-            effects.queues.add(act["queue"])
+            self.release_claimed(
+                tx, effects, act["workflow_id"], act["key"], act["attempt_id"], act["queue"],
+                worker_id, "the report that claimed it was repeated", now,
+            )  # fmt: skip
+
+    def release_claimed(
+        self,
+        tx: Tx,
+        effects: Effects,
+        workflow_id: Any,
+        key: str,
+        attempt_id: Any,
+        queue: str,
+        worker_id: str,
+        reason: str,
+        now: dt.datetime,
+    ) -> bool:
+        """Put one activity claimed by ``worker_id`` back in ``queue``, its attempt
+        unused, and append ``activity.released`` (the caller holds the run's lock).
+        False when it is no longer running under that worker's claim."""
+        if not tx.run(
+            "release_claim", attempt_id=str(attempt_id), worker_id=worker_id, now=tx.time(now)
+        ):
+            return False
+        run = uuid.UUID(str(workflow_id))
+        released = Emit(
+            type="activity.released",
+            activity_key=key,
+            data={"worker_id": worker_id, "reason": reason},
+        )
+        append_events(tx, run, [released], now)
+        effects.workflows.add(run)
+        effects.queues.add(queue)
+        return True
 
     def _hand_out_budget(
         self, tx: Tx, run: Row, items: list[dict[str, Any]], *, reread: bool = False

@@ -14,12 +14,9 @@ Claims and releases are here; the items a claim hands out are
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from typing import Any
 
 from kflow.server.engine import Effects, Engine
-from kflow.server.persistence import append_events
-from kflow.server.state import Emit
 from kflow.server.worker_leases import holds_lease
 from kflow.server.worker_reports import WorkerReports, total_cost
 from kflow.store.base import Tx
@@ -80,28 +77,10 @@ class WorkerOps(WorkerReports):
             released = 0
             for item in sorted(items, key=lambda i: i["workflow_id"]):
                 self.engine.lock(tx, item["workflow_id"])  # events only under the run's lock
-                if tx.run(
-                    "release_claim",
-                    attempt_id=item["activity_id"],
-                    worker_id=worker_id,
-                    now=tx.time(now),
-                ):
-                    released += 1
-                    workflow_id = uuid.UUID(item["workflow_id"])
-                    append_events(
-                        tx,
-                        workflow_id,
-                        [
-                            Emit(
-                                type="activity.released",
-                                activity_key=item["activity_key"],
-                                data={"worker_id": worker_id, "reason": "the poll was abandoned"},
-                            )
-                        ],
-                        now,
-                    )
-                    effects.workflows.add(workflow_id)
-                    effects.queues.add(item["worker"])
+                released += self.release_claimed(
+                    tx, effects, item["workflow_id"], item["activity_key"], item["activity_id"],
+                    item["worker"], worker_id, "the poll was abandoned", now,
+                )  # fmt: skip
             return released
 
         count: int = await engine.write(release_tx)

@@ -300,6 +300,16 @@ class Audit:
         )
 
 
+async def event_counts(cluster: Cluster, event_type: str) -> collections.Counter[tuple[str, str]]:
+    """(run, key) → how many events of ``event_type`` the history holds."""
+    rows = await query(
+        cluster,
+        "SELECT workflow_id::text, activity_key, COUNT(*) FROM events "
+        f"WHERE type = '{event_type}' GROUP BY 1, 2",
+    )
+    return collections.Counter({(run, key): count for run, key, count in rows})
+
+
 async def audit(cluster: Cluster, runs: dict[str, list[int]], width: int) -> Audit:
     expected = {(run, key) for run in runs for key in activity_keys(width)}
     ledger = cluster.ledger_lines()
@@ -314,26 +324,8 @@ async def audit(cluster: Cluster, runs: dict[str, list[int]], width: int) -> Aud
             completed[(run, key)] += 1
         else:
             other.append((run, key, attempt, worker_id, outcome))
-    started = collections.Counter(
-        {
-            (run, key): count
-            for run, key, count in await query(
-                cluster,
-                "SELECT workflow_id::text, activity_key, COUNT(*) FROM events "
-                "WHERE type = 'activity.started' GROUP BY 1, 2",
-            )
-        }
-    )
-    released = collections.Counter(
-        {
-            (run, key): count
-            for run, key, count in await query(
-                cluster,
-                "SELECT workflow_id::text, activity_key, COUNT(*) FROM events "
-                "WHERE type = 'activity.released' GROUP BY 1, 2",
-            )
-        }
-    )
+    started = await event_counts(cluster, "activity.started")
+    released = await event_counts(cluster, "activity.released")
     return Audit(
         activities=len(expected),
         executions=len(ledger),
