@@ -160,7 +160,8 @@ async def open_stack(
         if db_name is not None:
             watcher = pg.BackendWatcher(db_name)
             groups["db"] = watcher
-        sampler = Sampler(groups)
+        # The bench counts alone; PostgreSQL backends have no children of their own.
+        sampler = Sampler(groups, without_children=frozenset({"client", "db"}))
         async with trio.open_nursery() as inner:
             if watcher is not None:
                 await inner.start(watcher.run)

@@ -74,14 +74,6 @@ def drop_database(name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def backend_pids(name: str) -> list[int]:
-    with _connect(admin_url()) as conn:
-        rows = conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = %s", (name,)
-        ).fetchall()
-    return [int(r[0]) for r in rows]
-
-
 def postmaster_started() -> str:
     """When the PostgreSQL server last (re)started: a change means a restart."""
     with _connect(admin_url()) as conn:
@@ -103,19 +95,39 @@ def commits(name: str) -> int:
 
 
 class BackendWatcher:
-    """Keeps the pids of a database's backends fresh (for the :class:`Sampler`)."""
+    """Keeps the pids of a database's backends fresh (for the :class:`Sampler`),
+    over one connection of its own (a new one every half second would make
+    PostgreSQL start a backend each time, on the machine being measured)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.pids: list[int] = []
+        self._conn: Any = None
 
     def __call__(self) -> list[int]:
         return list(self.pids)
 
+    def _refresh(self) -> list[int]:
+        if self._conn is None or self._conn.closed:
+            self._conn = _connect(admin_url())
+        try:
+            rows = self._conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (self.name,),
+            ).fetchall()
+        except Exception as exc:
+            self._conn.close()
+            raise Unavailable(f"backend pids of {self.name}: {exc}") from exc
+        return [int(r[0]) for r in rows]
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self.pids = await trio.to_thread.run_sync(backend_pids, self.name)
-        task_status.started()
-        while True:
-            await trio.sleep(0.5)
-            with contextlib.suppress(Unavailable):
-                self.pids = await trio.to_thread.run_sync(backend_pids, self.name)
+        try:
+            self.pids = await trio.to_thread.run_sync(self._refresh)
+            task_status.started()
+            while True:
+                await trio.sleep(0.5)
+                with contextlib.suppress(Unavailable):
+                    self.pids = await trio.to_thread.run_sync(self._refresh)
+        finally:
+            if self._conn is not None:
+                self._conn.close()
