@@ -26,6 +26,7 @@ from kflow.errors import ConflictError, KflowError, NotFoundError
 from kflow.server.budgets import available, run_budget
 from kflow.server.engine import Effects
 from kflow.server.persistence import append_events, record_attempt
+from kflow.server.report_group import ReportSlot
 from kflow.server.state import ZERO, ActivityCompleted, ActivityFailed, Emit, ErrorInfo
 from kflow.server.transitions import Transition
 from kflow.server.worker_claims import WorkerClaims
@@ -169,10 +170,13 @@ class WorkerReports(WorkerClaims):
         client_id: str = "dev",
         *,
         claim_next: bool = False,
+        slot: ReportSlot | None = None,
     ) -> dict[str, Any]:
         """Record a finished attempt's outputs and move the run forward; with
         ``claim_next`` the answer's ``activities`` holds the run's next activity
         in the same queue, claimed for ``worker_id`` (none if there is none).
+        With ``slot`` the report is applied with the other reports of its batch
+        (see :mod:`kflow.server.report_group`).
 
         Raises:
             NotFoundError: unknown attempt.
@@ -185,7 +189,15 @@ class WorkerReports(WorkerClaims):
             return ActivityCompleted(key=key, outputs=dict(output), cost_usd=cost)
 
         return await self._report(
-            attempt_id, worker_id, client_id, "completed", event, cost, usage, claim_next=claim_next
+            attempt_id,
+            worker_id,
+            client_id,
+            "completed",
+            event,
+            cost,
+            usage,
+            claim_next=claim_next,
+            slot=slot,
         )
 
     async def fail(
@@ -198,10 +210,11 @@ class WorkerReports(WorkerClaims):
         client_id: str = "dev",
         *,
         claim_next: bool = False,
+        slot: ReportSlot | None = None,
     ) -> dict[str, Any]:
         """Record a failed attempt; the engine retries it if policy allows.
-        ``claim_next`` as for :meth:`complete` (a retry due at once is such a
-        next activity).
+        ``claim_next`` and ``slot`` as for :meth:`complete` (a retry due at once
+        is such a next activity).
 
         Raises:
             NotFoundError: unknown attempt.
@@ -223,6 +236,7 @@ class WorkerReports(WorkerClaims):
             usage,
             error=error,
             claim_next=claim_next,
+            slot=slot,
         )
 
     async def _report(
@@ -237,6 +251,7 @@ class WorkerReports(WorkerClaims):
         error: ErrorInfo | None = None,
         *,
         claim_next: bool = False,
+        slot: ReportSlot | None = None,
     ) -> dict[str, Any]:
         engine = self.engine
         now = engine.clock.now()
@@ -340,7 +355,10 @@ class WorkerReports(WorkerClaims):
             return answer
 
         try:
-            answer: dict[str, Any] = await engine.write(report_tx)
+            if slot is None:
+                answer: dict[str, Any] = await engine.write(report_tx)
+            else:
+                answer = await slot.write(str(attempt_id), report_tx)
         except KflowError:
             raise
         except Exception as exc:

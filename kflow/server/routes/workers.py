@@ -18,6 +18,7 @@ from kflow.errors import KflowError, NotFoundError, ValidationFailed
 from kflow.server.context import ServerContext, context_of
 from kflow.server.errors import STATUS_BY_CODE
 from kflow.server.http import JSONResponse, envelope, hung_up, path_uuid, read_object
+from kflow.server.report_group import ReportGroup, ReportSlot
 from kflow.server.state import ErrorInfo
 
 log = structlog.get_logger("kflow.server")
@@ -261,6 +262,7 @@ class Apply(Protocol):
         data: dict[str, Any],
         *,
         claim_next: bool = False,
+        slot: ReportSlot | None = None,
     ) -> Awaitable[dict[str, Any]]: ...
 
 
@@ -297,6 +299,7 @@ async def _complete(
     data: dict[str, Any],
     *,
     claim_next: bool = False,
+    slot: ReportSlot | None = None,
 ) -> dict[str, Any]:
     """Apply one completion (the body of ``POST .../complete``).
 
@@ -314,7 +317,7 @@ async def _complete(
     usage = fields.usage()
     fields.check("completion")
     answer = await ctx.worker_ops.complete(
-        attempt_id, worker_id, output, cost, usage, client_id, claim_next=claim_next
+        attempt_id, worker_id, output, cost, usage, client_id, claim_next=claim_next, slot=slot
     )
     ctx.metrics.reports.labels("completed").inc()
     _count_claimed(ctx, answer)
@@ -332,6 +335,7 @@ async def _fail(
     data: dict[str, Any],
     *,
     claim_next: bool = False,
+    slot: ReportSlot | None = None,
 ) -> dict[str, Any]:
     """Apply one failure report (the body of ``POST .../fail``).
 
@@ -358,7 +362,7 @@ async def _fail(
     fields.check("failure report")
     error = ErrorInfo(code=str(code), message=str(message)[:8000], retryable=bool(retryable))
     answer = await ctx.worker_ops.fail(
-        attempt_id, worker_id, error, cost, usage, client_id, claim_next=claim_next
+        attempt_id, worker_id, error, cost, usage, client_id, claim_next=claim_next, slot=slot
     )
     ctx.metrics.reports.labels("failed").inc()
     _count_claimed(ctx, answer)
@@ -411,9 +415,14 @@ async def reports(request: Request) -> JSONResponse:
         )
     results: list[dict[str, Any]] = [{} for _ in items]
     gone = False
+    group = ReportGroup(ctx.engine, len(items))
 
     async def apply(index: int, item: Any) -> None:
-        results[index] = await _batch_item(ctx, principal.client_id, item)
+        slot = group.slot(index)
+        try:
+            results[index] = await _batch_item(ctx, principal.client_id, item, slot)
+        finally:
+            slot.skip()  # settled already if it wrote
 
     async def watch_disconnect() -> None:
         nonlocal gone
@@ -425,6 +434,7 @@ async def reports(request: Request) -> JSONResponse:
         async with trio.open_nursery() as watching:
             watching.start_soon(watch_disconnect)
             async with trio.open_nursery() as applying:
+                applying.start_soon(group.run)
                 for index, item in enumerate(items):
                     applying.start_soon(apply, index, item)
             watching.cancel_scope.cancel()
@@ -453,12 +463,14 @@ async def _release_claimed(
         await ctx.worker_ops.release(claimed, worker_id)
 
 
-async def _batch_item(ctx: ServerContext, client_id: str, item: Any) -> dict[str, Any]:
+async def _batch_item(
+    ctx: ServerContext, client_id: str, item: Any, slot: ReportSlot
+) -> dict[str, Any]:
     """One report of a batch, answered as ``{activity_id, status, body | error}``."""
     activity_id = item.get("activity_id") if isinstance(item, dict) else None
     try:
         attempt_id, apply, body, claim_next = _batch_entry(item)
-        answer = await apply(ctx, client_id, attempt_id, body, claim_next=claim_next)
+        answer = await apply(ctx, client_id, attempt_id, body, claim_next=claim_next, slot=slot)
     except KflowError as exc:
         status = STATUS_BY_CODE.get(exc.code, 500)
         if status >= 500:

@@ -33,6 +33,16 @@ FROM workflows
 WHERE id = (SELECT workflow_id FROM activities WHERE attempt_id = %(attempt_id)s)
 FOR UPDATE;
 
+-- name: lock_workflows_of_attempts
+-- The runs of several attempts (ids: a JSON array of attempt ids), locked in run id
+-- order as lock_workflows locks them; one row per attempt found.
+SELECT a.attempt_id, a.workflow_id
+FROM activities a
+JOIN workflows w ON w.id = a.workflow_id
+WHERE a.attempt_id IN (SELECT jsonb_array_elements_text(%(ids)s)::uuid)
+ORDER BY w.id, a.attempt_id
+FOR UPDATE OF w;
+
 -- name: workflow_by_unique_key
 SELECT id, status FROM workflows
 WHERE unique_key = %(unique_key)s AND status <> 'failed';

@@ -29,6 +29,14 @@ SELECT id, definition_name, definition_version, status, input, unique_key, error
 FROM workflows
 WHERE id = (SELECT workflow_id FROM activities WHERE attempt_id = :attempt_id);
 
+-- name: lock_workflows_of_attempts
+-- The runs of several attempts (ids: a JSON array of attempt ids), in run id order;
+-- SQLite's write lock covers them all. One row per attempt found.
+SELECT attempt_id, workflow_id
+FROM activities
+WHERE attempt_id IN (SELECT value FROM json_each(:ids))
+ORDER BY workflow_id, attempt_id;
+
 -- name: workflow_by_unique_key
 SELECT id, status FROM workflows
 WHERE unique_key = :unique_key AND status <> 'failed';

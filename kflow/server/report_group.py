@@ -1,0 +1,137 @@
+"""The reports of one batch request, applied in one transaction.
+
+A report batch (``POST /activities/reports``) used to apply each report in
+a transaction of its own, all at once. With a group the batch's reports
+that get as far as writing join one transaction instead: one ``BEGIN`` and
+``COMMIT``, one notification to other servers and one commit for the
+database to make durable, instead of one each. Nothing is answered before
+that transaction commits, so every answer still means "durably recorded".
+
+The transaction first locks the runs of every report's attempt, in run id
+order (as claims lock runs), then applies the reports one after another in
+that order: two groups, or a group and a claim, never wait on each other in
+a cycle. A report may never leave a transaction half written, so if any of
+them raises (a lease lost to another worker, an engine error), nothing of
+the group is kept and each report runs again on its own, exactly as without
+a group, with its own error handling. A batch with a single report to write
+runs it on its own from the start.
+
+Every item of the batch must settle with the group — :meth:`ReportSlot.write`
+for a report that writes, :meth:`ReportSlot.skip` for one that will not
+(its validation failed) — and :meth:`ReportGroup.run` applies the group
+once all have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import trio
+
+from kflow.server.transitions import Effects
+from kflow.store.base import Tx
+
+if TYPE_CHECKING:
+    from kflow.server.engine import Engine
+
+log = structlog.get_logger("kflow.engine")
+
+#: A report's unit of work, as :meth:`TransitionEngine.write` takes it.
+ReportUnit = Callable[[Tx, Effects], dict[str, Any]]
+
+
+class ReportGroup:
+    """The reports of one batch of ``expected`` items (see the module docstring)."""
+
+    def __init__(self, engine: Engine, expected: int) -> None:
+        self._engine = engine
+        self._expected = expected
+        self._units: dict[int, tuple[str, ReportUnit]] = {}
+        self._settled: set[int] = set()
+        self._answers: dict[int, dict[str, Any]] = {}
+        self._alone = False
+        self._all_in = trio.Event()
+        self._done = trio.Event()
+        if expected == 0:
+            self._all_in.set()
+
+    def slot(self, index: int) -> ReportSlot:
+        """The place of the batch's item ``index`` in the group."""
+        if not 0 <= index < self._expected:
+            raise ValueError(f"item {index} is not in a group of {self._expected}")
+        return ReportSlot(self, index)
+
+    def _settle(self, index: int) -> None:
+        if index in self._settled:
+            return
+        self._settled.add(index)
+        if len(self._settled) == self._expected:
+            self._all_in.set()
+
+    async def _write(self, index: int, attempt_id: str, unit: ReportUnit) -> dict[str, Any]:
+        if index in self._settled:
+            raise RuntimeError(f"item {index} of the report group settled already")
+        self._units[index] = (attempt_id, unit)
+        self._settle(index)
+        await self._done.wait()
+        if self._alone:
+            answer: dict[str, Any] = await self._engine.write(unit)
+            return answer
+        return self._answers[index]
+
+    async def run(self) -> None:
+        """Once every item has settled, apply the reports that write (see the module
+        docstring); returns when their answers are ready (or when each must run alone).
+
+        Raises:
+            trio.Cancelled: the request was cancelled (nothing of the group is
+                committed unless its ``COMMIT`` went out already, as for a
+                report applied on its own).
+        """
+        await self._all_in.wait()
+        try:
+            if len(self._units) < 2:
+                self._alone = True
+                return
+            try:
+                self._answers = await self._engine.write(self._apply_all)
+            except Exception as exc:  # each report runs again alone, with its own handling
+                log.info(
+                    "engine.report_group_split",
+                    reports=len(self._units),
+                    reason=f"{type(exc).__name__}: {exc}"[:300],
+                )
+                self._alone = True
+        finally:
+            self._done.set()
+
+    def _apply_all(self, tx: Tx, effects: Effects) -> dict[int, dict[str, Any]]:
+        """Lock the reports' runs in id order, then apply each report in that order."""
+        attempts = sorted({attempt for attempt, _ in self._units.values()})
+        locked = tx.all("lock_workflows_of_attempts", ids=tx.json(attempts))
+        rank = {str(row["attempt_id"]): n for n, row in enumerate(locked)}
+        order = sorted(self._units, key=lambda i: (rank.get(self._units[i][0], -1), i))
+        return {index: self._units[index][1](tx, effects) for index in order}
+
+
+class ReportSlot:
+    """One item's place in a :class:`ReportGroup`."""
+
+    def __init__(self, group: ReportGroup, index: int) -> None:
+        self._group = group
+        self.index = index
+
+    async def write(self, attempt_id: str, unit: ReportUnit) -> dict[str, Any]:
+        """Apply ``unit`` (the report of ``attempt_id``) with the group; its answer.
+
+        Raises:
+            Exception: whatever ``unit`` or the store raise when it runs alone.
+            RuntimeError: this item settled already.
+        """
+        return await self._group._write(self.index, attempt_id, unit)
+
+    def skip(self) -> None:
+        """This item writes nothing (or settled already): the group need not wait for it."""
+        self._group._settle(self.index)

@@ -1,0 +1,137 @@
+"""A report batch's reports share one transaction (kflow.server.report_group):
+fewer commits, the same answers, and nothing half-applied when one breaks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from kflow.server.engine import Engine
+from tests.integration.conftest import Api
+
+REPORTS = "/api/v1/activities/reports"
+
+CHAIN = """
+name: chain
+activities:
+  - {key: a, activity_name: echo, parameters: {x: 1}}
+  - {key: b, activity_name: echo, depends_on: [a]}
+"""
+
+
+def _complete(item: dict[str, Any], *, claim_next: bool = False) -> dict[str, Any]:
+    return {
+        "activity_id": item["activity_id"],
+        "kind": "complete",
+        "report": {"worker_id": "w1", "output": {"value": item["workflow_id"]}},
+        "claim_next": claim_next,
+    }
+
+
+def _count_writes(api: Api, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the store's write transactions from now on (one entry per transaction)."""
+    calls: list[int] = []
+    write: Callable[..., Any] = api.ctx.store.write
+
+    async def counting(fn: Any) -> Any:
+        calls.append(1)
+        return await write(fn)
+
+    monkeypatch.setattr(api.ctx.store, "write", counting)
+    return calls
+
+
+async def _start_and_poll(api: Api, runs: int) -> tuple[list[str], list[dict[str, Any]]]:
+    await api.deploy(CHAIN)
+    ids = [await api.start("chain") for _ in range(runs)]
+    items = await api.poll(n=runs)
+    assert sorted(i["workflow_id"] for i in items) == sorted(ids)
+    return ids, items
+
+
+async def test_a_batch_is_applied_in_one_transaction_with_each_answer_its_own(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids, items = await _start_and_poll(api, 3)
+    writes = _count_writes(api, monkeypatch)
+    response = await api.client.post(
+        REPORTS, json={"reports": [_complete(i, claim_next=True) for i in items]}
+    )
+    assert response.status_code == 200, response.text
+    assert len(writes) == 1
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == [200, 200, 200]
+    for item, result in zip(items, results, strict=True):
+        [claimed] = result["body"]["activities"]  # each report took its own run's next step
+        assert (claimed["workflow_id"], claimed["activity_key"]) == (item["workflow_id"], "b")
+    for workflow_id in ids:
+        run = await api.run(workflow_id)
+        assert [a["status"] for a in run["activities"]] == ["completed", "running"]
+
+
+async def test_the_group_applies_its_reports_in_run_id_order(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs are locked in id order, as claims lock them, so two groups (or a group
+    and a claim) never wait on each other in a cycle."""
+    ids, items = await _start_and_poll(api, 4)
+    applied: list[str] = []
+    original = Engine.transition_row
+
+    def recording(self: Engine, tx: Any, effects: Any, workflow_id: Any, *a: Any, **k: Any) -> Any:
+        applied.append(str(workflow_id))
+        return original(self, tx, effects, workflow_id, *a, **k)
+
+    monkeypatch.setattr(Engine, "transition_row", recording)
+    descending = sorted(items, key=lambda i: i["workflow_id"], reverse=True)
+    response = await api.client.post(REPORTS, json={"reports": [_complete(i) for i in descending]})
+    assert [r["status"] for r in response.json()["results"]] == [200] * 4
+    assert applied == sorted(ids)
+
+
+async def test_a_report_that_breaks_inside_the_group_leaves_nothing_half_applied(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The group is rolled back and every report runs again alone: the healthy ones
+    are applied once, the broken one fails its run and is still acknowledged."""
+    ids, items = await _start_and_poll(api, 3)
+    doomed = ids[1]
+    original = Engine.transition_row
+
+    def flaky(self: Engine, tx: Any, effects: Any, workflow_id: Any, *a: Any, **k: Any) -> Any:
+        if str(workflow_id) == doomed:
+            raise RuntimeError("a bug in a transition")
+        return original(self, tx, effects, workflow_id, *a, **k)
+
+    monkeypatch.setattr(Engine, "transition_row", flaky)
+    writes = _count_writes(api, monkeypatch)
+    response = await api.client.post(
+        REPORTS, json={"reports": [_complete(i, claim_next=True) for i in items]}
+    )
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == [200, 200, 200]
+    assert len(writes) > 3  # the group, then each report on its own
+    for item, result in zip(items, results, strict=True):
+        run = await api.run(item["workflow_id"])
+        attempts = await api.ctx.store.read(
+            lambda tx, w=item["workflow_id"]: tx.all("workflow_attempts", workflow_id=w)
+        )
+        assert [(a["activity_key"], a["outcome"]) for a in attempts] == [("a", "completed")]
+        if item["workflow_id"] == doomed:
+            assert run["status"] == "failed"
+            assert "workflow was failed" in result["body"]["warnings"][0]
+        else:
+            assert [a["status"] for a in run["activities"]] == ["completed", "running"]
+            assert len(result["body"]["activities"]) == 1
+
+
+async def test_a_lost_lease_in_the_group_refuses_only_its_report(api: Api) -> None:
+    _, items = await _start_and_poll(api, 3)
+    batch = [_complete(i) for i in items]
+    batch[0]["report"]["worker_id"] = "intruder"
+    response = await api.client.post(REPORTS, json={"reports": batch})
+    assert [r["status"] for r in response.json()["results"]] == [409, 200, 200]
+    assert (await api.run(items[0]["workflow_id"]))["activities"][0]["status"] == "running"
+    assert (await api.run(items[1]["workflow_id"]))["activities"][0]["status"] == "completed"
