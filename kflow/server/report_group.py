@@ -24,22 +24,32 @@ once all have.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections import Counter
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 import trio
 
 from kflow.server.transitions import Effects
-from kflow.store.base import Tx
+from kflow.store.base import Row, Tx
 
 if TYPE_CHECKING:
     from kflow.server.engine import Engine
 
 log = structlog.get_logger("kflow.engine")
 
-#: A report's unit of work, as :meth:`TransitionEngine.write` takes it.
-ReportUnit = Callable[[Tx, Effects], dict[str, Any]]
+#: A run's row (as ``lock_workflow_of_attempt`` reads it) and its activities (as
+#: ``workflow_activities`` reads them), read and locked for a report by its group.
+Loaded = tuple[Row, list[Row]]
+
+
+class ReportUnit(Protocol):
+    """A report's unit of work, as :meth:`TransitionEngine.write` takes it; a group
+    passes ``loaded`` when it read the report's run already (the run is locked)."""
+
+    def __call__(
+        self, tx: Tx, effects: Effects, loaded: Loaded | None = None, /
+    ) -> dict[str, Any]: ...
 
 
 class ReportGroup:
@@ -108,12 +118,37 @@ class ReportGroup:
             self._done.set()
 
     def _apply_all(self, tx: Tx, effects: Effects) -> dict[int, dict[str, Any]]:
-        """Lock the reports' runs in id order, then apply each report in that order."""
+        """Lock the reports' runs in id order, then apply each report in that order.
+
+        The runs' rows come with the lock, and the activities of every run with
+        a single report in the group in one more statement, so those reports
+        read nothing themselves. A run with several reports here is read by
+        each of them (each must see what the one before changed).
+        """
         attempts = sorted({attempt for attempt, _ in self._units.values()})
         locked = tx.all("lock_workflows_of_attempts", ids=tx.json(attempts))
         rank = {str(row["attempt_id"]): n for n, row in enumerate(locked)}
+        runs = {
+            str(row["attempt_id"]): {k: v for k, v in row.items() if k != "attempt_id"}
+            for row in locked
+        }
+        reports_per_run = Counter(str(run["id"]) for run in runs.values())
+        single = sorted(run_id for run_id, n in reports_per_run.items() if n == 1)
+        activities: dict[str, list[Row]] = {run_id: [] for run_id in single}
+        if single:
+            for row in tx.all("activities_of_workflows", ids=tx.json(single)):
+                activities[str(row["workflow_id"])].append(row)
         order = sorted(self._units, key=lambda i: (rank.get(self._units[i][0], -1), i))
-        return {index: self._units[index][1](tx, effects) for index in order}
+        answers: dict[int, dict[str, Any]] = {}
+        for index in order:
+            attempt, unit = self._units[index]
+            run = runs.get(attempt)
+            run_id = str(run["id"]) if run is not None else None
+            if run is not None and run_id in activities:
+                answers[index] = unit(tx, effects, (run, activities[run_id]))
+            else:
+                answers[index] = unit(tx, effects)
+        return answers
 
 
 class ReportSlot:

@@ -26,7 +26,7 @@ from kflow.errors import ConflictError, KflowError, NotFoundError
 from kflow.server.budgets import available, run_budget
 from kflow.server.engine import Effects
 from kflow.server.persistence import append_events, record_attempt
-from kflow.server.report_group import ReportSlot
+from kflow.server.report_group import Loaded, ReportSlot
 from kflow.server.state import ZERO, ActivityCompleted, ActivityFailed, Emit, ErrorInfo
 from kflow.server.transitions import Transition
 from kflow.server.worker_claims import WorkerClaims
@@ -256,12 +256,19 @@ class WorkerReports(WorkerClaims):
         engine = self.engine
         now = engine.clock.now()
 
-        def report_tx(tx: Tx, effects: Effects) -> dict[str, Any]:
+        def report_tx(tx: Tx, effects: Effects, loaded: Loaded | None = None, /) -> dict[str, Any]:
             # Lock the run first, then read its activities: a transition of another
             # server (a lease expiry, a cancel) may have changed them just before.
             # The same rows serve the transition (recording the attempt changes none).
-            run = tx.one("lock_workflow_of_attempt", attempt_id=str(attempt_id))
-            activities = tx.all("workflow_activities", workflow_id=str(run["id"])) if run else []
+            # A report group may have locked and read both already (``loaded``).
+            run: Row | None
+            if loaded is not None:
+                run, activities = loaded
+            else:
+                run = tx.one("lock_workflow_of_attempt", attempt_id=str(attempt_id))
+                activities = (
+                    tx.all("workflow_activities", workflow_id=str(run["id"])) if run else []
+                )
             wanted = str(attempt_id)
             row = next((a for a in activities if str(a["attempt_id"]) == wanted), None)
 

@@ -386,10 +386,12 @@ async def reports(request: Request) -> JSONResponse:
     ``report_batch``): ``{"reports": [{"activity_id", "kind", "report",
     "claim_next"?}]}``.
 
-    Each report is applied exactly as its own route would apply it, in its own
-    transaction, all of them concurrently; ``results`` answers each in order
-    with the status and body (or error envelope) that route would have given.
-    One report's failure never affects another's. An item with ``claim_next``
+    Each report is applied exactly as its own route would apply it; those
+    that get as far as writing share one transaction (see
+    :mod:`kflow.server.report_group`: if one of them raises, each runs again
+    alone). ``results`` answers each in order with the status and body (or
+    error envelope) that route would have given. One report's failure never
+    affects another's. An item with ``claim_next``
     (feature ``report_claim_next``) also claims, in its transaction, the run's
     next ready activity in the same queue for the reporting worker; its body
     then has ``activities`` (poll items, at most one). If the caller hangs up

@@ -135,3 +135,36 @@ async def test_a_lost_lease_in_the_group_refuses_only_its_report(api: Api) -> No
     assert [r["status"] for r in response.json()["results"]] == [409, 200, 200]
     assert (await api.run(items[0]["workflow_id"]))["activities"][0]["status"] == "running"
     assert (await api.run(items[1]["workflow_id"]))["activities"][0]["status"] == "completed"
+
+
+PAIR = """
+name: pair
+activities:
+  - {key: left, activity_name: echo}
+  - {key: right, activity_name: echo}
+"""
+
+
+async def test_two_reports_of_one_run_in_a_group_each_see_the_other(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runs with one report in the group are read for it by the group; a run
+    with two is read by each report, so the second sees the first's change and
+    the run completes."""
+    await api.deploy(PAIR)
+    pair = await api.start("pair")
+    other = await api.start("pair")
+    items = await api.poll(n=10)
+    batch = [
+        _complete(i)
+        for i in items
+        if i["workflow_id"] == pair or (i["workflow_id"], i["activity_key"]) == (other, "left")
+    ]
+    assert len(batch) == 3
+    writes = _count_writes(api, monkeypatch)
+    response = await api.client.post(REPORTS, json={"reports": batch})
+    assert [r["status"] for r in response.json()["results"]] == [200, 200, 200]
+    assert len(writes) == 1
+    assert (await api.run(pair))["status"] == "completed"
+    statuses = {a["activity_key"]: a["status"] for a in (await api.run(other))["activities"]}
+    assert statuses == {"left": "completed", "right": "running"}

@@ -35,8 +35,11 @@ FOR UPDATE;
 
 -- name: lock_workflows_of_attempts
 -- The runs of several attempts (ids: a JSON array of attempt ids), locked in run id
--- order as lock_workflows locks them; one row per attempt found.
-SELECT a.attempt_id, a.workflow_id
+-- order as lock_workflows locks them; one row per attempt found: the attempt id and
+-- its run's row (the columns of lock_workflow_of_attempt).
+SELECT a.attempt_id, w.id, w.definition_name, w.definition_version, w.status, w.input, w.unique_key,
+       w.error_message, w.total_cost_usd, w.created_at, w.updated_at, w.completed_at,
+       w.timeout_at
 FROM activities a
 JOIN workflows w ON w.id = a.workflow_id
 WHERE a.attempt_id IN (SELECT jsonb_array_elements_text(%(ids)s)::uuid)

@@ -16,6 +16,17 @@ SELECT workflow_id, key, position, queue, activity_name, timeout_seconds, settin
        completed_at, updated_at, lease_client, reserved_usd, claimed_with
 FROM activities WHERE workflow_id = :workflow_id ORDER BY position;
 
+-- name: activities_of_workflows
+-- The activities of several runs (ids: a JSON array of run ids), as workflow_activities
+-- reads them, run by run.
+SELECT workflow_id, key, position, queue, activity_name, timeout_seconds, settings,
+       output_definitions, status, iteration, attempt, attempt_id, parameters, available_at,
+       wait_signal, wait_timeout_at, signal_data, worker_id, claimed_at, lease_expires_at,
+       heartbeat_details, outputs, error, failure_handled, cost_usd, started_at,
+       completed_at, updated_at, lease_client, reserved_usd, claimed_with
+FROM activities WHERE workflow_id IN (SELECT value FROM json_each(:ids))
+ORDER BY workflow_id, position;
+
 -- name: activity_by_key
 SELECT workflow_id, key, position, queue, activity_name, timeout_seconds, settings,
        output_definitions, status, iteration, attempt, attempt_id, parameters, available_at,

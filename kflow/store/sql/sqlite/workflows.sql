@@ -31,11 +31,15 @@ WHERE id = (SELECT workflow_id FROM activities WHERE attempt_id = :attempt_id);
 
 -- name: lock_workflows_of_attempts
 -- The runs of several attempts (ids: a JSON array of attempt ids), in run id order;
--- SQLite's write lock covers them all. One row per attempt found.
-SELECT attempt_id, workflow_id
-FROM activities
-WHERE attempt_id IN (SELECT value FROM json_each(:ids))
-ORDER BY workflow_id, attempt_id;
+-- SQLite's write lock covers them all. One row per attempt found: the attempt id and
+-- its run's row (the columns of lock_workflow_of_attempt).
+SELECT a.attempt_id, w.id, w.definition_name, w.definition_version, w.status, w.input, w.unique_key,
+       w.error_message, w.total_cost_usd, w.created_at, w.updated_at, w.completed_at,
+       w.timeout_at
+FROM activities a
+JOIN workflows w ON w.id = a.workflow_id
+WHERE a.attempt_id IN (SELECT value FROM json_each(:ids))
+ORDER BY w.id, a.attempt_id;
 
 -- name: workflow_by_unique_key
 SELECT id, status FROM workflows
