@@ -16,6 +16,7 @@ from kflow._types import ActivityStatus, WorkflowStatus
 from kflow.ids import new_id
 from kflow.model.definition import ActivitySettings, WorkflowDefinition
 from kflow.model.normalize import settings_dict
+from kflow.server.deferred_appends import DeferredAppends
 from kflow.server.definitions import LoadedDefinition
 from kflow.server.state import (
     ZERO,
@@ -209,9 +210,16 @@ def apply_puts(
 
 
 def append_events(tx: Tx, workflow_id: uuid.UUID, emits: Iterable[Emit], now: dt.datetime) -> int:
-    """Append events to the run's history, in order, in one statement; returns how many."""
+    """Append events to the run's history, in order, in one statement (or, in a
+    :class:`DeferredAppends`, kept for its next write); returns how many."""
     events = list(emits)
-    if len(events) == 1:
+    if isinstance(tx, DeferredAppends):
+        tx.append_events(
+            str(workflow_id),
+            [{"type": e.type, "activity_key": e.activity_key, "data": e.data} for e in events],
+            tx.time(now),
+        )
+    elif len(events) == 1:
         [event] = events
         tx.send(
             "insert_event",
@@ -244,22 +252,25 @@ def record_attempt(
     cost: Any = None,
     usage: Any = None,
 ) -> None:
-    """Keep a finished attempt in the audit trail (once per attempt id)."""
-    tx.send(
-        "insert_attempt",
-        id=attempt_id,
-        workflow_id=str(row["workflow_id"]),
-        activity_key=row["key"],
-        iteration=int(row["iteration"]),
-        attempt=int(row["attempt"]),
-        worker_id=row["worker_id"],
-        outcome=outcome,
-        error=tx.json(None if error is None else error.as_dict()),
-        cost_usd=tx.money(cost if cost is not None else ZERO),
-        usage=tx.json(usage or None),
-        started_at=row["claimed_at"],
-        now=tx.time(now),
-    )
+    """Keep a finished attempt in the audit trail (once per attempt id); in a
+    :class:`DeferredAppends`, kept for its next write."""
+    values = {
+        "id": attempt_id,
+        "workflow_id": str(row["workflow_id"]),
+        "activity_key": row["key"],
+        "iteration": int(row["iteration"]),
+        "attempt": int(row["attempt"]),
+        "worker_id": row["worker_id"],
+        "outcome": outcome,
+        "cost_usd": tx.money(cost if cost is not None else ZERO),
+        "started_at": row["claimed_at"],
+        "now": tx.time(now),
+    }
+    error_value = None if error is None else error.as_dict()
+    if isinstance(tx, DeferredAppends):
+        tx.append_attempt({**values, "error": error_value, "usage": usage or None})
+        return
+    tx.send("insert_attempt", **values, error=tx.json(error_value), usage=tx.json(usage or None))
 
 
 def event_row(row: Row) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 import trio
 
+from kflow.server.deferred_appends import DeferredAppends
 from kflow.server.transitions import Effects
 from kflow.store.base import Row, Tx
 
@@ -120,7 +121,9 @@ class ReportGroup:
     def _apply_all(self, tx: Tx, effects: Effects) -> dict[int, dict[str, Any]]:
         """Lock the reports' runs in id order, then apply each report in that order.
 
-        The runs' rows come with the lock, and the activities of every run with
+        The reports' attempt records and events are appended together
+        (:class:`~kflow.server.deferred_appends.DeferredAppends`). The runs'
+        rows come with the lock, and the activities of every run with
         a single report in the group in one more statement, so those reports
         read nothing themselves. A run with several reports here is read by
         each of them (each must see what the one before changed).
@@ -140,14 +143,16 @@ class ReportGroup:
                 activities[str(row["workflow_id"])].append(row)
         order = sorted(self._units, key=lambda i: (rank.get(self._units[i][0], -1), i))
         answers: dict[int, dict[str, Any]] = {}
+        appending = DeferredAppends(tx)
         for index in order:
             attempt, unit = self._units[index]
             run = runs.get(attempt)
             run_id = str(run["id"]) if run is not None else None
             if run is not None and run_id in activities:
-                answers[index] = unit(tx, effects, (run, activities[run_id]))
+                answers[index] = unit(appending, effects, (run, activities[run_id]))
             else:
-                answers[index] = unit(tx, effects)
+                answers[index] = unit(appending, effects)
+        appending.flush()
         return answers
 
 

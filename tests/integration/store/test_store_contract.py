@@ -342,6 +342,105 @@ async def test_events_appended_together_keep_their_order_and_their_data(
     assert {load_time(r["created_at"]) for r in rows} == {now}
 
 
+async def test_deferred_appends_end_as_if_written_one_by_one(store: Store) -> None:
+    """Attempt records and events kept by :class:`DeferredAppends` and written
+    together (runs interleaved) leave the same rows as the statements one by one:
+    every column, JSON values (floats, big integers, escapes, non-ASCII, null),
+    money, times, each run's event order; a statement that reads them sees them."""
+    import datetime as dt
+    import decimal
+    import uuid
+
+    from kflow.server.deferred_appends import DeferredAppends
+    from kflow.server.persistence import append_events, record_attempt
+    from kflow.server.state import Emit, ErrorInfo
+
+    now = dt.datetime(2026, 12, 7, 11, 0, 0, 123456, tzinfo=dt.UTC)
+    claimed = now - dt.timedelta(seconds=3, microseconds=5)
+    tricky = {"f": 0.30000000000000004, "big": 12345678901234567890, "s": 'é "q" \\', "n": None}
+    usage = [{"model": "m-✓", "input_tokens": 12, "cost_usd": decimal.Decimal("0.000125")}]
+
+    def write(tx: Any, runs: tuple[uuid.UUID, uuid.UUID]) -> None:
+        for n, run in enumerate(runs):
+            for k, outcome in enumerate(("completed", "failed")):
+                row = {
+                    "workflow_id": run,
+                    "key": f"k{k}",
+                    "iteration": n,
+                    "attempt": k + 1,
+                    "worker_id": None if k else "w-é",
+                    "claimed_at": tx.time(claimed),
+                }
+                record_attempt(
+                    tx,
+                    attempt_id=str(uuid.UUID(int=run.int + k)),
+                    row=row,
+                    outcome=outcome,
+                    now=now + dt.timedelta(microseconds=k),
+                    error=ErrorInfo(code="E", message="nope ✗") if k else None,
+                    cost=decimal.Decimal("0.0014") * (k + 1),
+                    usage=usage if k else [],
+                )
+                append_events(
+                    tx,
+                    run,
+                    [
+                        Emit(type=f"t{k}", activity_key=f"k{k}", data=tricky),
+                        Emit(type="bare", activity_key=None, data=None),
+                    ],
+                    now,
+                )
+        # the same attempt again: kept once
+        again = {
+            "workflow_id": runs[0],
+            "key": "k0",
+            "iteration": 0,
+            "attempt": 1,
+            "worker_id": "w-é",
+            "claimed_at": tx.time(claimed),
+        }
+        record_attempt(
+            tx, attempt_id=str(uuid.UUID(int=runs[0].int)), row=again, outcome="completed", now=now
+        )
+
+    direct = (uuid.uuid4(), uuid.uuid4())
+    deferred = (uuid.uuid4(), uuid.uuid4())
+    await store.write(lambda tx: write(tx, direct))
+
+    def write_deferred(tx: Any) -> int:
+        appending = DeferredAppends(tx)
+        write(appending, deferred)
+        seen = len(appending.all("workflow_attempts", workflow_id=str(deferred[0])))
+        appending.flush()
+        return seen
+
+    assert await store.write(write_deferred) == 2  # a reading statement writes them first
+
+    async def rows(runs: tuple[uuid.UUID, uuid.UUID]) -> list[list[dict[str, Any]]]:
+        def read(tx: Any) -> list[list[dict[str, Any]]]:
+            out = []
+            for run in runs:
+                attempts = tx.all("workflow_attempts", workflow_id=str(run))
+                events = tx.all("workflow_events", workflow_id=str(run), after_id=0, limit=10)
+                out.append(
+                    [{k: (load_json(v) if k in {"error", "usage"} else v) for k, v in a.items()
+                      if k != "id"} for a in attempts]
+                    + [{k: (load_json(v) if k == "data" else v) for k, v in e.items()
+                        if k not in ("id", "workflow_id")} for e in events]
+                )  # fmt: skip
+            return out
+
+        result: list[list[dict[str, Any]]] = await store.read(read)
+        return result
+
+    assert await rows(deferred) == await rows(direct)
+    [first, _] = await rows(deferred)
+    assert [r.get("type") for r in first[2:]] == ["t0", "bare", "t1", "bare"]
+    assert load_money(first[1]["cost_usd"]) == decimal.Decimal("0.0028")
+    assert load_time(first[0]["started_at"]) == claimed
+    assert first[1]["usage"] == [{"model": "m-✓", "input_tokens": 12, "cost_usd": "0.000125"}]
+
+
 async def test_activities_updated_together_end_as_if_updated_one_by_one(store: Store) -> None:
     """``update_activities`` (one statement) leaves every column as ``update_activity``
     row by row does: leases cleared or kept, attempts renewed, JSON values (floats,

@@ -196,6 +196,20 @@ VALUES (%(id)s, %(workflow_id)s, %(activity_key)s, %(iteration)s, %(attempt)s, %
         %(error)s, %(cost_usd)s, %(usage)s, %(started_at)s, %(now)s)
 ON CONFLICT (id) DO NOTHING;
 
+-- name: insert_attempts
+-- Several finished attempts in one statement (attempts: a JSON array of the fields
+-- insert_attempt binds); each kept once per attempt id.
+INSERT INTO attempts (id, workflow_id, activity_key, iteration, attempt, worker_id, outcome,
+                      error, cost_usd, usage, started_at, finished_at)
+SELECT (a ->> 'id')::uuid, (a ->> 'workflow_id')::uuid, a ->> 'activity_key',
+       (a ->> 'iteration')::integer, (a ->> 'attempt')::integer, a ->> 'worker_id',
+       a ->> 'outcome', NULLIF(a -> 'error', 'null'::jsonb), (a ->> 'cost_usd')::numeric,
+       NULLIF(a -> 'usage', 'null'::jsonb), (a ->> 'started_at')::timestamptz,
+       (a ->> 'now')::timestamptz
+FROM jsonb_array_elements(%(attempts)s) WITH ORDINALITY AS e(a, n)
+ORDER BY e.n
+ON CONFLICT (id) DO NOTHING;
+
 -- name: get_attempt
 SELECT id, workflow_id, activity_key, iteration, attempt, worker_id, outcome, error,
        cost_usd, finished_at

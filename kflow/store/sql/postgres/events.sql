@@ -8,6 +8,16 @@ FROM (SELECT pg_advisory_xact_lock_shared(7102)) AS appending,
      jsonb_array_elements(%(events)s) WITH ORDINALITY AS e(item, n)
 ORDER BY e.n;
 
+-- name: insert_events_of_runs
+-- Events of several runs in one statement, in list order (events: a JSON array of
+-- {workflow_id, type, activity_key, data, now}); the same shared lock as insert_event.
+INSERT INTO events (workflow_id, type, activity_key, data, created_at)
+SELECT (e.item ->> 'workflow_id')::uuid, e.item ->> 'type', e.item ->> 'activity_key',
+       NULLIF(e.item -> 'data', 'null'::jsonb), (e.item ->> 'now')::timestamptz
+FROM (SELECT pg_advisory_xact_lock_shared(7102)) AS appending,
+     jsonb_array_elements(%(events)s) WITH ORDINALITY AS e(item, n)
+ORDER BY e.n;
+
 -- name: insert_event
 -- Appenders hold a shared advisory lock until they commit; a reader of every
 -- run's history first takes it exclusively (settle_events), so the events it

@@ -189,6 +189,20 @@ VALUES (:id, :workflow_id, :activity_key, :iteration, :attempt, :worker_id, :out
         :error, :cost_usd, :usage, :started_at, :now)
 ON CONFLICT (id) DO NOTHING;
 
+-- name: insert_attempts
+-- Several finished attempts in one statement (attempts: a JSON array of the fields
+-- insert_attempt binds); each kept once per attempt id.
+INSERT INTO attempts (id, workflow_id, activity_key, iteration, attempt, worker_id, outcome,
+                      error, cost_usd, usage, started_at, finished_at)
+SELECT e.value ->> '$.id', e.value ->> '$.workflow_id', e.value ->> '$.activity_key',
+       e.value ->> '$.iteration', e.value ->> '$.attempt', e.value ->> '$.worker_id',
+       e.value ->> '$.outcome', NULLIF(e.value -> '$.error', 'null'), e.value ->> '$.cost_usd',
+       NULLIF(e.value -> '$.usage', 'null'), e.value ->> '$.started_at', e.value ->> '$.now'
+FROM json_each(:attempts) AS e
+WHERE true
+ORDER BY e.key
+ON CONFLICT (id) DO NOTHING;
+
 -- name: get_attempt
 SELECT id, workflow_id, activity_key, iteration, attempt, worker_id, outcome, error,
        cost_usd, finished_at

@@ -7,6 +7,15 @@ SELECT :workflow_id, e.value ->> '$.type', e.value ->> '$.activity_key',
 FROM json_each(:events) AS e
 ORDER BY e.key;
 
+-- name: insert_events_of_runs
+-- Events of several runs in one statement, in list order (events: a JSON array of
+-- {workflow_id, type, activity_key, data, now}).
+INSERT INTO events (workflow_id, type, activity_key, data, created_at)
+SELECT e.value ->> '$.workflow_id', e.value ->> '$.type', e.value ->> '$.activity_key',
+       NULLIF(e.value -> '$.data', 'null'), e.value ->> '$.now'
+FROM json_each(:events) AS e
+ORDER BY e.key;
+
 -- name: insert_event
 INSERT INTO events (workflow_id, type, activity_key, data, created_at)
 VALUES (:workflow_id, :type, :activity_key, :data, :now);
