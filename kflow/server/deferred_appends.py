@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from kflow.store.base import Row, Tx
@@ -94,6 +94,10 @@ class DeferredAppends:
     def all(self, query: str, /, **params: Any) -> list[Row]:
         self._before(query)
         return self._tx.all(query, **params)
+
+    def all_later(self, query: str, /, **params: Any) -> Callable[[], list[Row]]:
+        self._before(query)
+        return self._tx.all_later(query, **params)
 
     def run(self, query: str, /, **params: Any) -> int:
         self._before(query)

@@ -10,7 +10,13 @@ that transaction commits, so every answer still means "durably recorded".
 The transaction first locks the runs of every report's attempt, in run id
 order (as claims lock runs), then applies the reports one after another in
 that order: two groups, or a group and a claim, never wait on each other in
-a cycle. A report may never leave a transaction half written, so if any of
+a cycle. A report that asks for its run's next step sends its claim with its
+transition; the claims of the runs with a single report in the group are
+answered together and handed out after all transitions, so the group waits
+for the database three times (the lock, the activities, the claims) however
+many reports it holds, then commits. Each report keeps its own effects until
+then, so one report's "no need to wake this queue" never drops a wake
+another report of the group needs. A report may never leave a transaction half written, so if any of
 them raises (a lease lost to another worker, an engine error), nothing of
 the group is kept and each report runs again on its own, exactly as without
 a group, with its own error handling. A batch with a single report to write
@@ -25,6 +31,7 @@ once all have.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
@@ -44,13 +51,24 @@ log = structlog.get_logger("kflow.engine")
 Loaded = tuple[Row, list[Row]]
 
 
+#: What a report's unit of work returns: its answer, or a function that
+#: finishes the report (hands out the next step its claim took) and returns it.
+ReportAnswer = dict[str, Any] | Callable[[], dict[str, Any]]
+
+
+def settled(answer: ReportAnswer) -> dict[str, Any]:
+    """The answer of a report, finishing it first if it has not finished."""
+    return answer() if callable(answer) else answer
+
+
 class ReportUnit(Protocol):
-    """A report's unit of work, as :meth:`TransitionEngine.write` takes it; a group
-    passes ``loaded`` when it read the report's run already (the run is locked)."""
+    """A report's unit of work, as :meth:`TransitionEngine.write` takes it (through
+    :func:`settled`); a group passes ``loaded`` when it read the report's run
+    already (the run is locked)."""
 
     def __call__(
         self, tx: Tx, effects: Effects, loaded: Loaded | None = None, /
-    ) -> dict[str, Any]: ...
+    ) -> ReportAnswer: ...
 
 
 class ReportGroup:
@@ -88,7 +106,9 @@ class ReportGroup:
         self._settle(index)
         await self._done.wait()
         if self._alone:
-            answer: dict[str, Any] = await self._engine.write(unit)
+            answer: dict[str, Any] = await self._engine.write(
+                lambda tx, effects: settled(unit(tx, effects))
+            )
             return answer
         return self._answers[index]
 
@@ -143,15 +163,28 @@ class ReportGroup:
                 activities[str(row["workflow_id"])].append(row)
         order = sorted(self._units, key=lambda i: (rank.get(self._units[i][0], -1), i))
         answers: dict[int, dict[str, Any]] = {}
+        unfinished: dict[int, Callable[[], dict[str, Any]]] = {}
         appending = DeferredAppends(tx)
+        # Each report collects its own effects: its "no need to wake the queue"
+        # must not undo a wake another report of the group needs.
+        own_effects: list[Effects] = []
         for index in order:
             attempt, unit = self._units[index]
             run = runs.get(attempt)
             run_id = str(run["id"]) if run is not None else None
+            own_effects.append(own := Effects())
             if run is not None and run_id in activities:
-                answers[index] = unit(appending, effects, (run, activities[run_id]))
+                answer = unit(appending, own, (run, activities[run_id]))
+                if callable(answer):  # the only report of its run: finish it below
+                    unfinished[index] = answer
+                    continue
+                answers[index] = answer
             else:
-                answers[index] = unit(appending, effects)
+                answers[index] = settled(unit(appending, own))
+        for index, finish in unfinished.items():  # their claims answer together
+            answers[index] = finish()
+        for own in own_effects:
+            effects.merge(own)
         appending.flush()
         return answers
 

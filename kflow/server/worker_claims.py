@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from kflow._types import ActivityStatus
@@ -119,9 +120,15 @@ class WorkerClaims:
         reported: str,
         queue_woken_before: bool,
         hold_events: list[Emit] | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> Callable[[], list[dict[str, Any]]]:
         """Inside a report's transaction: claim for the reporting worker one ready
         activity of the same run and queue (for the slot its report frees).
+
+        The claim is sent at once, possibly without waiting for its answer
+        (:meth:`~kflow.store.base.Tx.all_later`); the returned function hands
+        the claimed activity out (its poll item, at most one) — call it before
+        anything else changes the run, as a report group does after the other
+        reports of its transaction claimed theirs.
 
         ``run`` and ``activities`` are the run's rows as read under its lock
         before ``transition``: the run is not locked again, and the claim is
@@ -137,8 +144,8 @@ class WorkerClaims:
         if not wakes and not any(
             a["status"] == "pending" and a["queue"] == queue for a in activities
         ):
-            return []
-        rows = tx.all(
+            return _nothing_claimed
+        claimed = tx.all_later(
             "claim_run_activities",
             workflow_id=str(transition.state.id),
             queue=queue,
@@ -149,19 +156,24 @@ class WorkerClaims:
             lease_grace_micros=int(self.engine.settings.lease_grace_seconds * 1_000_000),
             claimed_with=reported,
         )
-        if not rows:
-            return []
-        made_pending = {
-            c.activity.key
-            for c in transition.commands
-            if isinstance(c, PutActivity) and c.activity.status is ActivityStatus.PENDING
-        }
-        items = self._hand_out(
-            tx, effects, rows, worker_id, now, locked=run, hold_events=hold_events
-        )
-        if wakes == 1 and rows[0]["key"] in made_pending and not queue_woken_before:
-            effects.queues.discard(queue)
-        return items
+
+        def hand_out() -> list[dict[str, Any]]:
+            rows = claimed()
+            if not rows:
+                return []
+            made_pending = {
+                c.activity.key
+                for c in transition.commands
+                if isinstance(c, PutActivity) and c.activity.status is ActivityStatus.PENDING
+            }
+            items = self._hand_out(
+                tx, effects, rows, worker_id, now, locked=run, hold_events=hold_events
+            )
+            if wakes == 1 and rows[0]["key"] in made_pending and not queue_woken_before:
+                effects.queues.discard(queue)
+            return items
+
+        return hand_out
 
     def release_unseen_next(
         self,
@@ -296,3 +308,7 @@ class WorkerClaims:
         if details is not None:
             item["heartbeat_details"] = details
         return item
+
+
+def _nothing_claimed() -> list[dict[str, Any]]:
+    return []

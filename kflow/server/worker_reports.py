@@ -26,7 +26,7 @@ from kflow.errors import ConflictError, KflowError, NotFoundError
 from kflow.server.budgets import available, run_budget
 from kflow.server.engine import Effects
 from kflow.server.persistence import append_events, record_attempt
-from kflow.server.report_group import Loaded, ReportSlot
+from kflow.server.report_group import Loaded, ReportAnswer, ReportSlot, settled
 from kflow.server.state import ZERO, ActivityCompleted, ActivityFailed, Emit, ErrorInfo
 from kflow.server.transitions import Transition
 from kflow.server.worker_claims import WorkerClaims
@@ -256,7 +256,7 @@ class WorkerReports(WorkerClaims):
         engine = self.engine
         now = engine.clock.now()
 
-        def report_tx(tx: Tx, effects: Effects, loaded: Loaded | None = None, /) -> dict[str, Any]:
+        def report_tx(tx: Tx, effects: Effects, loaded: Loaded | None = None, /) -> ReportAnswer:
             # Lock the run first, then read its activities: a transition of another
             # server (a lease expiry, a cancel) may have changed them just before.
             # The same rows serve the transition (recording the attempt changes none).
@@ -341,9 +341,13 @@ class WorkerReports(WorkerClaims):
             result = record_and_decide(outcome, row, run, held)
             put = result.put_for(row["key"])
             will_retry = bool(put is not None and put.new_attempt)
-            answer = {"acknowledged": True, "will_retry": will_retry, "warnings": []}
-            if claim_next:
-                answer["activities"] = self.claim_next(
+            answer: dict[str, Any] = {
+                "acknowledged": True,
+                "will_retry": will_retry,
+                "warnings": [],
+            }
+            hand_out = (
+                self.claim_next(
                     tx,
                     effects,
                     result,
@@ -357,13 +361,26 @@ class WorkerReports(WorkerClaims):
                     queue_woken_before=queue_woken_before,
                     hold_events=held,
                 )
-            if append_events(tx, result.state.id, held, now):
-                effects.workflows.add(result.state.id)
-            return answer
+                if claim_next
+                else None
+            )
+
+            def finish() -> dict[str, Any]:
+                # The claim went out with the transition; a report group asks
+                # for its answer once every report of the group has claimed.
+                if hand_out is not None:
+                    answer["activities"] = hand_out()
+                if append_events(tx, result.state.id, held, now):
+                    effects.workflows.add(result.state.id)
+                return answer
+
+            return finish
 
         try:
             if slot is None:
-                answer: dict[str, Any] = await engine.write(report_tx)
+                answer: dict[str, Any] = await engine.write(
+                    lambda tx, effects: settled(report_tx(tx, effects))
+                )
             else:
                 answer = await slot.write(str(attempt_id), report_tx)
         except KflowError:

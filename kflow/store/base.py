@@ -41,6 +41,16 @@ class Tx(Protocol):
         """Every row of a named query."""
         ...
 
+    def all_later(self, query: str, /, **params: Any) -> Callable[[], list[Row]]:
+        """Execute a named query now; the returned function gives its rows.
+
+        A store may hold the query back and send it with the next statement
+        that needs an answer (PostgreSQL does): several such queries then wait
+        for the database once, when the first of their rows is asked for.
+        Statements sent after it see its effects either way.
+        """
+        ...
+
     def run(self, query: str, /, **params: Any) -> int:
         """Execute a named statement; returns the number of rows it changed."""
         ...

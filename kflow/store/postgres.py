@@ -100,14 +100,37 @@ class PgTx:
         #: Whether the unit's ``COMMIT`` is queued or sent (a lost connection
         #: leaves the outcome unknown from then on).
         self.committing = False
+        #: How many times the pipeline waited for PostgreSQL in this unit.
+        self._syncs = 0
 
     def _execute(self, sql: str, params: Any = None) -> psycopg.Cursor[Any]:
         """Execute and wait for the answer (sending whatever was queued before with it)."""
         cursor = self._conn.execute(sql, params)
         if self._pipeline is not None:
-            self._pipeline.sync()
-            self.answered = True
+            self._sync()
         return cursor
+
+    def _sync(self) -> None:
+        assert self._pipeline is not None
+        self._pipeline.sync()
+        self._syncs += 1
+        self.answered = True
+
+    def all_later(self, query: str, /, **params: Any) -> Callable[[], list[Row]]:
+        """As :meth:`all`; in a write unit the query is only queued, and the first
+        of such queries whose rows are asked for waits for all of them at once."""
+        if self._pipeline is None:
+            found = self.all(query, **params)
+            return lambda: found
+        cursor = self._conn.execute(self._sql(query), params)
+        sent_before = self._syncs
+
+        def answer() -> list[Row]:
+            if self._syncs == sent_before:
+                self._sync()
+            return cursor.fetchall()
+
+        return answer
 
     def _writing(self, what: str) -> None:
         # Reads run in autocommit: a write there would commit on its own, so refuse it.

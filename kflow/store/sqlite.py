@@ -68,6 +68,10 @@ class SqliteTx:
     def all(self, query: str, /, **params: Any) -> list[Row]:
         return self._conn.execute(self._sql(query), params).fetchall()
 
+    def all_later(self, query: str, /, **params: Any) -> Callable[[], list[Row]]:
+        rows = self.all(query, **params)
+        return lambda: rows
+
     def run(self, query: str, /, **params: Any) -> int:
         return self._conn.execute(self._sql(query), params).rowcount
 

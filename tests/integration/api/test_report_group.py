@@ -168,3 +168,67 @@ async def test_two_reports_of_one_run_in_a_group_each_see_the_other(
     assert (await api.run(pair))["status"] == "completed"
     statuses = {a["activity_key"]: a["status"] for a in (await api.run(other))["activities"]}
     assert statuses == {"left": "completed", "right": "running"}
+
+
+async def test_a_groups_claims_wait_for_postgresql_once(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every report's next-step claim is sent with its transition and their rows
+    come back together: the group waits for the database three times (the runs'
+    lock, their activities, the claims) whatever its size — then the commit."""
+    if api.ctx.store.dialect != "postgres":
+        pytest.skip("SQLite answers every statement at once")
+    from kflow.store.postgres import PgTx
+
+    _, items = await _start_and_poll(api, 4)
+    waits: list[int] = []
+    original = PgTx._sync
+
+    def counting(self: PgTx) -> None:
+        waits.append(1)
+        original(self)
+
+    monkeypatch.setattr(PgTx, "_sync", counting)
+    response = await api.client.post(
+        REPORTS, json={"reports": [_complete(i, claim_next=True) for i in items]}
+    )
+    results = response.json()["results"]
+    assert [len(r["body"]["activities"]) for r in results] == [1, 1, 1, 1]
+    assert len(waits) == 3
+
+
+FORK = """
+name: fork
+activities:
+  - {key: a, activity_name: echo}
+  - {key: b, activity_name: echo, depends_on: [a]}
+  - {key: c, activity_name: echo, depends_on: [a]}
+"""
+
+
+async def test_a_group_wakes_a_queue_only_for_what_its_claims_left(api: Api) -> None:
+    """A report whose claim took the one step it made ready does not wake the
+    queue; in the same group, a report that left a step behind still does (the
+    chain's run is older, so its report is applied first)."""
+    await api.deploy(CHAIN)
+    await api.deploy(FORK)
+    for _ in range(2):
+        await api.start("chain")
+    items = await api.poll(n=10)
+    woken = api.ctx.dispatcher.sequence("std")
+    response = await api.client.post(
+        REPORTS, json={"reports": [_complete(i, claim_next=True) for i in items]}
+    )
+    assert [len(r["body"]["activities"]) for r in response.json()["results"]] == [1, 1]
+    assert api.ctx.dispatcher.sequence("std") == woken  # nothing left for a parked poll
+    chain = await api.start("chain")
+    fork = await api.start("fork")
+    firsts = [i for i in await api.poll(n=10) if i["workflow_id"] in (chain, fork)]
+    woken = api.ctx.dispatcher.sequence("std")
+    both = await api.client.post(
+        REPORTS, json={"reports": [_complete(i, claim_next=True) for i in firsts]}
+    )
+    assert [len(r["body"]["activities"]) for r in both.json()["results"]] == [1, 1]
+    assert api.ctx.dispatcher.sequence("std") == woken + 1  # the fork's other step waits
+    [left] = await api.poll(worker_id="w2")
+    assert (left["workflow_id"], left["activity_key"]) in {(fork, "b"), (fork, "c")}

@@ -342,6 +342,36 @@ async def test_events_appended_together_keep_their_order_and_their_data(
     assert {load_time(r["created_at"]) for r in rows} == {now}
 
 
+async def test_a_query_answered_later_sees_and_is_seen_in_statement_order(store: Store) -> None:
+    """``all_later`` gives the rows ``all`` would have, though asked for after
+    statements sent later (which see its effects); several such queries then
+    wait for the database together."""
+    import datetime as dt
+    import uuid
+
+    now = dt.datetime(2026, 12, 7, 12, 0, tzinfo=dt.UTC)
+    run, other = str(uuid.uuid4()), str(uuid.uuid4())
+
+    def unit(tx: Any) -> tuple[list[Any], list[Any], list[Any]]:
+        rows = [{"key": "k", "position": 0, "queue": "q", "activity_name": "echo",
+                 "timeout_seconds": 30, "settings": {}, "output_definitions": None}]  # fmt: skip
+        for workflow in (run, other):
+            tx.send("insert_activities", workflow_id=workflow, activities=tx.json(rows),
+                    now=tx.time(now))  # fmt: skip
+        first = tx.all_later("count_workflow_activities", workflow_id=run)
+        second = tx.all_later("workflow_activities", workflow_id=other)
+        tx.send("insert_activities", workflow_id=run,
+                activities=tx.json([{**rows[0], "key": "k2", "position": 1}]),
+                now=tx.time(now))  # fmt: skip
+        after = tx.all("count_workflow_activities", workflow_id=run)
+        return first(), second(), after
+
+    first, second, after = await store.write(unit)
+    assert first[0]["total"] == 1  # sent before the third insert, answered after it
+    assert [r["key"] for r in second] == ["k"]
+    assert after[0]["total"] == 2
+
+
 async def test_deferred_appends_end_as_if_written_one_by_one(store: Store) -> None:
     """Attempt records and events kept by :class:`DeferredAppends` and written
     together (runs interleaved) leave the same rows as the statements one by one:
