@@ -170,14 +170,16 @@ async def test_two_reports_of_one_run_in_a_group_each_see_the_other(
     assert statuses == {"left": "completed", "right": "running"}
 
 
+@pytest.mark.parametrize(
+    "api", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
 async def test_a_groups_claims_wait_for_postgresql_once(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every report's next-step claim is sent with its transition and their rows
     come back together: the group waits for the database three times (the runs'
-    lock, their activities, the claims) whatever its size — then the commit."""
-    if api.ctx.store.dialect != "postgres":
-        pytest.skip("SQLite answers every statement at once")
+    lock, their activities, the claims) whatever its size — then the commit.
+    (PostgreSQL only: SQLite answers every statement at once.)"""
     from kflow.store.postgres import PgTx
 
     _, items = await _start_and_poll(api, 4)
