@@ -17,7 +17,6 @@ intermediate transitions instead of re-reading it after each one.
 
 from __future__ import annotations
 
-import collections
 import uuid
 from collections.abc import Hashable
 
@@ -29,25 +28,50 @@ def finished_key(workflow_id: uuid.UUID) -> tuple[str, uuid.UUID]:
     return ("finished", workflow_id)
 
 
+#: Beyond this many keys with news of their own, the hub forgets those nobody waits on.
+KEEP_KEYS = 100_000
+
+
 class EventHub:
     """Versioned wake-ups per run, plus one for "any run" (key ``None``).
 
-    Keys are run ids, ``None`` and :func:`finished_key` of a run.
+    Keys are run ids, ``None`` and :func:`finished_key` of a run. A version is
+    a number that only moves forward: each piece of news for a key gives it
+    the hub's next sequence number; a key without news of its own has the
+    :meth:`baseline`. When the hub forgets keys (too many, or everything may
+    have changed) the baseline moves past every number handed out, so a
+    version taken before is never seen again: its waiter wakes, looks and, if
+    nothing changed, waits again.
     """
 
     def __init__(self) -> None:
-        self._versions: collections.Counter[Hashable] = collections.Counter()
+        self._sequence = 0
+        self._baseline = 0
+        self._versions: dict[Hashable, int] = {}
         self._events: dict[Hashable, trio.Event] = {}
 
     def version(self, key: Hashable) -> int:
         """A number that moves whenever the key's run (for None, any run) has news."""
-        return self._versions[key]
+        return self._versions.get(key, self._baseline)
+
+    def baseline(self) -> int:
+        """The version of every key without news so far — such as a run that a
+        caller is about to start (its id unknown yet): taken before the start
+        commits, it moves for the run's first news, or whenever the hub forgets."""
+        return self._baseline
 
     def _bump(self, key: Hashable) -> None:
-        self._versions[key] += 1
+        self._sequence += 1
+        self._versions[key] = self._sequence
         event = self._events.pop(key, None)
         if event is not None:
             event.set()
+
+    def _forget_unwatched(self) -> None:
+        """Drop the keys nobody waits on; their versions move to a new baseline."""
+        self._sequence += 1
+        self._baseline = self._sequence
+        self._versions = {k: v for k, v in self._versions.items() if k in self._events}
 
     def notify(self, workflow_id: uuid.UUID, *, finished: bool = False) -> None:
         """The history of ``workflow_id`` grew (sync; never blocks).
@@ -58,26 +82,24 @@ class EventHub:
         self._bump(None)
         if finished:
             self._bump(finished_key(workflow_id))
-        if len(self._versions) > 100_000:  # keep only runs someone is watching
-            watched = set(self._events)
-            for key in [k for k in self._versions if k is not None and k not in watched]:
-                del self._versions[key]
+        if len(self._versions) > KEEP_KEYS:
+            self._forget_unwatched()
 
     def notify_all(self) -> None:
         """Everything may have changed (another server's big batch, a reconnection).
 
         Every watcher wakes, including those waiting for a run to finish: they
-        look again and go back to waiting if it has not.
+        look again and go back to waiting if it has not. So does every caller
+        holding a version it has not waited with yet.
         """
         for key in list(self._events):
             self._bump(key)
-        if None not in self._events:
-            self._versions[None] += 1
+        self._forget_unwatched()
 
     async def wait(self, key: Hashable, seen: int, timeout: float) -> bool:
         """Wait until :meth:`version` of ``key`` moves past ``seen``; False after ``timeout`` s."""
         with trio.move_on_after(timeout):
-            while self._versions[key] == seen:
+            while self.version(key) == seen:
                 event = self._events.get(key)
                 if event is None:
                     event = self._events[key] = trio.Event()

@@ -28,7 +28,7 @@ import psycopg
 import structlog
 import trio
 
-from kflow._serde import loads
+from kflow._serde import dumps_str, loads
 from kflow.errors import InvalidInputError, StoreError
 from kflow.server.transitions import NOTIFY_CHANNEL
 from kflow.store.pg_green import connect, run_unit
@@ -49,6 +49,10 @@ class Listener:
         self.connected = False
         #: How the listening connection shows in ``pg_stat_activity``.
         self.application_name = f"kflow-listener-{ctx.engine.instance_id[:12]}"
+        #: How this server's own payloads begin (``Effects.payload`` writes the
+        #: origin first): a single server receives every one of its own
+        #: notifications, and they need no decoding to be ignored.
+        self._own_prefix = dumps_str({"s": ctx.engine.instance_id})[:-1] + ","
 
     def handle(self, payload: str) -> None:
         """Apply one notification payload (sync; never blocks)."""
@@ -57,6 +61,8 @@ class Listener:
             self.connected = True
             self.wake_everything()
             return
+        if payload.startswith(self._own_prefix):
+            return  # our own transaction: already woken locally
         try:
             data = loads(payload)
         except InvalidInputError:

@@ -95,6 +95,8 @@ async def create(request: Request) -> Response:
     data = await read_object(request)
     if "definition_name" not in data and "activities" in data and "name" in data:
         return await deploy_definition(ctx, data)
+    # Taken before the run exists: any news of it (or the hub forgetting) moves it.
+    baseline = ctx.hub.baseline()
     started = await _start(ctx, data, "definition_name", "input")
     if wait is None:
         return JSONResponse(_started_body(started), status_code=201)
@@ -102,7 +104,8 @@ async def create(request: Request) -> Response:
     async def held_detail() -> AsyncIterator[bytes]:
         # Starlette cancels this when the caller hangs up.
         if wait:
-            yield dumps(await _detail_when_finished(ctx, None, started.id, wait))
+            known = (baseline, started.status.value)
+            yield dumps(await _detail_when_finished(ctx, None, started.id, wait, known=known))
         else:
             yield dumps(await _detail(ctx, started.id))
 
@@ -174,11 +177,21 @@ async def _detail(ctx: ServerContext, workflow_id: uuid.UUID) -> dict[str, Any]:
 
 
 async def _detail_when_finished(
-    ctx: ServerContext, request: Request | None, workflow_id: uuid.UUID, wait: float
+    ctx: ServerContext,
+    request: Request | None,
+    workflow_id: uuid.UUID,
+    wait: float,
+    *,
+    known: tuple[int, str] | None = None,
 ) -> dict[str, Any]:
     """The run as ``GET /workflows/{id}`` shows it, once it is final, ``wait``
     seconds passed or the caller of ``request`` hung up (``None``: the caller
     watches for that itself).
+
+    ``known``: the hub's version of the run's finish and the run's status as
+    of that version, when the caller knows them (it just started the run:
+    :meth:`EventHub.baseline` taken before the start, the status the start
+    committed) — the run is not read before the wait.
 
     Raises:
         NotFoundError: no such run.
@@ -189,8 +202,11 @@ async def _detail_when_finished(
     # is never missed; a wake-up that finds the run still going (another
     # server reconnected and woke everyone) waits again. After a wake-up the
     # whole run is read at once: it is the answer when it is final.
-    seen = ctx.hub.version(finished)
-    status = await ctx.store.read(lambda tx: views.run_status(tx, workflow_id))
+    if known is None:
+        seen = ctx.hub.version(finished)
+        status = await ctx.store.read(lambda tx: views.run_status(tx, workflow_id))
+    else:
+        seen, status = known
     if status in _FINAL:
         return await _detail(ctx, workflow_id)
     final: dict[str, Any] | None = None

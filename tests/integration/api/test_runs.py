@@ -316,6 +316,66 @@ async def test_a_held_start_answers_with_the_finished_run(api: Api) -> None:
     assert body == (await api.client.get(response.headers["location"])).json()
 
 
+async def test_a_held_start_reads_nothing_before_it_waits(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The start knows the run's status and the hub's version from before the
+    # run existed: reading the run back before the wait would only cost time.
+    from kflow.server import views
+
+    status_reads: list[object] = []
+    real_run_status = views.run_status
+
+    def counted(tx: Any, workflow_id: uuid.UUID) -> str:
+        status_reads.append(workflow_id)
+        return real_run_status(tx, workflow_id)
+
+    monkeypatch.setattr(views, "run_status", counted)
+    await api.deploy(TWO_STEPS)
+    answers: list[Any] = []
+
+    async def held_start() -> None:
+        answers.append(
+            await api.client.post(
+                "/api/v1/workflows",
+                params={"wait_seconds": 30},
+                json={"definition_name": "two-steps", "input": {"who": "ada"}},
+            )
+        )
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(held_start)
+            with trio.fail_after(5):
+                while not (items := await api.poll()):
+                    await trio.sleep(0.01)
+            [first] = items
+            assert (await api.complete(first, echo={"who": "ada"})).status_code == 200
+            [second] = await api.poll()
+            assert (await api.complete(second, echo={"got": "ada"})).status_code == 200
+    [response] = answers
+    assert response.json()["status"] == "completed"
+    assert status_reads == []
+
+
+async def test_a_run_that_finishes_before_its_held_start_waits_is_answered_at_once(
+    api: Api,
+) -> None:
+    # The finish lands between the start's commit and the held answer's wait:
+    # the version the start took before the run existed has moved already.
+    from kflow.server.routes.workflows import _detail_when_finished
+
+    await api.deploy(TWO_STEPS)
+    baseline = api.ctx.hub.baseline()
+    workflow_id = await api.start("two-steps", {"who": "ada"})
+    await _finish_two_steps(api, workflow_id)
+    with trio.fail_after(1):
+        detail = await _detail_when_finished(
+            api.ctx, None, uuid.UUID(workflow_id), 30, known=(baseline, "created")
+        )
+    assert detail["status"] == "completed"
+
+
 async def test_a_held_start_answers_at_its_deadline_with_the_run_going(api: Api) -> None:
     await api.deploy(TWO_STEPS)
     began = trio.current_time()

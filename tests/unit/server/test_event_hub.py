@@ -22,6 +22,7 @@ async def test_a_finished_waiter_sleeps_through_intermediate_news(
 ) -> None:
     hub = EventHub()
     seen = hub.version(finished_key(RUN))
+    before = hub.version(RUN)
     woke_at: list[float] = []
 
     async def waiter() -> None:
@@ -38,7 +39,8 @@ async def test_a_finished_waiter_sleeps_through_intermediate_news(
         assert woke_at == []
         hub.notify(RUN, finished=True)
     assert woke_at == [4]
-    assert hub.version(RUN) == 4  # every notification counts for the run's streams
+    # Every notification moves the run's own version (its streams look each time).
+    assert hub.version(RUN) != before
 
 
 async def test_a_finished_waiter_times_out_and_any_run_waiters_see_everything(
@@ -49,7 +51,7 @@ async def test_a_finished_waiter_times_out_and_any_run_waiters_see_everything(
     assert trio.current_time() == 5
     before = hub.version(None)
     hub.notify(RUN, finished=True)
-    assert hub.version(None) == before + 1
+    assert hub.version(None) != before
 
 
 async def test_notify_all_wakes_finished_waiters_too(autojump_clock: trio.abc.Clock) -> None:
@@ -67,6 +69,70 @@ async def test_notify_all_wakes_finished_waiters_too(autojump_clock: trio.abc.Cl
         hub.notify_all()
     assert sorted(map(str, woken)) == sorted(map(str, [finished_key(RUN), RUN, None]))
     assert trio.current_time() == 1
+
+
+async def test_a_version_taken_before_a_run_exists_sees_its_finish(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # A held start takes the baseline before its run exists; the finish may come
+    # before its wait begins, or while it waits.
+    hub = EventHub()
+    hub.notify(OTHER, finished=True)
+    seen = hub.baseline()
+    assert hub.version(finished_key(RUN)) == seen
+    hub.notify(RUN, finished=True)
+    assert await hub.wait(finished_key(RUN), seen, 60)
+    assert trio.current_time() == 0
+
+
+async def test_forgetting_keys_moves_every_version_taken_before(
+    autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Too many keys: those nobody waits on are forgotten. A version taken
+    # before (a caller between its read and its wait) must not come back, or
+    # that caller would sleep through a finish it was never told about.
+    monkeypatch.setattr("kflow.server.events.KEEP_KEYS", 10)
+    hub = EventHub()
+    hub.notify(RUN)
+    seen_run = hub.version(finished_key(RUN))
+    seen_baseline = hub.baseline()
+    hub.notify(RUN, finished=True)  # the finish lands before the wait ...
+    for i in range(20):  # ... and is forgotten with the other unwatched keys
+        hub.notify(uuid.UUID(int=i))
+    assert hub.version(finished_key(RUN)) not in (seen_run, seen_baseline)
+    assert await hub.wait(finished_key(RUN), seen_run, 60)
+    assert await hub.wait(finished_key(RUN), seen_baseline, 60)
+    assert trio.current_time() == 0
+    # A watched key is kept, and it still wakes only for news of its own.
+    woke: list[float] = []
+
+    async def waiter() -> None:
+        seen = hub.version(finished_key(OTHER))
+        if await hub.wait(finished_key(OTHER), seen, 60):
+            woke.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.sleep(1)
+        for i in range(20, 40):
+            hub.notify(uuid.UUID(int=i))
+        await trio.sleep(1)
+        hub.notify(OTHER, finished=True)
+    assert woke == [2]
+
+
+async def test_notify_all_moves_versions_not_yet_waited_with(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # A reconnected listener cannot say what it missed: a caller that took a
+    # version but is not waiting yet must wake too.
+    hub = EventHub()
+    seen = hub.version(finished_key(RUN))
+    fresh = hub.baseline()
+    hub.notify_all()
+    assert await hub.wait(finished_key(RUN), seen, 60)
+    assert await hub.wait(finished_key(OTHER), fresh, 60)
+    assert trio.current_time() == 0
 
 
 def test_the_notification_payload_names_finished_runs() -> None:
@@ -124,15 +190,38 @@ def listener() -> Any:
 
 def test_another_servers_finished_runs_wake_local_finished_waiters(listener: Any) -> None:
     hub: EventHub = listener.ctx.hub
+    untouched = hub.baseline()
     payload = {"s": "other", "q": ["std"], "w": [str(RUN), str(OTHER)], "f": [str(RUN)]}
     listener.handle(json.dumps(payload))
-    assert hub.version(finished_key(RUN)) == 1
-    assert hub.version(finished_key(OTHER)) == 0
-    assert hub.version(OTHER) == 1
+    finished_version = hub.version(finished_key(RUN))
+    assert finished_version != untouched
+    assert hub.version(finished_key(OTHER)) == untouched
+    assert hub.version(OTHER) != untouched
     assert listener.ctx.dispatcher.calls == [("wake", "std")]
     # Our own notifications were applied locally already; an older server's
     # payload without "f" only wakes the run's streams.
+    run_version = hub.version(RUN)
     listener.handle(json.dumps({**payload, "s": "me"}))
+    assert hub.version(RUN) == run_version
     listener.handle(json.dumps({"s": "old", "w": [str(RUN)]}))
-    assert hub.version(finished_key(RUN)) == 1
-    assert hub.version(RUN) == 2
+    assert hub.version(finished_key(RUN)) == finished_version
+    assert hub.version(RUN) != run_version
+
+
+def test_our_own_payloads_are_ignored_without_decoding(
+    listener: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    effects = Effects()
+    effects.finish(RUN)
+    effects.queues.add("std")
+    own = effects.payload("me")
+    other = effects.payload("mel")  # another server whose id begins like ours
+    monkeypatch.setattr(
+        "kflow.server.listener.loads", lambda _: pytest.fail("decoded our own payload")
+    )
+    listener.handle(own)
+    assert listener.ctx.dispatcher.calls == []
+    monkeypatch.undo()
+    listener.handle(other)
+    assert listener.ctx.dispatcher.calls == [("wake", "std")]
+    assert listener.ctx.hub.version(finished_key(RUN)) != listener.ctx.hub.baseline()
