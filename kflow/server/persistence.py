@@ -16,7 +16,7 @@ from kflow._types import ActivityStatus, WorkflowStatus
 from kflow.ids import new_id
 from kflow.model.definition import ActivitySettings, WorkflowDefinition
 from kflow.model.normalize import settings_dict
-from kflow.server.deferred_appends import DeferredAppends
+from kflow.server.deferred_writes import DeferredWrites
 from kflow.server.definitions import LoadedDefinition
 from kflow.server.state import (
     ZERO,
@@ -123,12 +123,41 @@ def dispatch_settings(settings: ActivitySettings) -> dict[str, Any]:
     return {key: value for key, value in form.items() if value is not None}
 
 
+def _put_row(tx: Tx, put: PutActivity, attempt_id: uuid.UUID | None) -> dict[str, Any]:
+    """One activity's new state as ``update_activities_of_runs`` binds it (a JSON
+    object, without its run and time)."""
+    act = put.activity
+    return {
+        "key": act.key,
+        "status": act.status.value,
+        "iteration": act.iteration,
+        "attempt": act.attempt,
+        "new_attempt_id": None if attempt_id is None else str(attempt_id),
+        "parameters": act.parameters,
+        "available_at": tx.time(act.available_at),
+        "wait_signal": act.wait_signal,
+        "wait_timeout_at": tx.time(act.wait_timeout_at),
+        "signal_data": act.signal_data,
+        "outputs": act.outputs,
+        "error": None if act.error is None else act.error.as_dict(),
+        "failure_handled": act.failure_handled,
+        "cost_usd": tx.money(act.cost_usd),
+        "completed_at": tx.time(act.completed_at),
+        "clear_lease": put.release_lease or put.new_attempt,
+        "clear_details": put.new_attempt and act.attempt <= 1,
+    }
+
+
 def apply_put(
     tx: Tx, workflow_id: uuid.UUID, put: PutActivity, now: dt.datetime
 ) -> uuid.UUID | None:
-    """Write one activity's new state; returns the new attempt id if one was made."""
+    """Write one activity's new state (in a :class:`DeferredWrites`, kept for
+    its next write); returns the new attempt id if one was made."""
     act = put.activity
     attempt_id = new_id() if put.new_attempt else None
+    if isinstance(tx, DeferredWrites):
+        tx.update_activities(str(workflow_id), [_put_row(tx, put, attempt_id)], tx.time(now))
+        return attempt_id
     tx.send(
         "update_activity",
         workflow_id=str(workflow_id),
@@ -160,10 +189,11 @@ def apply_puts(
     """Write several activities' new states of one run; returns the new attempt
     ids by activity key.
 
-    Two or more distinct activities go in one statement (``update_activities``:
-    a JSON array of the same fields :func:`apply_put` binds one by one); one
-    activity, or a list naming an activity twice (whose updates must apply in
-    order), goes row by row.
+    Two or more distinct activities go in one statement (``update_activities_of_runs``:
+    a JSON array of the same fields :func:`apply_put` binds one by one), or in
+    a :class:`DeferredWrites` are kept for its next write; one activity, or a
+    list naming an activity twice (whose updates must apply in order), goes
+    row by row.
     """
     keys = [put.activity.key for put in puts]
     attempts: dict[str, uuid.UUID] = {}
@@ -175,45 +205,26 @@ def apply_puts(
         return attempts
     rows = []
     for put in puts:
-        act = put.activity
         attempt_id = new_id() if put.new_attempt else None
         if attempt_id is not None:
-            attempts[act.key] = attempt_id
-        rows.append(
-            {
-                "key": act.key,
-                "status": act.status.value,
-                "iteration": act.iteration,
-                "attempt": act.attempt,
-                "new_attempt_id": None if attempt_id is None else str(attempt_id),
-                "parameters": act.parameters,
-                "available_at": tx.time(act.available_at),
-                "wait_signal": act.wait_signal,
-                "wait_timeout_at": tx.time(act.wait_timeout_at),
-                "signal_data": act.signal_data,
-                "outputs": act.outputs,
-                "error": None if act.error is None else act.error.as_dict(),
-                "failure_handled": act.failure_handled,
-                "cost_usd": tx.money(act.cost_usd),
-                "completed_at": tx.time(act.completed_at),
-                "clear_lease": put.release_lease or put.new_attempt,
-                "clear_details": put.new_attempt and act.attempt <= 1,
-            }
-        )
+            attempts[put.activity.key] = attempt_id
+        rows.append(_put_row(tx, put, attempt_id))
+    if isinstance(tx, DeferredWrites):
+        tx.update_activities(str(workflow_id), rows, tx.time(now))
+        return attempts
+    run, at = str(workflow_id), tx.time(now)
     tx.send(
-        "update_activities",
-        workflow_id=str(workflow_id),
-        activities=tx.json(rows),
-        now=tx.time(now),
+        "update_activities_of_runs",
+        activities=tx.json([{**row, "workflow_id": run, "now": at} for row in rows]),
     )
     return attempts
 
 
 def append_events(tx: Tx, workflow_id: uuid.UUID, emits: Iterable[Emit], now: dt.datetime) -> int:
     """Append events to the run's history, in order, in one statement (or, in a
-    :class:`DeferredAppends`, kept for its next write); returns how many."""
+    :class:`DeferredWrites`, kept for its next write); returns how many."""
     events = list(emits)
-    if isinstance(tx, DeferredAppends):
+    if isinstance(tx, DeferredWrites):
         tx.append_events(
             str(workflow_id),
             [{"type": e.type, "activity_key": e.activity_key, "data": e.data} for e in events],
@@ -253,7 +264,7 @@ def record_attempt(
     usage: Any = None,
 ) -> None:
     """Keep a finished attempt in the audit trail (once per attempt id); in a
-    :class:`DeferredAppends`, kept for its next write."""
+    :class:`DeferredWrites`, kept for its next write."""
     values = {
         "id": attempt_id,
         "workflow_id": str(row["workflow_id"]),
@@ -267,7 +278,7 @@ def record_attempt(
         "now": tx.time(now),
     }
     error_value = None if error is None else error.as_dict()
-    if isinstance(tx, DeferredAppends):
+    if isinstance(tx, DeferredWrites):
         tx.append_attempt({**values, "error": error_value, "usage": usage or None})
         return
     tx.send("insert_attempt", **values, error=tx.json(error_value), usage=tx.json(usage or None))

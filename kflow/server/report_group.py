@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 import trio
 
-from kflow.server.deferred_appends import DeferredAppends
+from kflow.server.deferred_writes import DeferredWrites
 from kflow.server.transitions import Effects
 from kflow.store.base import Row, Tx
 
@@ -142,7 +142,7 @@ class ReportGroup:
         """Lock the reports' runs in id order, then apply each report in that order.
 
         The reports' attempt records and events are appended together
-        (:class:`~kflow.server.deferred_appends.DeferredAppends`). The runs'
+        (:class:`~kflow.server.deferred_writes.DeferredWrites`). The runs'
         rows come with the lock, and the activities of every run with
         a single report in the group in one more statement, so those reports
         read nothing themselves. A run with several reports here is read by
@@ -164,7 +164,7 @@ class ReportGroup:
         order = sorted(self._units, key=lambda i: (rank.get(self._units[i][0], -1), i))
         answers: dict[int, dict[str, Any]] = {}
         unfinished: dict[int, Callable[[], dict[str, Any]]] = {}
-        appending = DeferredAppends(tx)
+        appending = DeferredWrites(tx)
         # Each report collects its own effects: its "no need to wake the queue"
         # must not undo a wake another report of the group needs.
         own_effects: list[Effects] = []

@@ -373,7 +373,7 @@ async def test_a_query_answered_later_sees_and_is_seen_in_statement_order(store:
 
 
 async def test_deferred_appends_end_as_if_written_one_by_one(store: Store) -> None:
-    """Attempt records and events kept by :class:`DeferredAppends` and written
+    """Attempt records and events kept by :class:`DeferredWrites` and written
     together (runs interleaved) leave the same rows as the statements one by one:
     every column, JSON values (floats, big integers, escapes, non-ASCII, null),
     money, times, each run's event order; a statement that reads them sees them."""
@@ -381,7 +381,7 @@ async def test_deferred_appends_end_as_if_written_one_by_one(store: Store) -> No
     import decimal
     import uuid
 
-    from kflow.server.deferred_appends import DeferredAppends
+    from kflow.server.deferred_writes import DeferredWrites
     from kflow.server.persistence import append_events, record_attempt
     from kflow.server.state import Emit, ErrorInfo
 
@@ -438,7 +438,7 @@ async def test_deferred_appends_end_as_if_written_one_by_one(store: Store) -> No
     await store.write(lambda tx: write(tx, direct))
 
     def write_deferred(tx: Any) -> int:
-        appending = DeferredAppends(tx)
+        appending = DeferredWrites(tx)
         write(appending, deferred)
         seen = len(appending.all("workflow_attempts", workflow_id=str(deferred[0])))
         appending.flush()
@@ -471,8 +471,21 @@ async def test_deferred_appends_end_as_if_written_one_by_one(store: Store) -> No
     assert first[1]["usage"] == [{"model": "m-✓", "input_tokens": 12, "cost_usd": "0.000125"}]
 
 
+async def _activity_rows(store: Store, run: Any) -> list[dict[str, Any]]:
+    """A run's activities as comparable values (JSON decoded; ids left out)."""
+    found = await store.read(lambda tx: tx.all("workflow_activities", workflow_id=str(run)))
+    return [
+        {
+            k: (load_json(v) if k in {"parameters", "outputs", "signal_data", "error"} else v)
+            for k, v in r.items()
+            if k not in ("workflow_id", "attempt_id")
+        }
+        for r in found
+    ]
+
+
 async def test_activities_updated_together_end_as_if_updated_one_by_one(store: Store) -> None:
-    """``update_activities`` (one statement) leaves every column as ``update_activity``
+    """``update_activities_of_runs`` (one statement) leaves every column as ``update_activity``
     row by row does: leases cleared or kept, attempts renewed, JSON values (floats,
     big integers, escapes, non-ASCII), times and money unchanged."""
     import datetime as dt
@@ -535,19 +548,8 @@ async def test_activities_updated_together_end_as_if_updated_one_by_one(store: S
     attempts = await store.write(write_together)
     assert set(attempts) == set(await store.write(write_one_by_one)) == {"k2"}
 
-    async def rows(run: uuid.UUID) -> list[dict[str, Any]]:
-        found = await store.read(lambda tx: tx.all("workflow_activities", workflow_id=str(run)))
-        return [
-            {
-                k: (load_json(v) if k in {"parameters", "outputs", "signal_data", "error"} else v)
-                for k, v in r.items()
-                if k not in ("workflow_id", "attempt_id")
-            }
-            for r in found
-        ]
-
-    assert await rows(together) == await rows(one_by_one)
-    got = {r["key"]: r for r in await rows(together)}
+    assert await _activity_rows(store, together) == await _activity_rows(store, one_by_one)
+    got = {r["key"]: r for r in await _activity_rows(store, together)}
     assert got["k1"]["outputs"] == tricky
     assert got["k1"]["worker_id"] is None  # the lease cleared
     assert got["k2"]["parameters"] == {"x": tricky, "list": [1, "二"]}
@@ -558,6 +560,116 @@ async def test_activities_updated_together_end_as_if_updated_one_by_one(store: S
     )
     assert renewed is not None
     assert renewed["key"] == "k2"
+
+
+async def test_activity_writes_kept_together_end_as_if_written_one_by_one(
+    store: Store,
+) -> None:
+    """Activity updates and next-step claims kept by :class:`DeferredWrites` for
+    several runs, written as one update and one claim statement, leave the same
+    rows and claim the same activities as the statements one by one — including
+    an activity updated twice and a run updated after its claim, which must be
+    written in order."""
+    import datetime as dt
+    import decimal
+    import uuid
+
+    from kflow._types import ActivityStatus as S
+    from kflow.server.deferred_writes import DeferredWrites
+    from kflow.server.persistence import apply_put, apply_puts
+    from kflow.server.state import ActivityState, ErrorInfo, PutActivity
+
+    now = dt.datetime(2026, 12, 7, 12, 0, 0, 654321, tzinfo=dt.UTC)
+    later = now + dt.timedelta(seconds=5, microseconds=3)
+    tricky = {"f": 0.30000000000000004, "big": 12345678901234567890, "s": 'é "q" \\', "n": None}
+    keys = ("k1", "k2", "k3", "k4")
+
+    def prepare(tx: Any, run: uuid.UUID) -> None:
+        rows = [
+            {"key": k, "position": i, "queue": "std", "activity_name": "echo",
+             "timeout_seconds": 30 + i, "settings": {}, "output_definitions": None}
+            for i, k in enumerate(keys)
+        ]  # fmt: skip
+        tx.run("insert_activities", workflow_id=str(run), activities=tx.json(rows),
+               now=tx.time(now))  # fmt: skip
+        ready = ActivityState(key="k1", status=S.PENDING, attempt=1, available_at=now)
+        apply_put(tx, run, PutActivity(activity=ready, new_attempt=True), now)
+        assert tx.all("claim_run_activities", workflow_id=str(run), queue="std",
+                      worker_id="w1", client_id="c1", now=tx.time(now), limit=1,
+                      lease_grace_micros=0, claimed_with=None)  # fmt: skip
+
+    def state(key: str, status: S, **more: Any) -> ActivityState:
+        return ActivityState(key=key, status=status, attempt=1, **more)
+
+    done = PutActivity(
+        activity=state("k1", S.COMPLETED, outputs=tricky, completed_at=later,
+                       cost_usd=decimal.Decimal("0.0021"), has_run=True),
+        release_lease=True,
+    )  # fmt: skip
+    ready_k2 = PutActivity(
+        activity=state("k2", S.PENDING, parameters={"x": tricky}, available_at=now),
+        new_attempt=True,
+    )
+    # Ready before k2: a claim that saw this update would take k3 instead.
+    ready_k3 = PutActivity(
+        activity=state("k3", S.PENDING, available_at=now - dt.timedelta(seconds=1)),
+        new_attempt=True,
+    )
+    waiting = PutActivity(
+        activity=state("k4", S.WAITING, wait_signal="go", signal_data={"d": [1.5, "二"]},
+                       error=ErrorInfo(code="E", message="nope ✗"))
+    )  # fmt: skip
+    waiting_again = PutActivity(
+        activity=state("k4", S.WAITING, wait_signal="go", failure_handled=True)
+    )
+
+    def claim(tx: Any, run: uuid.UUID, n: int) -> Any:
+        return tx.all_later(
+            "claim_run_activities", workflow_id=str(run), queue="std", worker_id=f"w{n}",
+            client_id="c-é", now=tx.time(later), limit=1, lease_grace_micros=1_500_000,
+            claimed_with=str(uuid.UUID(int=n + 1)),
+        )  # fmt: skip
+
+    def steps(tx: Any, first: uuid.UUID, second: uuid.UUID) -> list[list[str]]:
+        apply_puts(tx, first, [done, ready_k2], later)
+        first_claim = claim(tx, first, 1)
+        apply_put(tx, first, ready_k3, later)  # after the run's claim: in order
+        apply_put(tx, second, done, later)
+        apply_put(tx, second, waiting, later)
+        apply_put(tx, second, waiting_again, later)  # the same activity again: in order
+        apply_put(tx, second, ready_k2, later)
+        second_claim = claim(tx, second, 2)
+        return [[r["key"] for r in first_claim()], [r["key"] for r in second_claim()]]
+
+    direct = (uuid.uuid4(), uuid.uuid4())
+    kept = (uuid.uuid4(), uuid.uuid4())
+
+    def write_direct(tx: Any) -> list[list[str]]:
+        for run in direct:
+            prepare(tx, run)
+        return steps(tx, *direct)
+
+    def write_kept(tx: Any) -> list[list[str]]:
+        for run in kept:
+            prepare(tx, run)
+        deferred = DeferredWrites(tx)
+        claimed = steps(deferred, *kept)
+        deferred.flush()
+        return claimed
+
+    assert await store.write(write_direct) == [["k2"], ["k2"]]
+    assert await store.write(write_kept) == [["k2"], ["k2"]]
+
+    for one_by_one, together in zip(direct, kept, strict=True):
+        assert await _activity_rows(store, together) == await _activity_rows(store, one_by_one)
+    got = {r["key"]: r for r in await _activity_rows(store, kept[1])}
+    assert got["k2"]["status"] == "running"
+    assert got["k2"]["worker_id"] == "w2"
+    assert got["k4"]["failure_handled"] in (True, 1)
+    assert got["k4"]["error"] is None  # the second update won
+    assert {r["key"]: r["status"] for r in await _activity_rows(store, kept[0])} == {
+        "k1": "completed", "k2": "running", "k3": "pending", "k4": "not_scheduled",
+    }  # fmt: skip
 
 
 def test_a_reports_claim_reads_only_its_runs_rows_on_sqlite(tmp_path: pathlib.Path) -> None:
@@ -577,3 +689,64 @@ def test_a_reports_claim_reads_only_its_runs_rows_on_sqlite(tmp_path: pathlib.Pa
     conn.close()
     assert "(workflow_id=?)" in plan, plan
     assert "activities_ready" not in plan, plan
+
+
+@pytest.mark.parametrize(
+    "store", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+async def test_statements_over_lists_of_runs_read_indexes_not_tables(store: Store) -> None:
+    """PostgreSQL counts a JSON array's elements as 100 rows; with a few thousand
+    activities that made a hash join over the whole table look cheaper than the
+    primary key. The statements that take lists of runs, attempts or activities
+    must read through the indexes however the table has grown (generic plans, as
+    the prepared statements of a busy server use)."""
+    import datetime as dt
+    import json
+
+    import psycopg
+
+    from kflow.store.queries import load_queries
+
+    assert isinstance(store, PostgresStore)
+    with psycopg.connect(store.url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO workflows SELECT gen_random_uuid(), 'd', '1', 'running', '{}'::jsonb,"
+            " NULL, NULL, 0, now(), now(), NULL, NULL FROM generate_series(1, 2000)"
+        )
+        conn.execute(
+            "INSERT INTO activities (workflow_id, key, position, queue, activity_name,"
+            " timeout_seconds, settings, status, updated_at, available_at, attempt_id)"
+            " SELECT w.id, 'k' || i, i, 'std', 'echo', 30, '{}'::jsonb,"
+            " CASE WHEN i = 1 THEN 'pending' ELSE 'completed' END, now(), now(),"
+            " gen_random_uuid() FROM workflows w, generate_series(1, 5) i"
+        )
+        conn.execute("ANALYZE workflows, activities")
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        runs = [str(r[0]) for r in conn.execute("SELECT id FROM workflows LIMIT 3")]
+        attempts = [str(r[0]) for r in conn.execute("SELECT attempt_id FROM activities LIMIT 3")]
+        now = dt.datetime.now(dt.UTC).isoformat()
+        update = {"key": "k2", "status": "pending", "iteration": 0, "attempt": 1,
+                  "new_attempt_id": None, "parameters": None, "available_at": now,
+                  "wait_signal": None, "wait_timeout_at": None, "signal_data": None,
+                  "outputs": None, "error": None, "failure_handled": False, "cost_usd": "0",
+                  "completed_at": None, "clear_lease": False, "clear_details": False,
+                  "now": now}  # fmt: skip
+        claim = {"queue": "std", "worker_id": "w", "client_id": "c", "now": now,
+                 "lease_grace_micros": 0, "claimed_with": None}  # fmt: skip
+        cases = {
+            "activities_of_workflows": {"ids": json.dumps(runs)},
+            "lock_workflows_of_attempts": {"ids": json.dumps(attempts)},
+            "update_activities_of_runs": {
+                "activities": json.dumps([{**update, "workflow_id": r} for r in runs])
+            },
+            "claim_next_of_runs": {
+                "claims": json.dumps([{**claim, "workflow_id": r} for r in runs])
+            },
+        }
+        queries = load_queries("postgres")
+        for name, params in cases.items():
+            with conn.transaction(force_rollback=True):
+                plan = "\n".join(
+                    r[0] for r in conn.execute("EXPLAIN (COSTS OFF) " + queries[name], params)
+                )
+            assert "Seq Scan on activities" not in plan, f"{name}:\n{plan}"

@@ -24,7 +24,10 @@ SELECT workflow_id, key, position, queue, activity_name, timeout_seconds, settin
        wait_signal, wait_timeout_at, signal_data, worker_id, claimed_at, lease_expires_at,
        heartbeat_details, outputs, error, failure_handled, cost_usd, started_at,
        completed_at, updated_at, lease_client, reserved_usd, claimed_with
-FROM activities WHERE workflow_id IN (SELECT jsonb_array_elements_text(%(ids)s)::uuid)
+FROM activities
+-- ANY(ARRAY(...)): the planner reckons with a few runs and reads the primary key; a
+-- set-returning function counts as 100 rows, for which it would scan the table.
+WHERE workflow_id = ANY(ARRAY(SELECT jsonb_array_elements_text(%(ids)s)::uuid))
 ORDER BY workflow_id, position;
 
 -- name: activity_by_key
@@ -66,9 +69,12 @@ SET status = %(status)s,
     updated_at = %(now)s
 WHERE workflow_id = %(workflow_id)s AND key = %(key)s;
 
--- name: update_activities
--- Several activities of one run in one statement (activities: a JSON array of
--- the fields update_activity binds, each activity once); JSON null is no value.
+-- name: update_activities_of_runs
+-- Several activities, of one run or several, in one statement (activities: a
+-- JSON array of the fields update_activity binds, each activity once, with its
+-- workflow_id and now); JSON null is no value. The runs' rows are read through
+-- the primary key (ANY(ARRAY(...)), as in activities_of_workflows), not by
+-- scanning the table to join the array.
 UPDATE activities AS a
 SET status = u.item ->> 'status',
     iteration = (u.item ->> 'iteration')::integer,
@@ -93,9 +99,10 @@ SET status = u.item ->> 'status',
     heartbeat_details = CASE WHEN (u.item ->> 'clear_details')::boolean THEN NULL
                              ELSE a.heartbeat_details END,
     started_at = CASE WHEN u.item ->> 'new_attempt_id' IS NOT NULL THEN NULL ELSE a.started_at END,
-    updated_at = %(now)s
+    updated_at = (u.item ->> 'now')::timestamptz
 FROM jsonb_array_elements(%(activities)s) AS u(item)
-WHERE a.workflow_id = %(workflow_id)s AND a.key = u.item ->> 'key';
+WHERE a.workflow_id = ANY(ARRAY(SELECT (jsonb_array_elements(%(activities)s) ->> 'workflow_id')::uuid))
+  AND a.workflow_id = (u.item ->> 'workflow_id')::uuid AND a.key = u.item ->> 'key';
 
 -- name: claim_activities
 UPDATE activities
@@ -145,6 +152,45 @@ WHERE activities.workflow_id = claimable.c_workflow_id AND activities.key = clai
 RETURNING workflow_id, key, attempt_id, queue, activity_name, timeout_seconds, settings,
           output_definitions, parameters, signal_data, heartbeat_details, attempt, iteration,
           lease_expires_at;
+
+-- name: claim_next_of_runs
+-- claim_run_activities for several runs at once, at most one activity each
+-- (claims: a JSON array of {workflow_id, queue, worker_id, client_id, now,
+-- lease_grace_micros, claimed_with}, each run once). Each run's pending rows
+-- are found through the primary key, as claim_run_activities finds them. The
+-- choice is made once (MATERIALIZED): a plan that scanned it again per row of
+-- the update would, with the rows it updated already skipped, choose again.
+WITH c AS MATERIALIZED (
+    SELECT w.*, p.key AS c_key
+    FROM jsonb_to_recordset(%(claims)s) AS w(workflow_id uuid, queue text, worker_id text,
+                                            client_id text, now timestamptz,
+                                            lease_grace_micros bigint, claimed_with uuid)
+    CROSS JOIN LATERAL (
+        SELECT key FROM activities
+        WHERE workflow_id = w.workflow_id AND queue = w.queue AND status = 'pending'
+          AND available_at <= w.now
+        ORDER BY available_at
+        LIMIT 1
+        FOR UPDATE SKIP LOCKED) AS p)
+UPDATE activities
+SET status = 'running',
+    worker_id = c.worker_id,
+    lease_client = c.client_id,
+    reserved_usd = 0,
+    claimed_at = c.now,
+    started_at = c.now,
+    lease_expires_at = c.now + make_interval(secs => activities.timeout_seconds)
+                       + c.lease_grace_micros * interval '1 microsecond',
+    claimed_with = c.claimed_with,
+    updated_at = c.now
+FROM c
+WHERE activities.workflow_id = ANY(ARRAY(SELECT workflow_id FROM c))
+  AND activities.workflow_id = c.workflow_id AND activities.key = c.c_key
+RETURNING activities.workflow_id, activities.key, activities.attempt_id, activities.queue,
+          activities.activity_name, activities.timeout_seconds, activities.settings,
+          activities.output_definitions, activities.parameters, activities.signal_data,
+          activities.heartbeat_details, activities.attempt, activities.iteration,
+          activities.lease_expires_at;
 
 -- name: extend_lease
 UPDATE activities

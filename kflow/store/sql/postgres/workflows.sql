@@ -21,7 +21,8 @@ FOR UPDATE;
 SELECT id, definition_name, definition_version, status, input, unique_key, error_message,
        total_cost_usd, created_at, updated_at, completed_at, timeout_at
 FROM workflows
-WHERE id IN (SELECT jsonb_array_elements_text(%(ids)s)::uuid)
+-- ANY(ARRAY(...)) as in activities_of_workflows: the primary key, not a scan.
+WHERE id = ANY(ARRAY(SELECT jsonb_array_elements_text(%(ids)s)::uuid))
 ORDER BY id
 FOR UPDATE;
 
@@ -42,7 +43,8 @@ SELECT a.attempt_id, w.id, w.definition_name, w.definition_version, w.status, w.
        w.timeout_at
 FROM activities a
 JOIN workflows w ON w.id = a.workflow_id
-WHERE a.attempt_id IN (SELECT jsonb_array_elements_text(%(ids)s)::uuid)
+-- ANY(ARRAY(...)) as in activities_of_workflows: the attempt index, not a scan.
+WHERE a.attempt_id = ANY(ARRAY(SELECT jsonb_array_elements_text(%(ids)s)::uuid))
 ORDER BY w.id, a.attempt_id
 FOR UPDATE OF w;
 

@@ -66,9 +66,10 @@ SET status = :status,
     updated_at = :now
 WHERE workflow_id = :workflow_id AND key = :key;
 
--- name: update_activities
--- Several activities of one run in one statement (activities: a JSON array of
--- the fields update_activity binds, each activity once); JSON null is no value.
+-- name: update_activities_of_runs
+-- Several activities, of one run or several, in one statement (activities: a
+-- JSON array of the fields update_activity binds, each activity once, with its
+-- workflow_id and now); JSON null is no value; found through the primary key.
 UPDATE activities
 SET status = u.value ->> '$.status',
     iteration = u.value ->> '$.iteration',
@@ -93,9 +94,10 @@ SET status = u.value ->> '$.status',
                              ELSE heartbeat_details END,
     started_at = CASE WHEN u.value ->> '$.new_attempt_id' IS NOT NULL THEN NULL
                       ELSE started_at END,
-    updated_at = :now
+    updated_at = u.value ->> '$.now'
 FROM json_each(:activities) AS u
-WHERE activities.workflow_id = :workflow_id AND activities.key = u.value ->> '$.key';
+WHERE activities.workflow_id = u.value ->> '$.workflow_id'
+  AND activities.key = u.value ->> '$.key';
 
 -- name: claim_activities
 UPDATE activities
@@ -137,6 +139,34 @@ WHERE rowid IN (
       AND +available_at <= :now
     ORDER BY available_at
     LIMIT :limit)
+RETURNING workflow_id, key, attempt_id, queue, activity_name, timeout_seconds, settings,
+          output_definitions, parameters, signal_data, heartbeat_details, attempt, iteration,
+          lease_expires_at;
+
+-- name: claim_next_of_runs
+-- claim_run_activities for several runs at once, at most one activity each
+-- (claims: a JSON array of {workflow_id, queue, worker_id, client_id, now,
+-- lease_grace_micros, claimed_with}, each run once); each run's rows are
+-- found through the primary key, as claim_run_activities finds them.
+UPDATE activities
+SET status = 'running',
+    worker_id = c.value ->> '$.worker_id',
+    lease_client = c.value ->> '$.client_id',
+    reserved_usd = '0',
+    claimed_at = c.value ->> '$.now',
+    started_at = c.value ->> '$.now',
+    lease_expires_at = (c.value ->> '$.now') + timeout_seconds * 1000000
+                       + (c.value ->> '$.lease_grace_micros'),
+    claimed_with = c.value ->> '$.claimed_with',
+    updated_at = c.value ->> '$.now'
+FROM json_each(:claims) AS c
+WHERE activities.workflow_id = c.value ->> '$.workflow_id'
+  AND activities.rowid = (
+    SELECT p.rowid FROM activities AS p
+    WHERE p.workflow_id = c.value ->> '$.workflow_id' AND +p.queue = c.value ->> '$.queue'
+      AND +p.status = 'pending' AND +p.available_at <= c.value ->> '$.now'
+    ORDER BY p.available_at
+    LIMIT 1)
 RETURNING workflow_id, key, attempt_id, queue, activity_name, timeout_seconds, settings,
           output_definitions, parameters, signal_data, heartbeat_details, attempt, iteration,
           lease_expires_at;

@@ -1,0 +1,128 @@
+"""The statements a DeferredWrites lets run before what it keeps is written
+must not touch what it keeps: checked against the SQL of every dialect."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from kflow.server.deferred_writes import BLIND_TO_ACTIVITIES, BLIND_TO_APPENDS, DeferredWrites
+from kflow.store.queries import load_queries
+
+#: A mention of either table the kept appends go to (as a whole word).
+_TOUCHES = re.compile(r"\b(attempts|events)\b", re.IGNORECASE)
+#: A mention of the table kept updates and claims go to.
+_TOUCHES_ACTIVITIES = re.compile(r"\bactivities\b", re.IGNORECASE)
+
+
+def _without_comments(sql: str) -> str:
+    return "\n".join(line.split("--", 1)[0] for line in sql.splitlines())
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgres"])
+def test_every_statement_blind_to_appends_exists_and_never_names_their_tables(
+    dialect: str,
+) -> None:
+    queries = load_queries(dialect)
+    assert set(queries) >= BLIND_TO_APPENDS, BLIND_TO_APPENDS - set(queries)
+    touching = {
+        name for name in BLIND_TO_APPENDS if _TOUCHES.search(_without_comments(queries[name]))
+    }
+    assert touching == set()
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgres"])
+def test_the_guard_recognises_statements_that_read_the_appended_tables(dialect: str) -> None:
+    queries = load_queries(dialect)
+    for name in ("get_attempt", "workflow_attempts", "workflow_events", "insert_events"):
+        assert _TOUCHES.search(_without_comments(queries[name])), name
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgres"])
+def test_every_statement_blind_to_activities_exists_and_never_names_the_table(
+    dialect: str,
+) -> None:
+    queries = load_queries(dialect)
+    assert set(queries) >= BLIND_TO_ACTIVITIES, BLIND_TO_ACTIVITIES - set(queries)
+    touching = {
+        name
+        for name in BLIND_TO_ACTIVITIES
+        if _TOUCHES_ACTIVITIES.search(_without_comments(queries[name]))
+    }
+    assert touching == set()
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgres"])
+def test_the_activities_guard_recognises_statements_that_touch_the_table(dialect: str) -> None:
+    queries = load_queries(dialect)
+    for name in ("lock_workflows_of_attempts", "workflow_activities", "claim_run_activities"):
+        assert _TOUCHES_ACTIVITIES.search(_without_comments(queries[name])), name
+
+
+class _RecordingTx:
+    """Records the statements a DeferredWrites lets through (no database: the
+    contract test in tests/integration/store checks what they write)."""
+
+    dialect = "sqlite"
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.claim_rows: list[dict[str, Any]] = []
+
+    def send(self, query: str, /, **params: Any) -> None:
+        self.sent.append(query)
+
+    def all_later(self, query: str, /, **params: Any) -> Any:
+        self.sent.append(query)
+        rows = [{"workflow_id": c["workflow_id"], "key": "next"} for c in params["claims"]]
+        return lambda: rows
+
+    def one(self, query: str, /, **params: Any) -> None:
+        self.sent.append(query)
+
+    def json(self, value: Any) -> Any:
+        return value
+
+    def time(self, value: Any) -> Any:
+        return value
+
+
+def _claim(tx: DeferredWrites, run: str) -> Any:
+    return tx.all_later(
+        "claim_run_activities", workflow_id=run, queue="std", worker_id="w", client_id="c",
+        now=0, limit=1, lease_grace_micros=0, claimed_with="a",
+    )  # fmt: skip
+
+
+def test_updates_and_claims_of_different_runs_go_out_as_two_statements() -> None:
+    inner = _RecordingTx()
+    tx = DeferredWrites(inner)  # type: ignore[arg-type]
+    answers = {}
+    for run in ("r1", "r2", "r3"):
+        tx.update_activities(run, [{"key": "a"}, {"key": "b"}], 0)
+        tx.send("set_workflow_status", id=run)  # blind: goes through, nothing written first
+        answers[run] = _claim(tx, run)
+    assert inner.sent == ["set_workflow_status"] * 3
+    assert [r["workflow_id"] for r in answers["r2"]()] == ["r2"]
+    assert inner.sent[3:] == ["update_activities_of_runs", "claim_next_of_runs"]
+    assert [r["workflow_id"] for r in answers["r1"]()] == ["r1"]  # answered from the same rows
+    tx.flush()
+    assert len(inner.sent) == 5
+
+
+def test_a_statement_that_may_see_activities_writes_what_was_kept_first() -> None:
+    inner = _RecordingTx()
+    tx = DeferredWrites(inner)  # type: ignore[arg-type]
+    tx.update_activities("r1", [{"key": "a"}], 0)
+    answer = _claim(tx, "r1")
+    tx.one("workflow_activities", workflow_id="r1")
+    assert inner.sent == ["update_activities_of_runs", "claim_next_of_runs", "workflow_activities"]
+    assert [r["workflow_id"] for r in answer()] == ["r1"]
+    tx.update_activities("r1", [{"key": "a"}], 0)
+    tx.update_activities("r1", [{"key": "a"}], 0)  # the same activity again: the first goes out
+    _claim(tx, "r2")
+    _claim(tx, "r2")  # the same run's second claim: the first goes out
+    assert inner.sent[3:] == ["update_activities_of_runs", "update_activities_of_runs",
+                              "claim_next_of_runs"]  # fmt: skip
