@@ -9,6 +9,7 @@ buffered until the activity starts waiting.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -21,6 +22,7 @@ from kflow.ids import new_id
 from kflow.model.definition import WorkflowDefinition
 from kflow.server.definitions import LoadedDefinition, deploy_in_tx
 from kflow.server.persistence import append_events, insert_activities
+from kflow.server.start_group import StartGroups
 from kflow.server.state import (
     ActivityState,
     CancelRequested,
@@ -65,7 +67,8 @@ class RunOps(TransitionEngine):
         input: Mapping[str, Any] | None = None,
         unique_key: str | None = None,
     ) -> StartedWorkflow:
-        """Create a run and start its roots, in one transaction.
+        """Create a run and start its roots, in one transaction (shared with
+        starts made at the same time: :mod:`kflow.server.start_group`).
 
         Raises:
             NotFoundError: no such definition (or version).
@@ -78,8 +81,13 @@ class RunOps(TransitionEngine):
                 tx, effects, name, version=version, input=input, unique_key=unique_key, now=now
             )
 
-        started: StartedWorkflow = await self.write(start_tx)
+        started: StartedWorkflow = await self._start_groups.start(start_tx)
         return started
+
+    @functools.cached_property
+    def _start_groups(self) -> StartGroups:
+        """Concurrent starts share transactions (:mod:`kflow.server.start_group`)."""
+        return StartGroups(self)
 
     def start_in_tx(
         self,

@@ -570,3 +570,54 @@ async def test_sdk_compatibility_routes(api: Api) -> None:
         field="inputs",
     )
     assert_error(await api.client.post("/api/v1/workflows/start", json={"name": "missing"}), 404)
+
+
+async def test_starts_made_together_each_get_their_own_answer(api: Api) -> None:
+    """Concurrent starts share transactions (kflow.server.start_group): each still
+    gets its own run, or its own error, and a group broken by one bad start
+    keeps the others."""
+    await api.deploy(TWO_STEPS)
+    writes = 0
+    real_write = api.ctx.store.write
+
+    async def counted(fn: Any) -> Any:
+        nonlocal writes
+        writes += 1
+        return await real_write(fn)
+
+    api.ctx.store.write = counted  # type: ignore[method-assign]
+
+    async def burst(bodies: list[dict[str, Any]]) -> dict[int, Any]:
+        answers: dict[int, Any] = {}
+
+        async def start(i: int) -> None:
+            answers[i] = await api.client.post("/api/v1/workflows", json=bodies[i])
+
+        async with trio.open_nursery() as nursery:
+            for i in range(len(bodies)):
+                nursery.start_soon(start, i)
+        return answers
+
+    good = [{"definition_name": "two-steps", "input": {"who": f"p{i}"}} for i in range(24)]
+    answers = await burst(good)
+    assert {r.status_code for r in answers.values()} == {201}
+    assert writes < len(good)  # shared transactions
+    started = {r.json()["workflow_id"] for r in answers.values()}
+    assert len(started) == 24
+    firsts = await api.poll(n=50)
+    assert {i["workflow_id"] for i in firsts} == started
+    assert {i["parameters"]["who"] for i in firsts} == {f"p{i}" for i in range(24)}
+
+    mixed = [{"definition_name": "two-steps", "input": {"who": f"q{i}"}} for i in range(12)]
+    mixed[5] = {"definition_name": "no-such-definition", "input": {}}
+    mixed[8] = {"definition_name": "two-steps", "input": {"who": "u"}, "unique_key": "once"}
+    mixed[10] = {"definition_name": "two-steps", "input": {"who": "u"}, "unique_key": "once"}
+    answers = await burst(mixed)
+    statuses = {i: r.status_code for i, r in answers.items()}
+    assert statuses.pop(5) == 404
+    assert sorted([statuses.pop(8), statuses.pop(10)]) == [201, 409]
+    assert set(statuses.values()) == {201}
+    firsts = await api.poll(n=50)
+    assert len(firsts) == 10
+    listed = (await api.client.get("/api/v1/workflows", params={"limit": 100})).json()
+    assert len(listed["workflows"]) == 24 + 10

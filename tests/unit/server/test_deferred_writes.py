@@ -8,7 +8,12 @@ from typing import Any
 
 import pytest
 
-from kflow.server.deferred_writes import BLIND_TO_ACTIVITIES, BLIND_TO_APPENDS, DeferredWrites
+from kflow.server.deferred_writes import (
+    BLIND_TO_ACTIVITIES,
+    BLIND_TO_APPENDS,
+    NEW_RUN_INSERTS,
+    DeferredWrites,
+)
 from kflow.store.queries import load_queries
 
 #: A mention of either table the kept appends go to (as a whole word).
@@ -59,6 +64,19 @@ def test_the_activities_guard_recognises_statements_that_touch_the_table(dialect
     queries = load_queries(dialect)
     for name in ("lock_workflows_of_attempts", "workflow_activities", "claim_run_activities"):
         assert _TOUCHES_ACTIVITIES.search(_without_comments(queries[name])), name
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgres"])
+def test_new_run_inserts_only_insert_and_read_no_table(dialect: str) -> None:
+    # Kept updates and claims name existing rows of other runs: a statement that
+    # only inserts a new run's rows cannot see them or be seen by them.
+    queries = load_queries(dialect)
+    for name in NEW_RUN_INSERTS:
+        sql = _without_comments(queries[name])
+        assert re.match(r"\s*INSERT INTO activities\b", sql), name
+        assert not re.search(r"\b(UPDATE|DELETE|JOIN|CONFLICT)\b", sql, re.IGNORECASE), name
+        tables = re.findall(r"\bFROM\s+(\w+)", sql, re.IGNORECASE)
+        assert set(tables) <= {"jsonb_array_elements", "json_each"}, (name, tables)
 
 
 class _RecordingTx:
