@@ -70,9 +70,19 @@ class _JsonAsText(Loader):
         return bytes(data).decode()
 
 
+class _UuidAsText(Loader):
+    """Load uuid as its text, as SQLite stores it: rows are alike in both dialects,
+    and the ids that go back into statements or out in answers need no
+    conversion (``UUID`` objects were ~4 % of the server's CPU)."""
+
+    def load(self, data: Any) -> str:
+        return bytes(data).decode()
+
+
 def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.adapters.register_loader("jsonb", _JsonAsText)
     conn.adapters.register_loader("json", _JsonAsText)
+    conn.adapters.register_loader("uuid", _UuidAsText)
 
 
 class PgTx:
