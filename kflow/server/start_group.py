@@ -49,7 +49,7 @@ MAX_GROUP = 100
 LANES = 2
 
 
-@attrs.define
+@attrs.define(eq=False)  # compared by identity: the queue holds each start once
 class _Pending(Generic[T]):
     unit: StartUnit[T]
     done: bool = False
