@@ -147,6 +147,7 @@ class RunOps(TransitionEngine):
         )
         if timeout_at is not None:
             effects.timers.append(timeout_at)
+        effects.own_runs.add(workflow_id)  # created here: its ready roots may go to parked polls
         result = self.transition(tx, effects, state, WorkflowStarted(), now)
         return StartedWorkflow(
             id=workflow_id,

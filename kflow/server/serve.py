@@ -37,6 +37,7 @@ from kflow.server.context import ServerContext
 from kflow.server.dispatcher import Dispatcher
 from kflow.server.engine import Engine, EngineSettings
 from kflow.server.events import EventHub
+from kflow.server.handoff import ParkedHandOff
 from kflow.server.metrics import Metrics
 from kflow.server.scheduler import Scheduler
 from kflow.server.timer_ops import TimerOps
@@ -123,11 +124,14 @@ async def build_context(
     auth = Authenticator(
         store, key, insecure_dev=config.insecure_dev, token_ttl_seconds=config.token_ttl_seconds
     )
+    worker_ops = WorkerOps(engine)
+    if store.dialect == "postgres":  # see kflow.server.handoff for why not on SQLite
+        engine.handoff = ParkedHandOff(dispatcher, worker_ops)
     return ServerContext(
         config=config,
         store=store,
         engine=engine,
-        worker_ops=WorkerOps(engine),
+        worker_ops=worker_ops,
         timer_ops=timer_ops,
         dispatcher=dispatcher,
         hub=hub,

@@ -76,6 +76,24 @@ class NullHooks:
         pass
 
 
+class HandOff(Protocol):
+    """Hands work a transaction made ready to parked polls, inside that transaction
+    (:class:`kflow.server.handoff.ParkedHandOff`)."""
+
+    def claim(self, tx: Tx, effects: Effects, now: dt.datetime) -> list[Any]:
+        """Claim ready work of ``effects.own_runs`` for parked polls; the hand-overs
+        to :meth:`deliver` after the commit (or :meth:`release` without one)."""
+        ...
+
+    def deliver(self, handed: list[Any]) -> None:
+        """The transaction committed: give each poll its items."""
+        ...
+
+    def release(self, handed: list[Any]) -> None:
+        """The transaction did not commit (or runs again): the polls wait on."""
+        ...
+
+
 @attrs.frozen(kw_only=True)
 class EngineSettings:
     """Timing rules of the engine."""
@@ -98,12 +116,17 @@ class Effects:
     workflows: set[uuid.UUID] = attrs.field(factory=set)
     #: Runs that reached a final status (also in ``workflows``: their history grew).
     finished: set[uuid.UUID] = attrs.field(factory=set)
+    #: Runs this transaction created or locked: the work it made ready in them
+    #: may be handed to parked polls inside it (:class:`HandOff`). Only a
+    #: transaction that holds every one of them may name them.
+    own_runs: set[uuid.UUID] = attrs.field(factory=set)
 
     def merge(self, other: Effects) -> None:
         self.queues |= other.queues
         self.timers.extend(other.timers)
         self.workflows |= other.workflows
         self.finished |= other.finished
+        self.own_runs |= other.own_runs
 
     def clear(self) -> None:
         """Forget everything (a retried transaction starts over)."""
@@ -111,6 +134,7 @@ class Effects:
         self.timers.clear()
         self.workflows.clear()
         self.finished.clear()
+        self.own_runs.clear()
 
     def finish(self, workflow_id: uuid.UUID) -> None:
         """``workflow_id`` reached a final status (and its history grew)."""
@@ -181,6 +205,9 @@ class TransitionEngine:
         self._secret_names = frozenset(self.settings.secrets)
         #: Names this process in cross-server notifications (it ignores its own).
         self.instance_id = new_id().hex
+        #: Set by the server: work made ready in a transaction's own runs goes
+        #: straight to parked polls of this process.
+        self.handoff: HandOff | None = None
 
     # ---- plumbing ---------------------------------------------------------------
 
@@ -199,17 +226,36 @@ class TransitionEngine:
         Other server processes on the same database learn about the effects
         through a notification sent in the transaction (delivered on commit).
         If the store retries the transaction, the effects start over.
+
+        Work that ``fn`` made ready in its own runs (``effects.own_runs``) is
+        claimed, in the same transaction, for polls parked in this process
+        (:attr:`handoff`) and given to them after the commit; queues left
+        with nothing of it are not woken.
         """
         effects = Effects()
+        handoff = self.handoff
+        handed: list[Any] = []
 
         def unit(tx: Tx) -> Any:
             effects.clear()
+            if handed and handoff is not None:  # a rerun: the polls wait on
+                handoff.release(handed)
+                handed.clear()
             result = fn(tx, effects)
+            if handoff is not None and effects.own_runs and effects.queues:
+                handed.extend(handoff.claim(tx, effects, self.clock.now()))
             if effects:
                 tx.notify(NOTIFY_CHANNEL, effects.payload(self.instance_id))
             return result
 
-        result = await self.store.write(unit)
+        try:
+            result = await self.store.write(unit)
+        except BaseException:
+            if handed and handoff is not None:
+                handoff.release(handed)
+            raise
+        if handed and handoff is not None:
+            handoff.deliver(handed)
         self.after_commit(effects)
         return result
 

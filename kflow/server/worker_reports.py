@@ -269,6 +269,8 @@ class WorkerReports(WorkerClaims):
                 activities = (
                     tx.all("workflow_activities", workflow_id=str(run["id"])) if run else []
                 )
+            if run is not None:  # locked: what the report makes ready may go to parked polls
+                effects.own_runs.add(uuid.UUID(str(run["id"])))
             wanted = str(attempt_id)
             row = next((a for a in activities if str(a["attempt_id"]) == wanted), None)
 

@@ -16,6 +16,7 @@ from starlette.routing import Route
 from kflow._serde import to_decimal
 from kflow.errors import KflowError, NotFoundError, ValidationFailed
 from kflow.server.context import ServerContext, context_of
+from kflow.server.dispatcher import ParkedPoll
 from kflow.server.errors import STATUS_BY_CODE
 from kflow.server.http import JSONResponse, envelope, hung_up, path_uuid, read_object
 from kflow.server.report_group import ReportGroup, ReportSlot
@@ -188,8 +189,12 @@ async def _long_poll(
 ) -> list[dict[str, Any]]:
     """Claim, and if nothing is there park until work arrives or ``wait`` ends.
 
-    A client that hangs up while parked stops the wait; the claim itself is
-    never interrupted, so claimed work is always returned to the caller.
+    While parked, the poll may be handed work claimed for it by the
+    transaction that made the work ready (:mod:`kflow.server.handoff`); it
+    answers with that work without a claim of its own. A client that hangs
+    up while parked stops the wait; the claim itself is never interrupted,
+    so claimed work is always returned to the caller — or, if the caller is
+    gone, put back in its queue.
     """
     deadline = trio.current_time() + wait
     state: dict[str, Any] = {"gone": False, "scope": None}
@@ -208,14 +213,40 @@ async def _long_poll(
                 items = await _claim(ctx, queue, worker_id, limit, lambda: state["gone"], client_id)
                 if items or state["gone"] or trio.current_time() >= deadline:
                     return items
+                parked = ParkedPoll(worker_id, client_id, limit)
                 state["scope"] = scope = trio.CancelScope()
-                with scope:
-                    woken = await ctx.dispatcher.wait(queue, seen, deadline)
+                try:
+                    with scope:
+                        woken = await ctx.dispatcher.wait(queue, seen, deadline, parked)
+                finally:  # a hand-over may be on its way: take it, or put it back
+                    handed = await _handed(ctx, parked, worker_id, lambda: state["gone"])
                 state["scope"] = None
+                if handed:
+                    return handed
                 if state["gone"] or not woken:
                     return []
         finally:
             nursery.cancel_scope.cancel()
+
+
+async def _handed(
+    ctx: ServerContext, parked: ParkedPoll, worker_id: str, gone: Callable[[], bool]
+) -> list[dict[str, Any]]:
+    """What a transaction handed to ``parked`` (waiting for one still being
+    committed); released back to the queue if the caller is gone or cancelled."""
+    with trio.CancelScope(shield=True):
+        items = await parked.settled()
+        abandoned = bool(items) and gone()
+    try:
+        await trio.lowlevel.checkpoint_if_cancelled()
+    except trio.Cancelled:
+        abandoned = bool(items)
+        raise
+    finally:
+        if abandoned:
+            with trio.CancelScope(shield=True):
+                await ctx.worker_ops.release(items, worker_id)
+    return [] if abandoned else items
 
 
 async def poll(request: Request) -> JSONResponse:

@@ -192,6 +192,38 @@ RETURNING activities.workflow_id, activities.key, activities.attempt_id, activit
           activities.heartbeat_details, activities.attempt, activities.iteration,
           activities.lease_expires_at;
 
+-- name: claim_ready_of_runs
+-- Up to limit ready activities of one queue among runs the claiming transaction
+-- created or locked (ids: a JSON array of run ids), for one worker: the work that
+-- transaction made ready, handed to a parked poll (kflow.server.handoff). The
+-- runs' rows are read through the primary key (ANY(ARRAY(...))); the choice is
+-- made once (MATERIALIZED), as in claim_next_of_runs.
+WITH c AS MATERIALIZED (
+    SELECT workflow_id AS c_workflow_id, key AS c_key FROM activities
+    WHERE workflow_id = ANY(ARRAY(SELECT jsonb_array_elements_text(%(ids)s)::uuid))
+      AND queue = %(queue)s AND status = 'pending' AND available_at <= %(now)s
+    ORDER BY available_at, workflow_id, position
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED)
+UPDATE activities
+SET status = 'running',
+    worker_id = %(worker_id)s,
+    lease_client = %(client_id)s,
+    reserved_usd = 0,
+    claimed_at = %(now)s,
+    started_at = %(now)s,
+    lease_expires_at = %(now)s + make_interval(secs => activities.timeout_seconds)
+                       + %(lease_grace_micros)s * interval '1 microsecond',
+    claimed_with = NULL,
+    updated_at = %(now)s
+FROM c
+WHERE activities.workflow_id = c.c_workflow_id AND activities.key = c.c_key
+RETURNING activities.workflow_id, activities.key, activities.attempt_id, activities.queue,
+          activities.activity_name, activities.timeout_seconds, activities.settings,
+          activities.output_definitions, activities.parameters, activities.signal_data,
+          activities.heartbeat_details, activities.attempt, activities.iteration,
+          activities.lease_expires_at;
+
 -- name: extend_lease
 UPDATE activities
 SET lease_expires_at = GREATEST(lease_expires_at, %(lease_expires_at)s),

@@ -171,6 +171,31 @@ RETURNING workflow_id, key, attempt_id, queue, activity_name, timeout_seconds, s
           output_definitions, parameters, signal_data, heartbeat_details, attempt, iteration,
           lease_expires_at;
 
+-- name: claim_ready_of_runs
+-- Up to limit ready activities of one queue among runs the claiming transaction
+-- created or locked (ids: a JSON array of run ids), for one worker: the work that
+-- transaction made ready, handed to a parked poll (kflow.server.handoff). The
+-- unary + keeps SQLite on the primary key, as in claim_run_activities.
+UPDATE activities
+SET status = 'running',
+    worker_id = :worker_id,
+    lease_client = :client_id,
+    reserved_usd = '0',
+    claimed_at = :now,
+    started_at = :now,
+    lease_expires_at = :now + timeout_seconds * 1000000 + :lease_grace_micros,
+    claimed_with = NULL,
+    updated_at = :now
+WHERE rowid IN (
+    SELECT rowid FROM activities
+    WHERE workflow_id IN (SELECT value FROM json_each(:ids)) AND +queue = :queue
+      AND +status = 'pending' AND +available_at <= :now
+    ORDER BY available_at, workflow_id, position
+    LIMIT :limit)
+RETURNING workflow_id, key, attempt_id, queue, activity_name, timeout_seconds, settings,
+          output_definitions, parameters, signal_data, heartbeat_details, attempt, iteration,
+          lease_expires_at;
+
 -- name: extend_lease
 UPDATE activities
 SET lease_expires_at = MAX(lease_expires_at, :lease_expires_at),

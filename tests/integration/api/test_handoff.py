@@ -1,0 +1,201 @@
+"""Work handed to parked long-polls by the transaction that made it ready (PostgreSQL)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+
+from kflow.store.base import Tx
+from tests.integration.conftest import Api
+
+pytestmark = pytest.mark.parametrize(
+    "api", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+
+CHAIN = """
+name: chain
+activities:
+  - key: a
+    activity_name: echo
+  - key: b
+    activity_name: echo
+    depends_on: [a]
+"""
+
+FAN = """
+name: fan
+activities:
+  - key: first
+    activity_name: echo
+  - {key: p1, activity_name: echo, depends_on: [first]}
+  - {key: p2, activity_name: echo, depends_on: [first]}
+  - {key: p3, activity_name: echo, depends_on: [first]}
+  - {key: p4, activity_name: echo, depends_on: [first]}
+  - {key: p5, activity_name: echo, depends_on: [first]}
+"""
+
+
+def _count_claims(api: Api) -> list[str]:
+    """Record every claim transaction a poll makes (the worker id of each)."""
+    made: list[str] = []
+    claim = api.ctx.worker_ops.claim
+
+    async def counted(queue: str, worker_id: str, limit: int, client_id: str = "dev") -> Any:
+        made.append(worker_id)
+        return await claim(queue, worker_id, limit, client_id)
+
+    api.ctx.worker_ops.claim = counted  # type: ignore[method-assign]
+    return made
+
+
+async def _parked(api: Api, worker_id: str, n: int = 10) -> tuple[Any, dict[str, Any]]:
+    """Start a long-poll of ``worker_id`` and return once it is parked."""
+    got: dict[str, Any] = {}
+
+    async def poll(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scope:
+            got["scope"] = scope
+            task_status.started()
+            got["items"] = await api.poll(worker_id=worker_id, n=n, wait=20)
+
+    return poll, got
+
+
+async def _events(api: Api, workflow_id: str) -> list[dict[str, Any]]:
+    response = await api.client.get(
+        f"/api/v1/workflows/{workflow_id}/events",
+        params={"from_event_id": 0},
+        headers={"Accept": "application/json"},
+    )
+    assert response.status_code == 200, response.text
+    return list(response.json())
+
+
+async def _until_parked(api: Api, count: int) -> None:
+    with trio.fail_after(5):
+        while sum(len(p) for p in api.ctx.dispatcher._parked.values()) < count:
+            await trio.sleep(0.01)
+
+
+async def test_a_start_hands_its_first_activity_to_one_parked_poll(api: Api) -> None:
+    await api.deploy(CHAIN)
+    claims = _count_claims(api)
+    first, got_first = await _parked(api, "w1")
+    second, got_second = await _parked(api, "w2")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(first)
+        await _until_parked(api, 1)
+        await nursery.start(second)
+        await _until_parked(api, 2)
+        assert claims == ["w1", "w2"]  # each claimed once before parking
+        workflow_id = await api.start("chain")
+        with trio.fail_after(5):
+            while "items" not in got_first:
+                await trio.sleep(0.01)
+        [item] = got_first["items"]
+        assert (item["workflow_id"], item["activity_key"]) == (workflow_id, "a")
+        await trio.sleep(0.2)
+        assert "items" not in got_second  # nothing was made for it: not even woken
+        assert claims == ["w1", "w2"]  # the start's own transaction claimed it
+        assert api.ctx.dispatcher.waiting_queues() == ["std"]
+        got_second["scope"].cancel()
+    run = await api.run(workflow_id)
+    assert run["status"] == "running"
+    started = [e for e in await _events(api, workflow_id) if e["type"] == "activity.started"]
+    assert [(e["activity_key"], e["data"]["worker_id"]) for e in started] == [("a", "w1")]
+    # The worker reports as after any claim; the run goes on.
+    response = await api.complete(item, worker_id="w1", value=1)
+    assert response.status_code == 200, response.text
+    [b] = await api.poll(worker_id="w1")
+    assert b["activity_key"] == "b"
+
+
+async def test_work_beyond_what_parked_polls_take_wakes_the_queue(api: Api) -> None:
+    await api.deploy(FAN)
+    workflow_id = await api.start("fan")
+    [first] = await api.poll(worker_id="w1")
+    claims = _count_claims(api)
+    poll, got = await _parked(api, "w2", n=2)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(poll)
+        await _until_parked(api, 1)
+        response = await api.complete(first, worker_id="w1")  # makes five ready
+        assert response.status_code == 200, response.text
+    assert len(got["items"]) == 2  # as many as it asked for, from the completion
+    assert claims == ["w2"]  # its claim before parking only
+    rest = await api.poll(worker_id="w3", n=10)  # the queue was woken for the others
+    keys = [i["activity_key"] for i in got["items"] + rest]
+    assert sorted(keys) == ["p1", "p2", "p3", "p4", "p5"]
+    started = [e for e in await _events(api, workflow_id) if e["type"] == "activity.started"]
+    assert sorted(e["activity_key"] for e in started) == ["first", "p1", "p2", "p3", "p4", "p5"]
+
+
+@pytest.mark.parametrize("failing", ["the hand-over claim", "the commit"])
+async def test_a_transaction_that_does_not_commit_hands_nothing(
+    api: Api, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    await api.deploy(CHAIN)
+    engine = api.ctx.engine
+
+    def break_it() -> None:
+        if failing == "the hand-over claim":
+
+            def hand_out_fails(*args: Any, **kwargs: Any) -> list[Any]:
+                raise RuntimeError("rolled back while the hand-over was claimed")
+
+            monkeypatch.setattr(api.ctx.worker_ops, "_hand_out", hand_out_fails)
+            return
+        write = api.ctx.store.write
+
+        async def write_then_fail(unit: Any) -> Any:
+            def unit_then_fail(tx: Tx) -> Any:
+                unit(tx)
+                raise RuntimeError("rolled back after the hand-over was claimed")
+
+            return await write(unit_then_fail)
+
+        monkeypatch.setattr(api.ctx.store, "write", write_then_fail)
+
+    poll, got = await _parked(api, "w1")
+    with trio.fail_after(10):  # a reservation never released would hold the poll forever
+        async with trio.open_nursery() as nursery:
+            await nursery.start(poll)
+            await _until_parked(api, 1)
+            break_it()
+            with pytest.raises(RuntimeError, match="rolled back"):
+                await engine.start("chain")
+            await trio.sleep(0.2)
+            assert "items" not in got  # released: still parked, and free again
+            [parked] = api.ctx.dispatcher._parked["std"]
+            if parked.reserved:  # the poll would wait for it forever: stop here
+                api.ctx.dispatcher.release(parked)
+                got["scope"].cancel()
+                pytest.fail("the reservation of the rolled-back transaction was kept")
+            monkeypatch.undo()
+            workflow_id = await api.start("chain")
+    [item] = got["items"]
+    assert item["workflow_id"] == workflow_id
+    listed = await api.client.get("/api/v1/workflows")
+    assert [w["workflow_id"] for w in listed.json()["workflows"]] == [workflow_id]
+
+
+async def test_a_poll_cancelled_as_work_is_handed_to_it_puts_the_work_back(api: Api) -> None:
+    await api.deploy(CHAIN)
+    poll, got = await _parked(api, "w1")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(poll)
+        await _until_parked(api, 1)
+        started = await api.ctx.engine.start("chain")  # delivered to the poll on commit
+        got["scope"].cancel()  # before the poll could answer
+    assert "items" not in got
+    workflow_id = str(started.id)
+    events = await _events(api, workflow_id)
+    assert [e["type"] for e in events if e["activity_key"] == "a"] == [
+        "activity.scheduled",
+        "activity.started",
+        "activity.released",
+    ]
+    [item] = await api.poll(worker_id="w2")  # back in the queue, attempt unused
+    assert (item["workflow_id"], item["activity_key"], item["attempt"]) == (workflow_id, "a", 1)
