@@ -68,6 +68,8 @@ class Dispatcher:
     def __init__(self) -> None:
         self._sequence: collections.Counter[str] = collections.Counter()
         self._parked: dict[str, list[ParkedPoll]] = {}
+        #: The sequence of each queue at which a claim left it empty.
+        self._drained: dict[str, int] = {}
 
     def sequence(self, queue: str) -> int:
         """A number that changes whenever work is enqueued for ``queue``."""
@@ -80,9 +82,25 @@ class Dispatcher:
             parked._poke()
 
     def wake_all(self) -> None:
-        """Wake every parked poll (used after recovery sweeps)."""
-        for queue in list(self._parked):
+        """Wake every parked poll and forget every queue found empty (after a
+        reconnection to other servers' news: anything may have happened)."""
+        self._drained.clear()
+        for queue in set(self._parked) | set(self._sequence):
             self.wake(queue)
+
+    def drained(self, queue: str, seen: int) -> None:
+        """A claim that began at sequence ``seen`` took everything ready in ``queue``."""
+        if self._sequence[queue] == seen:
+            self._drained[queue] = seen
+
+    def known_empty(self, queue: str) -> bool:
+        """Whether a claim found ``queue`` empty and no work was announced for it since.
+
+        Every commit that makes work ready wakes its queue (here, or through
+        another server's notification), so a poll may park without a claim of
+        its own — it still claims once before it answers empty.
+        """
+        return self._drained.get(queue, -1) == self._sequence[queue]
 
     async def wait(
         self, queue: str, seen: int, deadline: float, parked: ParkedPoll | None = None

@@ -189,7 +189,10 @@ async def _long_poll(
 ) -> list[dict[str, Any]]:
     """Claim, and if nothing is there park until work arrives or ``wait`` ends.
 
-    While parked, the poll may be handed work claimed for it by the
+    A poll finding its queue known to be empty (:meth:`Dispatcher.known_empty`:
+    a claim found nothing and no work was announced since) parks without a
+    claim of its own, and claims once before it answers empty at its
+    deadline. While parked, the poll may be handed work claimed for it by the
     transaction that made the work ready (:mod:`kflow.server.handoff`); it
     answers with that work without a claim of its own. A client that hangs
     up while parked stops the wait; the claim itself is never interrupted,
@@ -208,10 +211,20 @@ async def _long_poll(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch_disconnect)
         try:
+            claimed = False
             while True:
                 seen = ctx.dispatcher.sequence(queue)
-                items = await _claim(ctx, queue, worker_id, limit, lambda: state["gone"], client_id)
-                if items or state["gone"] or trio.current_time() >= deadline:
+                over = trio.current_time() >= deadline
+                if claimed or over or not ctx.dispatcher.known_empty(queue):
+                    items = await _claim(
+                        ctx, queue, worker_id, limit, lambda: state["gone"], client_id
+                    )
+                    claimed = True
+                    if len(items) < limit:
+                        ctx.dispatcher.drained(queue, seen)
+                else:  # nothing was made ready since a claim found the queue empty
+                    items = []
+                if items or state["gone"] or (claimed and over):
                     return items
                 parked = ParkedPoll(worker_id, client_id, limit)
                 state["scope"] = scope = trio.CancelScope()
@@ -223,8 +236,9 @@ async def _long_poll(
                 state["scope"] = None
                 if handed:
                     return handed
-                if state["gone"] or not woken:
+                if state["gone"] or (claimed and not woken):
                     return []
+                # Woken: claim. At the deadline without a claim yet: claim once.
         finally:
             nursery.cancel_scope.cancel()
 

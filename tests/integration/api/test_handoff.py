@@ -89,7 +89,7 @@ async def test_a_start_hands_its_first_activity_to_one_parked_poll(api: Api) -> 
         await _until_parked(api, 1)
         await nursery.start(second)
         await _until_parked(api, 2)
-        assert claims == ["w1", "w2"]  # each claimed once before parking
+        assert claims == ["w1"]  # w2 parked without a claim: w1's found the queue empty
         workflow_id = await api.start("chain")
         with trio.fail_after(5):
             while "items" not in got_first:
@@ -98,7 +98,7 @@ async def test_a_start_hands_its_first_activity_to_one_parked_poll(api: Api) -> 
         assert (item["workflow_id"], item["activity_key"]) == (workflow_id, "a")
         await trio.sleep(0.2)
         assert "items" not in got_second  # nothing was made for it: not even woken
-        assert claims == ["w1", "w2"]  # the start's own transaction claimed it
+        assert claims == ["w1"]  # the start's own transaction claimed it
         assert api.ctx.dispatcher.waiting_queues() == ["std"]
         got_second["scope"].cancel()
     run = await api.run(workflow_id)
@@ -199,3 +199,29 @@ async def test_a_poll_cancelled_as_work_is_handed_to_it_puts_the_work_back(api: 
     ]
     [item] = await api.poll(worker_id="w2")  # back in the queue, attempt unused
     assert (item["workflow_id"], item["activity_key"], item["attempt"]) == (workflow_id, "a", 1)
+
+
+async def test_a_poll_that_parked_without_a_claim_claims_before_answering_empty(
+    api: Api,
+) -> None:
+    """Work made ready without a wake (as after a lost notification) still reaches
+    a poll that parked on a queue known to be empty: it claims at its deadline."""
+    await api.deploy(CHAIN)
+    engine = api.ctx.engine
+    assert await api.poll(worker_id="w1", wait=0.2) == []  # finds the queue empty
+    assert api.ctx.dispatcher.known_empty("std")
+
+    def start_unannounced(tx: Tx, effects: Any) -> str:
+        started = engine.start_in_tx(tx, effects, "chain", now=engine.clock.now())
+        effects.queues.clear()  # nobody is told
+        effects.own_runs.clear()
+        return str(started.id)
+
+    workflow_id = await engine.write(start_unannounced)
+    claims = _count_claims(api)
+    with trio.fail_after(5):
+        started = trio.current_time()
+        [item] = await api.poll(worker_id="w2", wait=1)
+    assert trio.current_time() - started >= 1  # parked first, then claimed
+    assert claims == ["w2"]
+    assert item["workflow_id"] == workflow_id

@@ -105,3 +105,21 @@ async def test_a_wake_before_the_wait_is_not_lost(autojump_clock: trio.abc.Clock
     dispatcher.wake("q")  # work committed between the claim and the park
     with trio.fail_after(1):
         assert await dispatcher.wait("q", seen, 30, ParkedPoll("w1", "c", 1))
+
+
+def test_a_queue_is_known_empty_until_work_is_announced() -> None:
+    dispatcher = Dispatcher()
+    assert not dispatcher.known_empty("q")  # never claimed from: anything may be there
+    seen = dispatcher.sequence("q")
+    dispatcher.drained("q", seen)
+    assert dispatcher.known_empty("q")
+    assert not dispatcher.known_empty("other")
+    dispatcher.wake("q")
+    assert not dispatcher.known_empty("q")
+    seen = dispatcher.sequence("q")
+    dispatcher.wake("q")  # work announced while that claim ran
+    dispatcher.drained("q", seen)
+    assert not dispatcher.known_empty("q")
+    dispatcher.drained("q", dispatcher.sequence("q"))
+    dispatcher.wake_all()  # a reconnection: anything may have happened
+    assert not dispatcher.known_empty("q")
