@@ -165,6 +165,18 @@ async def _claim(
     """
     with trio.CancelScope(shield=True):
         items = await ctx.worker_ops.claim(queue, worker_id, limit, client_id)
+    return await _kept_for_caller(ctx, items, worker_id, gone)
+
+
+async def _kept_for_caller(
+    ctx: ServerContext, items: list[dict[str, Any]], worker_id: str, gone: Callable[[], bool]
+) -> list[dict[str, Any]]:
+    """``items`` just claimed for ``worker_id``, or none — and the items put back in
+    their queue — if the caller is gone or the request was cancelled.
+
+    Raises:
+        trio.Cancelled: the request was cancelled (after the release).
+    """
     abandoned = bool(items) and gone()
     try:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -250,17 +262,7 @@ async def _handed(
     committed); released back to the queue if the caller is gone or cancelled."""
     with trio.CancelScope(shield=True):
         items = await parked.settled()
-        abandoned = bool(items) and gone()
-    try:
-        await trio.lowlevel.checkpoint_if_cancelled()
-    except trio.Cancelled:
-        abandoned = bool(items)
-        raise
-    finally:
-        if abandoned:
-            with trio.CancelScope(shield=True):
-                await ctx.worker_ops.release(items, worker_id)
-    return [] if abandoned else items
+    return await _kept_for_caller(ctx, items, worker_id, gone)
 
 
 async def poll(request: Request) -> JSONResponse:
