@@ -31,6 +31,7 @@ from kflow.clock import Clock, SystemClock
 from kflow.config import ServerConfig, sqlite_path
 from kflow.errors import ConfigError, ConflictError, DefinitionError
 from kflow.model.loader import load_definition
+from kflow.server import response_writes
 from kflow.server.app import build_app
 from kflow.server.auth import Authenticator, create_client_in_tx, expand, hash_secret
 from kflow.server.context import ServerContext
@@ -252,6 +253,7 @@ async def serve(
         OSError: the address cannot be bound.
     """
     config.check()
+    response_writes.install()
     shutdown = shutdown if shutdown is not None else trio.Event()
     store = await open_store(config)
     try:
