@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from starlette.requests import Request
@@ -22,6 +22,37 @@ class JSONResponse(Response):
 
     def render(self, content: Any) -> bytes:
         return dumps(content)
+
+
+class HeldJSONResponse(Response):
+    """A JSON answer whose status line and headers go out at once and whose body
+    (chunked) follows when ``body_of()`` returns.
+
+    ``body_of`` watches for the caller hanging up itself. (Starlette's
+    ``StreamingResponse`` runs its body in a task group beside a watcher of its
+    own: two more tasks per answer, ~5 % of the server's CPU on PostgreSQL
+    Sequential-5, where every run is one held start.)
+    """
+
+    media_type = "application/json"
+
+    def __init__(
+        self,
+        body_of: Callable[[], Awaitable[Any]],
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self._body_of = body_of
+        self.status_code = status_code
+        self.background = None
+        self.init_headers(headers)  # no body yet: no Content-Length, so chunked
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        body = dumps(await self._body_of())
+        await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 def envelope(code: str, message: str, details: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -11,22 +11,27 @@ Clients loop on it to wait for a result.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import trio
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
-from kflow._serde import dumps
 from kflow._types import WorkflowStatus
 from kflow.errors import ValidationFailed
 from kflow.server import views
 from kflow.server.context import ServerContext, context_of
 from kflow.server.engine import StartedWorkflow
 from kflow.server.events import finished_key
-from kflow.server.http import JSONResponse, QueryParams, hung_up, path_uuid, read_object
+from kflow.server.http import (
+    HeldJSONResponse,
+    JSONResponse,
+    QueryParams,
+    hung_up,
+    path_uuid,
+    read_object,
+)
 from kflow.server.routes.definitions import deploy_definition
 
 _STATUSES = tuple(s.value for s in WorkflowStatus)
@@ -101,19 +106,14 @@ async def create(request: Request) -> Response:
     if wait is None:
         return JSONResponse(_started_body(started), status_code=201)
 
-    async def held_detail() -> AsyncIterator[bytes]:
-        # Starlette cancels this when the caller hangs up.
+    async def held_detail() -> dict[str, Any]:
         if wait:
             known = (baseline, started.status.value)
-            yield dumps(await _detail_when_finished(ctx, None, started.id, wait, known=known))
-        else:
-            yield dumps(await _detail(ctx, started.id))
+            return await _detail_when_finished(ctx, request, started.id, wait, known=known)
+        return await _detail(ctx, started.id)
 
-    return StreamingResponse(
-        held_detail(),
-        status_code=201,
-        media_type="application/json",
-        headers={"Location": f"/api/v1/workflows/{started.id}"},
+    return HeldJSONResponse(
+        held_detail, status_code=201, headers={"Location": f"/api/v1/workflows/{started.id}"}
     )
 
 
