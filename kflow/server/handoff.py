@@ -73,6 +73,7 @@ class ParkedHandOff:
             while (poll := self._dispatcher.reserve(queue)) is not None:
                 assert poll.worker_id is not None  # reserve() only returns polls that take work
                 handed.append(Handed(poll, []))  # released with the others if this raises
+                effects.claimed_queues.add(queue)
                 rows = tx.all(
                     "claim_ready_of_runs",
                     ids=runs,

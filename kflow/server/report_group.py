@@ -168,21 +168,25 @@ class ReportGroup:
         # Each report collects its own effects: its "no need to wake the queue"
         # must not undo a wake another report of the group needs.
         own_effects: list[Effects] = []
-        for index in order:
-            attempt, unit = self._units[index]
-            run = runs.get(attempt)
-            run_id = str(run["id"]) if run is not None else None
-            own_effects.append(own := Effects())
-            if run is not None and run_id in activities:
-                answer = unit(appending, own, (run, activities[run_id]))
-                if callable(answer):  # the only report of its run: finish it below
-                    unfinished[index] = answer
-                    continue
-                answers[index] = answer
-            else:
-                answers[index] = settled(unit(appending, own))
-        for index, finish in unfinished.items():  # their claims answer together
-            answers[index] = finish()
+        try:
+            for index in order:
+                attempt, unit = self._units[index]
+                run = runs.get(attempt)
+                run_id = str(run["id"]) if run is not None else None
+                own_effects.append(own := Effects())
+                if run is not None and run_id in activities:
+                    answer = unit(appending, own, (run, activities[run_id]))
+                    if callable(answer):  # the only report of its run: finish it below
+                        unfinished[index] = answer
+                        continue
+                    answers[index] = answer
+                else:
+                    answers[index] = settled(unit(appending, own))
+            for index, finish in unfinished.items():  # their claims answer together
+                answers[index] = finish()
+        finally:  # if a report raises, the queues claimed so far must still be woken
+            for own in own_effects:
+                effects.claimed_queues |= own.claimed_queues
         for own in own_effects:
             effects.merge(own)
         appending.flush()

@@ -120,6 +120,12 @@ class Effects:
     #: may be handed to parked polls inside it (:class:`HandOff`). Only a
     #: transaction that holds every one of them may name them.
     own_runs: set[uuid.UUID] = attrs.field(factory=set)
+    #: Queues in which a claim of this transaction locked ready rows. Claims
+    #: skip rows another transaction holds (``SKIP LOCKED``), so a concurrent
+    #: poll may have found such a queue empty; if this transaction does not
+    #: commit, the rows are ready again and the queue must be woken
+    #: (:meth:`TransitionEngine.write`).
+    claimed_queues: set[str] = attrs.field(factory=set)
 
     def merge(self, other: Effects) -> None:
         self.queues |= other.queues
@@ -127,6 +133,7 @@ class Effects:
         self.workflows |= other.workflows
         self.finished |= other.finished
         self.own_runs |= other.own_runs
+        self.claimed_queues |= other.claimed_queues
 
     def clear(self) -> None:
         """Forget everything (a retried transaction starts over)."""
@@ -135,6 +142,7 @@ class Effects:
         self.workflows.clear()
         self.finished.clear()
         self.own_runs.clear()
+        self.claimed_queues.clear()
 
     def finish(self, workflow_id: uuid.UUID) -> None:
         """``workflow_id`` reached a final status (and its history grew)."""
@@ -231,12 +239,18 @@ class TransitionEngine:
         claimed, in the same transaction, for polls parked in this process
         (:attr:`handoff`) and given to them after the commit; queues left
         with nothing of it are not woken.
+
+        A claim that did not commit (the transaction failed, or ran again)
+        leaves the rows it locked ready, unseen by polls that skipped them
+        meanwhile: their queues (``effects.claimed_queues``) are woken here.
         """
         effects = Effects()
         handoff = self.handoff
         handed: list[Any] = []
+        rolled_back: set[str] = set()
 
         def unit(tx: Tx) -> Any:
+            rolled_back.update(effects.claimed_queues)  # a rerun: those claims were undone
             effects.clear()
             if handed and handoff is not None:  # a rerun: the polls wait on
                 handoff.release(handed)
@@ -253,9 +267,13 @@ class TransitionEngine:
         except BaseException:
             if handed and handoff is not None:
                 handoff.release(handed)
+            for queue in rolled_back | effects.claimed_queues:
+                self.hooks.wake(queue)
             raise
         if handed and handoff is not None:
             handoff.deliver(handed)
+        for queue in rolled_back:
+            self.hooks.wake(queue)
         self.after_commit(effects)
         return result
 

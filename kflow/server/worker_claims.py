@@ -145,6 +145,7 @@ class WorkerClaims:
             a["status"] == "pending" and a["queue"] == queue for a in activities
         ):
             return _nothing_claimed
+        effects.claimed_queues.add(queue)
         claimed = tx.all_later(
             "claim_run_activities",
             workflow_id=str(transition.state.id),

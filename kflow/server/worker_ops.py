@@ -48,6 +48,7 @@ class WorkerOps(WorkerReports):
         touch = self._should_touch(worker_id, now)
 
         def claim_tx(tx: Tx, effects: Effects) -> list[dict[str, Any]]:
+            effects.claimed_queues.add(queue)
             rows = tx.all(
                 "claim_activities",
                 queue=queue,

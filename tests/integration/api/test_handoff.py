@@ -166,14 +166,17 @@ async def test_a_transaction_that_does_not_commit_hands_nothing(
             break_it()
             with pytest.raises(RuntimeError, match="rolled back"):
                 await engine.start("chain")
+            # The undone claim woke the queue: the poll claims again (unbroken
+            # now), finds nothing and parks again.
+            monkeypatch.undo()
             await trio.sleep(0.2)
+            await _until_parked(api, 1)
             assert "items" not in got  # released: still parked, and free again
             [parked] = api.ctx.dispatcher._parked["std"]
             if parked.reserved:  # the poll would wait for it forever: stop here
                 api.ctx.dispatcher.release(parked)
                 got["scope"].cancel()
                 pytest.fail("the reservation of the rolled-back transaction was kept")
-            monkeypatch.undo()
             workflow_id = await api.start("chain")
     [item] = got["items"]
     assert item["workflow_id"] == workflow_id
@@ -225,3 +228,79 @@ async def test_a_poll_that_parked_without_a_claim_claims_before_answering_empty(
     assert trio.current_time() - started >= 1  # parked first, then claimed
     assert claims == ["w2"]
     assert item["workflow_id"] == workflow_id
+
+
+async def test_a_claim_that_rolls_back_wakes_the_polls_that_skipped_its_rows(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # w1's claim locks the ready row, then its transaction fails. Meanwhile w2's
+    # poll claims, skips the locked row (SKIP LOCKED), finds the queue empty and
+    # parks. The row is ready again after the rollback: w2 must hear of it now,
+    # not at the end of its 20-second wait.
+    await api.deploy(CHAIN)
+    workflow_id = await api.start("chain")
+    ops = api.ctx.worker_ops
+    hand_out = ops._hand_out
+    locked = trio.Event()
+
+    def breaking(tx: Any, effects: Any, rows: Any, worker_id: str, now: Any, **kw: Any) -> Any:
+        if worker_id != "w1":
+            return hand_out(tx, effects, rows, worker_id, now, **kw)
+        assert [row["key"] for row in rows] == ["a"]
+        locked.set()
+        tx.raw("SELECT pg_sleep(0.5)")  # w2 polls while the row is held
+        raise RuntimeError("the claim breaks after locking its rows")
+
+    monkeypatch.setattr(ops, "_hand_out", breaking)
+    claims = _count_claims(api)
+    poll, got = await _parked(api, "w2")
+
+    async def broken_claim() -> None:
+        with pytest.raises(RuntimeError, match="breaks after locking"):
+            await ops.claim("std", "w1", 1)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(broken_claim)
+            await locked.wait()
+            await nursery.start(poll)
+            await _until_parked(api, 1)  # its claim skipped the row: the queue looked empty
+            while "items" not in got:
+                await trio.sleep(0.01)
+    [item] = got["items"]
+    assert (item["workflow_id"], item["activity_key"]) == (workflow_id, "a")
+    assert claims == ["w1", "w2", "w2"]  # w2 claimed again once w1's claim was undone
+    started = [e for e in await _events(api, workflow_id) if e["type"] == "activity.started"]
+    assert [(e["activity_key"], e["data"]["worker_id"]) for e in started] == [("a", "w2")]
+
+
+async def test_a_claim_run_again_wakes_the_queue_its_first_try_held(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The store runs a unit again after a deadlock or a lost connection: the
+    # first try's claim was undone, and polls may have skipped its rows then.
+    await api.deploy(CHAIN)
+    await api.start("chain")
+    write = api.ctx.store.write
+
+    async def write_twice(unit: Any) -> Any:
+        def first_try(tx: Tx) -> Any:
+            unit(tx)
+            raise RuntimeError("deadlock detected (as the store would retry it)")
+
+        with pytest.raises(RuntimeError, match="deadlock"):
+            await write(first_try)
+        return await write(unit)
+
+    monkeypatch.setattr(api.ctx.store, "write", write_twice)
+    woken: list[str] = []
+    wake = api.ctx.engine.hooks.wake
+
+    def spy(queue: str) -> None:
+        woken.append(queue)
+        wake(queue)
+
+    monkeypatch.setattr(api.ctx.engine.hooks, "wake", spy)
+    [item] = await api.ctx.worker_ops.claim("std", "w1", 5)
+    assert item["activity_key"] == "a"
+    assert woken == ["std"]
