@@ -267,3 +267,31 @@ async def test_serve_seeds_its_client_with_the_configured_scopes(tmp_path: pathl
                 await kf.list_workflows()
             assert refused.value.status == 403
         shutdown.set()
+
+
+async def test_a_caller_hanging_up_on_a_held_start_leaves_the_run_going(
+    server: RunningServer,
+) -> None:
+    from structlog.testing import capture_logs
+
+    async with AsyncClient(config=credentials(server)) as kf:
+        headers = await kf._headers()
+        with capture_logs() as logs:
+            async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30) as raw:
+                request = raw.build_request(
+                    "POST",
+                    "/api/v1/workflows",
+                    params={"wait_seconds": 30},
+                    json={"definition_name": "approval", "input": {"title": "gone"}},
+                )
+                response = await raw.send(request, stream=True)
+                assert response.status_code == 201
+                workflow_id = response.headers["location"].rpartition("/")[2]
+                await response.aclose()  # hang up before the run ends
+            with trio.fail_after(30):
+                while (await kf.status(workflow_id))["activities"][1]["status"] != "waiting":
+                    await trio.sleep(0.05)
+            await kf.signal(workflow_id, "publish", "approved", {"by": "ana"})
+            done = await kf.wait(workflow_id, timeout=30)
+        assert done["status"] == "completed"
+    assert [e for e in logs if e.get("log_level") in ("error", "critical")] == []
