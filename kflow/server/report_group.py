@@ -145,8 +145,9 @@ class ReportGroup:
         (:class:`~kflow.server.deferred_writes.DeferredWrites`). The runs'
         rows come with the lock, and the activities of every run with
         a single report in the group in one more statement, so those reports
-        read nothing themselves. A run with several reports here is read by
-        each of them (each must see what the one before changed).
+        read nothing themselves. A run with several reports here is read again
+        for each of them (each must see what the one before changed), under
+        the group's lock: its row and activities in one round trip.
         """
         attempts = sorted({attempt for attempt, _ in self._units.values()})
         locked = tx.all("lock_workflows_of_attempts", ids=tx.json(attempts))
@@ -180,6 +181,11 @@ class ReportGroup:
                         unfinished[index] = answer
                         continue
                     answers[index] = answer
+                elif run is not None and run_id is not None:
+                    # One of several reports of its run here: it must see what the
+                    # report before it changed, so the run is read again — without
+                    # another lock (the group holds it), in one round trip.
+                    answers[index] = settled(unit(appending, own, _read_again(appending, run_id)))
                 else:
                     answers[index] = settled(unit(appending, own))
             for index, finish in unfinished.items():  # their claims answer together
@@ -191,6 +197,15 @@ class ReportGroup:
             effects.merge(own)
         appending.flush()
         return answers
+
+
+def _read_again(tx: Tx, run_id: str) -> Loaded:
+    """The row and activities of a run the group has locked, as they are now in
+    ``tx`` (both statements sent together, one wait for their answers)."""
+    run = tx.all_later("get_workflow", id=run_id)
+    activities = tx.all_later("workflow_activities", workflow_id=run_id)
+    [row] = run()
+    return row, activities()
 
 
 class ReportSlot:
