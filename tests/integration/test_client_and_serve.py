@@ -124,6 +124,24 @@ async def test_async_client_signal_and_cancel(server: RunningServer) -> None:
         assert missing.value.code == "NOT_FOUND"
 
 
+async def _held_approval(raw: httpx.AsyncClient, title: str) -> httpx.Response:
+    """A held start of the ``approval`` example, its body left unread."""
+    request = raw.build_request(
+        "POST",
+        "/api/v1/workflows",
+        params={"wait_seconds": 30},
+        json={"definition_name": "approval", "input": {"title": title}},
+    )
+    return await raw.send(request, stream=True)
+
+
+async def _until_waiting(kf: AsyncClient, workflow_id: str) -> None:
+    """Until the approval run waits for its ``publish`` signal."""
+    with trio.fail_after(30):
+        while (await kf.status(workflow_id))["activities"][1]["status"] != "waiting":
+            await trio.sleep(0.05)
+
+
 async def test_run_holds_one_start_and_names_the_run_before_it_ends(
     server: RunningServer,
 ) -> None:
@@ -136,19 +154,11 @@ async def test_run_holds_one_start_and_names_the_run_before_it_ends(
         # ends (this one waits for a signal sent after the headers arrived).
         headers = await kf._headers()
         async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30) as raw:
-            request = raw.build_request(
-                "POST",
-                "/api/v1/workflows",
-                params={"wait_seconds": 30},
-                json={"definition_name": "approval", "input": {"title": "held"}},
-            )
-            response = await raw.send(request, stream=True)
+            response = await _held_approval(raw, "held")
             try:
                 assert response.status_code == 201
                 workflow_id = response.headers["location"].rpartition("/")[2]
-                with trio.fail_after(30):
-                    while (await kf.status(workflow_id))["activities"][1]["status"] != "waiting":
-                        await trio.sleep(0.05)
+                await _until_waiting(kf, workflow_id)
                 await kf.signal(workflow_id, "publish", "approved", {"by": "ana"})
                 body = await response.aread()
             finally:
@@ -278,19 +288,11 @@ async def test_a_caller_hanging_up_on_a_held_start_leaves_the_run_going(
         headers = await kf._headers()
         with capture_logs() as logs:
             async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30) as raw:
-                request = raw.build_request(
-                    "POST",
-                    "/api/v1/workflows",
-                    params={"wait_seconds": 30},
-                    json={"definition_name": "approval", "input": {"title": "gone"}},
-                )
-                response = await raw.send(request, stream=True)
+                response = await _held_approval(raw, "gone")
                 assert response.status_code == 201
                 workflow_id = response.headers["location"].rpartition("/")[2]
                 await response.aclose()  # hang up before the run ends
-            with trio.fail_after(30):
-                while (await kf.status(workflow_id))["activities"][1]["status"] != "waiting":
-                    await trio.sleep(0.05)
+            await _until_waiting(kf, workflow_id)
             await kf.signal(workflow_id, "publish", "approved", {"by": "ana"})
             done = await kf.wait(workflow_id, timeout=30)
         assert done["status"] == "completed"
