@@ -5,8 +5,8 @@ one transaction. Each report appends its attempt to the audit trail and its
 events to its run's history, updates its run's activities and may claim the
 run's next activity — one statement each. Wrapped in :class:`DeferredWrites`,
 those statements are kept and written together: all attempts in one
-statement, all events in another (in the order they were appended), all
-activity updates in one, all claims in one. Nothing else changes: every
+statement, all events in another (in the order they were appended) — on
+PostgreSQL both in one — all activity updates in one, all claims in one. Nothing else changes: every
 other statement goes straight through, in order, after whatever was kept
 that it might see.
 
@@ -169,11 +169,18 @@ class DeferredWrites:
     # ---- writing what was kept --------------------------------------------------------
 
     def _write_appends(self) -> None:
-        if self._attempts:
-            attempts, self._attempts = self._attempts, []
+        attempts, self._attempts = self._attempts, []
+        events, self._events = self._events, []
+        if attempts and events and self.dialect == "postgres":  # see insert_appends_of_runs
+            self._tx.send(
+                "insert_appends_of_runs",
+                attempts=self._tx.json(attempts),
+                events=self._tx.json(events),
+            )
+            return
+        if attempts:
             self._tx.send("insert_attempts", attempts=self._tx.json(attempts))
-        if self._events:
-            events, self._events = self._events, []
+        if events:
             self._tx.send("insert_events_of_runs", events=self._tx.json(events))
 
     def _write_activities(self) -> None:

@@ -1,21 +1,23 @@
 """Cross-server wake-ups over PostgreSQL LISTEN/NOTIFY.
 
 Every transaction that enqueues work, arms a timer or appends history sends
-one notification on the ``kflow`` channel (see ``Effects.payload``); it is
+one notification on the ``kflow`` channel (see ``Effects.payload``) while
+another server listens on the database (:mod:`kflow.server.peers`); it is
 delivered on commit. Each server listens on a dedicated connection and
 turns notifications of *other* servers into local wake-ups: parked long-polls
 of the queue return at once, the scheduler looks at the new timer, event
 streams read the new history.
 
 A dropped listener connection is reopened with backoff; after every
-(re)connection all parked polls and streams are woken once and the
-scheduler looks again, and a sweep every few seconds wakes parked polls of
+(re)connection all parked polls and streams are woken and the scheduler
+looks again, at once and once more when the other servers have had time to
+count this one as a listener, and a sweep every few seconds wakes parked polls of
 queues that have claimable work — so a lost notification costs latency at
 most, never work.
 
 The listening connection waits on the Trio thread itself (a cancellable
 unit of :mod:`kflow.store.pg_green`): no thread, and no hand-off per
-notification — a single-server deployment receives every one of its own.
+notification.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import trio
 
 from kflow._serde import dumps_str, loads
 from kflow.errors import InvalidInputError, StoreError
+from kflow.server.peers import SETTLE_SECONDS, listener_name
 from kflow.server.transitions import NOTIFY_CHANNEL
 from kflow.store.pg_green import connect, run_unit
 
@@ -48,11 +51,13 @@ class Listener:
         self.ctx = ctx
         self.connected = False
         #: How the listening connection shows in ``pg_stat_activity``.
-        self.application_name = f"kflow-listener-{ctx.engine.instance_id[:12]}"
+        self.application_name = listener_name(ctx.engine.instance_id)
         #: How this server's own payloads begin (``Effects.payload`` writes the
         #: origin first): a single server receives every one of its own
         #: notifications, and they need no decoding to be ignored.
         self._own_prefix = dumps_str({"s": ctx.engine.instance_id})[:-1] + ","
+        #: Set on each (re)connection; see :meth:`_wake_after_settling`.
+        self._settle = trio.Event()
 
     def handle(self, payload: str) -> None:
         """Apply one notification payload (sync; never blocks)."""
@@ -60,6 +65,7 @@ class Listener:
         if payload == _CONNECTED:
             self.connected = True
             self.wake_everything()
+            self._settle.set()
             return
         if payload.startswith(self._own_prefix):
             return  # our own transaction: already woken locally
@@ -94,6 +100,7 @@ class Listener:
         """Listen until cancelled, reconnecting with backoff; also sweep periodically."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._sweep)
+            nursery.start_soon(self._wake_after_settling)
             started = False
             delay = 0.5
             while True:
@@ -142,6 +149,16 @@ class Listener:
                     self.handle(notification.payload)
                 except (ValueError, TypeError) as exc:  # a malformed payload: skip it
                     log.warning("listener.bad_payload", error=str(exc)[:200])
+
+    async def _wake_after_settling(self) -> None:
+        """Wake everything again :data:`~kflow.server.peers.SETTLE_SECONDS` after
+        each (re)connection: until the other servers count this one as a
+        listener, they may skip their notifications (see :mod:`kflow.server.peers`)."""
+        while True:
+            await self._settle.wait()
+            self._settle = trio.Event()
+            await trio.sleep(SETTLE_SECONDS)
+            self.wake_everything()
 
     async def _sweep(self) -> None:
         """Every few seconds, wake parked polls of queues that have claimable work."""

@@ -272,8 +272,10 @@ async def serve(
             await background.start(ctx.scheduler.serve)
             if store.dialect == "postgres":
                 from kflow.server.listener import Listener
+                from kflow.server.peers import PeerWatch
 
                 await background.start(Listener(ctx).serve, config.database_url)
+                await background.start(PeerWatch(ctx).serve)
             async with trio.open_nursery() as front:
                 binds = await front.start(
                     functools.partial(

@@ -213,6 +213,9 @@ class TransitionEngine:
         self._secret_names = frozenset(self.settings.secrets)
         #: Names this process in cross-server notifications (it ignores its own).
         self.instance_id = new_id().hex
+        #: Whether transactions notify other servers (:mod:`kflow.server.peers`
+        #: clears it while no other server listens on the database).
+        self.notify_peers = True
         #: Set by the server: work made ready in a transaction's own runs goes
         #: straight to parked polls of this process.
         self.handoff: HandOff | None = None
@@ -232,7 +235,8 @@ class TransitionEngine:
         """Run ``fn(tx, effects)`` in a transaction, then apply the effects.
 
         Other server processes on the same database learn about the effects
-        through a notification sent in the transaction (delivered on commit).
+        through a notification sent in the transaction (delivered on commit),
+        while any listens (:attr:`notify_peers`).
         If the store retries the transaction, the effects start over.
 
         Work that ``fn`` made ready in its own runs (``effects.own_runs``) is
@@ -258,7 +262,7 @@ class TransitionEngine:
             result = fn(tx, effects)
             if handoff is not None and effects.own_runs and effects.queues:
                 handed.extend(handoff.claim(tx, effects, self.clock.now()))
-            if effects:
+            if effects and self.notify_peers:
                 tx.notify(NOTIFY_CHANNEL, effects.payload(self.instance_id))
             return result
 

@@ -42,6 +42,14 @@ def parse_queries(text: str, *, source: str = "<sql>") -> dict[str, str]:
     return out
 
 
+#: Queries only PostgreSQL defines; every other name exists in both dialects.
+#: ``insert_appends_of_runs`` writes two tables in one statement (SQLite has no
+#: data-modifying ``WITH``; its statements cost no round trip anyway) and
+#: ``other_listeners`` counts other servers' LISTEN connections (a SQLite
+#: database has one server, which does not listen).
+POSTGRES_ONLY = frozenset({"insert_appends_of_runs", "other_listeners"})
+
+
 @functools.cache
 def load_queries(dialect: str) -> dict[str, str]:
     """All named queries of ``dialect`` (cached).

@@ -150,3 +150,61 @@ async def test_a_listener_that_loses_its_connection_reconnects(
             await trio.sleep(0.2)
     # and wake-ups flow again
     await test_a_long_poll_on_one_server_wakes_for_work_started_on_the_other(two_servers)
+
+
+async def _until(predicate: Any, seconds: float = 10) -> None:
+    with trio.fail_after(seconds):
+        while not predicate():
+            await trio.sleep(0.05)
+
+
+def _notifications(conn: Any) -> list[str]:
+    """Notifications on ``conn`` so far (a round trip delivers what has arrived)."""
+    conn.execute("SELECT 1")
+    return [n.payload for n in conn.notifies(timeout=0, stop_after=0)]
+
+
+async def test_a_lone_server_notifies_nobody_until_another_server_listens(
+    postgres_url: str, tmp_path: pathlib.Path
+) -> None:
+    import psycopg
+
+    from kflow.server.peers import listener_name
+
+    reset_postgres(postgres_url)
+    shutdown = trio.Event()
+    config = make_config(tmp_path, database_url=postgres_url, port=0)
+    # A plain LISTEN is not a server: it is not counted, and it sees what is sent.
+    observer = psycopg.connect(postgres_url, autocommit=True)
+    observer.execute("LISTEN kflow")
+    try:
+        async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=30) as http:
+            server = await nursery.start(
+                lambda task_status: serve(config, shutdown=shutdown, task_status=task_status)
+            )
+            engine = server.context.engine
+            await _until(lambda: not engine.notify_peers)
+            await http.post(f"{server.url}/api/v1/workflow_definitions", content=HELLO)
+            started = await http.post(
+                f"{server.url}/api/v1/workflows", json={"definition_name": "hello"}
+            )
+            assert started.status_code == 201
+            assert await trio.to_thread.run_sync(_notifications, observer) == []
+
+            peer = psycopg.connect(
+                postgres_url, autocommit=True, application_name=listener_name("f" * 32)
+            )
+            try:
+                await _until(lambda: engine.notify_peers)
+                started = await http.post(
+                    f"{server.url}/api/v1/workflows", json={"definition_name": "hello"}
+                )
+                sent = await trio.to_thread.run_sync(_notifications, observer)
+                assert len(sent) == 1
+                assert engine.instance_id in sent[0]
+            finally:
+                peer.close()
+            await _until(lambda: not engine.notify_peers)
+            shutdown.set()
+    finally:
+        observer.close()

@@ -144,3 +144,25 @@ def test_a_statement_that_may_see_activities_writes_what_was_kept_first() -> Non
     _claim(tx, "r2")  # the same run's second claim: the first goes out
     assert inner.sent[3:] == ["update_activities_of_runs", "update_activities_of_runs",
                               "claim_next_of_runs"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("dialect", "statements"),
+    [
+        ("sqlite", ["insert_attempts", "insert_events_of_runs"]),
+        ("postgres", ["insert_appends_of_runs"]),  # one statement with two inserts
+    ],
+)
+def test_attempts_and_events_go_out_together_where_the_dialect_can(
+    dialect: str, statements: list[str]
+) -> None:
+    inner = _RecordingTx()
+    inner.dialect = dialect
+    tx = DeferredWrites(inner)  # type: ignore[arg-type]
+    tx.append_attempt({"id": "a1"})
+    tx.append_events("r1", [{"type": "t", "activity_key": None, "data": None}], 0)
+    tx.flush()
+    assert inner.sent == statements
+    tx.append_events("r1", [{"type": "t", "activity_key": None, "data": None}], 0)
+    tx.flush()  # events alone: their own statement
+    assert inner.sent[len(statements) :] == ["insert_events_of_runs"]

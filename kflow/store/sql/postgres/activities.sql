@@ -329,3 +329,29 @@ WHERE workflow_id = %(workflow_id)s AND status = 'running' AND reserved_usd <> 0
 -- name: set_reservation
 UPDATE activities SET reserved_usd = %(amount)s, updated_at = %(now)s
 WHERE attempt_id = %(attempt_id)s AND status = 'running';
+
+-- name: insert_appends_of_runs
+-- insert_attempts and insert_events_of_runs in one statement (PostgreSQL runs
+-- data-modifying WITH queries; SQLite does not, so DeferredWrites sends two there).
+-- The two tables do not meet: neither insert needs to see the other's rows.
+WITH appending AS (SELECT pg_advisory_xact_lock_shared(7102)),
+kept_attempts AS (
+    INSERT INTO attempts (id, workflow_id, activity_key, iteration, attempt, worker_id, outcome,
+                          error, cost_usd, usage, started_at, finished_at)
+    SELECT (a ->> 'id')::uuid, (a ->> 'workflow_id')::uuid, a ->> 'activity_key',
+           (a ->> 'iteration')::integer, (a ->> 'attempt')::integer, a ->> 'worker_id',
+           a ->> 'outcome', NULLIF(a -> 'error', 'null'::jsonb), (a ->> 'cost_usd')::numeric,
+           NULLIF(a -> 'usage', 'null'::jsonb), (a ->> 'started_at')::timestamptz,
+           (a ->> 'now')::timestamptz
+    FROM jsonb_array_elements(%(attempts)s) WITH ORDINALITY AS e(a, n)
+    ORDER BY e.n
+    ON CONFLICT (id) DO NOTHING
+),
+kept_events AS (
+    INSERT INTO events (workflow_id, type, activity_key, data, created_at)
+    SELECT (e.item ->> 'workflow_id')::uuid, e.item ->> 'type', e.item ->> 'activity_key',
+           NULLIF(e.item -> 'data', 'null'::jsonb), (e.item ->> 'now')::timestamptz
+    FROM appending, jsonb_array_elements(%(events)s) WITH ORDINALITY AS e(item, n)
+    ORDER BY e.n
+)
+SELECT 1 AS written;  -- data-modifying WITH queries run to completion unread
