@@ -70,13 +70,18 @@ def workflow_summary(row: Row) -> dict[str, Any]:
 
 
 def workflow_detail(tx: Tx, workflow_id: uuid.UUID) -> dict[str, Any]:
-    """``GET /workflows/{id}``: the run with every activity (outputs as arrays).
+    """``GET /workflows/{id}``: the run with every activity (outputs as arrays),
+    read in one statement.
 
     Raises:
         NotFoundError: no such run.
     """
-    row = _workflow_row(tx, workflow_id)
-    activities = [_activity(a) for a in tx.all("workflow_activities", workflow_id=str(workflow_id))]
+    rows = tx.all("workflow_detail", id=str(workflow_id))
+    if not rows:
+        raise NotFoundError(f"workflow {workflow_id} not found")
+    first = rows[0]
+    row = {name[len(_RUN) :]: value for name, value in first.items() if name.startswith(_RUN)}
+    activities = [_activity(a) for a in rows if a["key"] is not None]
     detail = workflow_summary(row)
     detail.update(
         activities=activities,
@@ -88,6 +93,10 @@ def workflow_detail(tx: Tx, workflow_id: uuid.UUID) -> dict[str, Any]:
         },
     )
     return detail
+
+
+#: How ``workflow_detail`` names the run's columns beside its activities'.
+_RUN = "run_"
 
 
 def list_workflows(

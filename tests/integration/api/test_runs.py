@@ -594,3 +594,61 @@ async def test_starts_made_together_each_get_their_own_answer(api: Api) -> None:
     assert len(firsts) == 10
     listed = (await api.client.get("/api/v1/workflows", params={"limit": 100})).json()
     assert len(listed["workflows"]) == 24 + 10
+
+
+def _detail_read_in_two_statements(tx: Any, workflow_id: uuid.UUID) -> dict[str, Any]:
+    """The run as GET /workflows/{id} showed it when its row and its activities
+    were two reads: the oracle for the one-statement read."""
+    from kflow.server import views
+    from kflow.store.codec import load_json, load_time
+
+    row = tx.one("get_workflow", id=str(workflow_id))
+    detail = views.workflow_summary(row)
+    detail.update(
+        activities=[
+            views._activity(a) for a in tx.all("workflow_activities", workflow_id=str(workflow_id))
+        ],
+        input=load_json(row["input"]),
+        state_data={
+            "input": load_json(row["input"]),
+            "unique_key": row["unique_key"],
+            "timeout_at": load_time(row["timeout_at"]),
+        },
+    )
+    return detail
+
+
+async def test_the_detail_in_one_statement_is_the_run_and_its_activities(api: Api) -> None:
+    from kflow.server import views
+
+    await api.deploy(TWO_STEPS)
+    await api.deploy(TWO_STEPS.replace("two-steps", "timed") + "settings: {timeout: 600}\n")
+    big = {"who": "ada", "blob": "é" * 50_000, "n": 12345678901234567890, "f": 0.1}
+    runs = {
+        "created": await api.start("two-steps", big, unique_key="k-1"),
+        "timed": await api.start("timed", {"who": "bob"}),
+        "completed": await api.start("two-steps", {"who": "ada"}),
+        "failed": await api.start("two-steps", {"who": "eve"}),
+    }
+    for item in await api.poll(n=10):
+        if item["workflow_id"] == runs["completed"]:
+            assert (await api.complete(item, echo={"who": "ada"})).status_code == 200
+        elif item["workflow_id"] == runs["failed"]:
+            assert (await api.fail(item)).status_code == 200
+    # "created" and "timed" hold a running first activity with a worker; "completed"
+    # a finished one with outputs and a pending second; "failed" an error.
+    for name, workflow_id in runs.items():
+        run = uuid.UUID(workflow_id)
+        one = await api.ctx.store.read(lambda tx, run=run: views.workflow_detail(tx, run))
+        two = await api.ctx.store.read(lambda tx, run=run: _detail_read_in_two_statements(tx, run))
+        assert one == two, name
+        assert [a["activity_key"] for a in one["activities"]] == ["first", "second"]
+    assert one["status"] == "failed"
+    assert one["activities"][0]["error"]["code"] == "BOOM"
+    created = await api.run(runs["created"])
+    assert created["input"] == big
+    assert created["state_data"]["unique_key"] == "k-1"
+    timed = await api.run(runs["timed"])
+    assert timed["state_data"]["timeout_at"] is not None
+    missing = await api.client.get(f"/api/v1/workflows/{uuid.uuid4()}")
+    assert missing.status_code == 404

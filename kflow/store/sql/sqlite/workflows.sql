@@ -91,3 +91,21 @@ WHERE timeout_at IS NOT NULL AND status IN ('created', 'running');
 UPDATE workflows
 SET status = 'failed', error_message = :error_message, completed_at = :now, updated_at = :now
 WHERE id = :id AND status IN ('created', 'running');
+
+-- name: workflow_detail
+-- A run and its activities in one statement (one snapshot): a row per activity in
+-- position order, or one row with NULL activity columns when it has none. The
+-- run's columns are named run_*; its input, which may be large, comes on the first row only.
+SELECT w.id AS run_id, w.definition_name AS run_definition_name,
+       w.definition_version AS run_definition_version, w.status AS run_status,
+       CASE WHEN row_number() OVER (ORDER BY a.position) = 1 THEN w.input END AS run_input,
+       w.unique_key AS run_unique_key, w.error_message AS run_error_message,
+       w.total_cost_usd AS run_total_cost_usd, w.created_at AS run_created_at,
+       w.updated_at AS run_updated_at, w.completed_at AS run_completed_at,
+       w.timeout_at AS run_timeout_at,
+       a.key, a.activity_name, a.queue, a.status, a.outputs, a.output_definitions, a.error,
+       a.iteration, a.attempt, a.cost_usd, a.available_at, a.wait_signal, a.worker_id,
+       a.started_at, a.completed_at
+FROM workflows AS w LEFT JOIN activities AS a ON a.workflow_id = w.id
+WHERE w.id = :id
+ORDER BY a.position;
