@@ -42,7 +42,7 @@ _RUNS_AND_DEFINITIONS = frozenset(
     {
         "insert_workflow",
         "set_workflow_status",
-        "mark_workflow_running",
+        "mark_workflows_running",
         "set_workflow_cost",
         "get_workflow",
         "latest_definition",

@@ -21,6 +21,7 @@ from typing import Any
 from kflow._types import ActivityStatus
 from kflow.errors import TemplateError
 from kflow.server.budgets import available, run_budget
+from kflow.server.deferred_writes import DeferredWrites
 from kflow.server.engine import Effects, Engine
 from kflow.server.persistence import append_events, record_attempt
 from kflow.server.state import ActivityFailed, Emit, ErrorInfo, PutActivity, WakeQueue
@@ -70,9 +71,12 @@ class WorkerClaims:
             runs = {str(locked["id"]): locked} if items else {}
         else:
             runs = self.engine.lock_many(tx, {item["workflow_id"] for item in items})
+            created = [w for w, run in runs.items() if run["status"] == "created"]
+            if created:
+                tx.send("mark_workflows_running", ids=tx.json(created), now=tx.time(now))
+        # The runs' activity.started events go out together, in one statement.
+        appending = tx if isinstance(tx, DeferredWrites) else DeferredWrites(tx)
         for workflow_id, run in runs.items():
-            if locked is None and run["status"] == "created":
-                tx.send("mark_workflow_running", id=workflow_id, now=tx.time(now))
             self._hand_out_budget(
                 tx,
                 run,
@@ -91,8 +95,10 @@ class WorkerClaims:
             if hold_events is not None and locked is not None:
                 hold_events.extend(events)
                 continue
-            append_events(tx, uuid.UUID(workflow_id), events, now)
+            append_events(appending, uuid.UUID(workflow_id), events, now)
             effects.workflows.add(uuid.UUID(workflow_id))
+        if appending is not tx:
+            appending.flush()
         return items
 
     @staticmethod

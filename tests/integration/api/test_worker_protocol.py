@@ -753,3 +753,50 @@ async def test_a_repeated_report_puts_back_the_next_step_its_first_answer_carrie
     assert late.status_code == 200  # once more: the polled lease is not the report's claim
     b_now = _activity(await api.run(run), "b")
     assert (b_now["status"], b_now["worker_id"]) == ("running", "w1")
+
+
+class _NamingTx:
+    """A Tx that passes everything through and records the query names it sends."""
+
+    def __init__(self, tx: Any, names: list[str]) -> None:
+        self._tx = tx
+        self._names = names
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self._tx, name)
+        if name not in ("one", "all", "all_later", "run", "run_many", "send"):
+            return found
+
+        def recorded(query: str, /, *args: Any, **params: Any) -> Any:
+            self._names.append(query)
+            return found(query, *args, **params)
+
+        return recorded
+
+
+async def test_a_poll_starting_several_runs_marks_them_and_appends_their_events_together(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await api.deploy(CHAIN)
+    runs = sorted([await api.start("chain") for _ in range(3)])
+    names: list[str] = []
+    write = api.ctx.store.write
+
+    async def naming_write(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return await write(lambda tx: fn(_NamingTx(tx, names)), *args, **kwargs)
+
+    monkeypatch.setattr(api.ctx.store, "write", naming_write)
+    items = await api.poll(n=10, worker_id="w-all")
+    monkeypatch.undo()
+    assert sorted(i["workflow_id"] for i in items) == runs
+    # One statement for the three runs' status, one for their three events.
+    assert names.count("mark_workflows_running") == 1
+    assert names.count("insert_events_of_runs") == 1
+    assert "insert_event" not in names
+    assert "insert_events" not in names
+    for workflow_id in runs:
+        assert (await api.run(workflow_id))["status"] == "running"
+        events = await _events(api, workflow_id)
+        assert [e["type"] for e in events][-1] == "activity.started"
+        assert events[-1]["activity_key"] == "a"
+        assert events[-1]["data"] == {"attempt": 1, "worker_id": "w-all"}

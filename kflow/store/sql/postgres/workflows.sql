@@ -60,10 +60,14 @@ SET status = %(status)s,
     updated_at = %(now)s
 WHERE id = %(id)s;
 
--- name: mark_workflow_running
+-- name: mark_workflows_running
+-- Runs (ids: a JSON array of run ids) whose first activity was just claimed:
+-- created -> running, in one statement.
 UPDATE workflows SET status = 'running', updated_at = %(now)s
-WHERE id = (SELECT id FROM workflows WHERE id = %(id)s AND status = 'created'
-            FOR UPDATE SKIP LOCKED);
+WHERE id IN (SELECT id FROM workflows
+             WHERE id = ANY(ARRAY(SELECT jsonb_array_elements_text(%(ids)s)::uuid))
+               AND status = 'created'
+             FOR UPDATE SKIP LOCKED);
 
 -- name: set_workflow_cost
 UPDATE workflows SET total_cost_usd = %(total_cost_usd)s, updated_at = %(now)s WHERE id = %(id)s;

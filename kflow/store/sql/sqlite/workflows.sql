@@ -53,9 +53,11 @@ SET status = :status,
     updated_at = :now
 WHERE id = :id;
 
--- name: mark_workflow_running
+-- name: mark_workflows_running
+-- Runs (ids: a JSON array of run ids) whose first activity was just claimed:
+-- created -> running, in one statement.
 UPDATE workflows SET status = 'running', updated_at = :now
-WHERE id = :id AND status = 'created';
+WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'created';
 
 -- name: set_workflow_cost
 UPDATE workflows SET total_cost_usd = :total_cost_usd, updated_at = :now WHERE id = :id;
