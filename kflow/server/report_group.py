@@ -13,8 +13,8 @@ that order: two groups, or a group and a claim, never wait on each other in
 a cycle. A report that asks for its run's next step sends its claim with its
 transition; the claims of the runs with a single report in the group are
 answered together and handed out after all transitions, so the group waits
-for the database three times (the lock, the activities, the claims) however
-many reports it holds, then commits. Each report keeps its own effects until
+for the database twice (the lock with the runs' activities, the claims)
+however many reports it holds, then commits. Each report keeps its own effects until
 then, so one report's "no need to wake this queue" never drops a wake
 another report of the group needs. A report may never leave a transaction half written, so if any of
 them raises (a lease lost to another worker, an engine error), nothing of
@@ -143,51 +143,61 @@ class ReportGroup:
 
         The reports' attempt records and events are appended together
         (:class:`~kflow.server.deferred_writes.DeferredWrites`). The runs'
-        rows come with the lock, and the activities of every run with
-        a single report in the group in one more statement, so those reports
-        read nothing themselves. A run with several reports here is read again
-        for each of them (each must see what the one before changed), under
-        the group's lock: its row and activities in one round trip.
+        rows come with the lock, and their activities with the statement sent
+        right after it (one wait for both), so the first report of each run
+        reads nothing itself. A run with several reports here is read again
+        for each after the first (each must see what the one before changed),
+        under the group's lock: its row and activities in one round trip.
         """
         attempts = sorted({attempt for attempt, _ in self._units.values()})
-        locked = tx.all("lock_workflows_of_attempts", ids=tx.json(attempts))
+        # The lock and the locked runs' activities: two statements, one wait.
+        locking = tx.all_later("lock_workflows_of_attempts", ids=tx.json(attempts))
+        reading = tx.all_later("activities_of_attempts_runs", ids=tx.json(attempts))
+        locked = locking()
         rank = {str(row["attempt_id"]): n for n, row in enumerate(locked)}
         runs = {
             str(row["attempt_id"]): {k: v for k, v in row.items() if k != "attempt_id"}
             for row in locked
         }
-        reports_per_run = Counter(str(run["id"]) for run in runs.values())
-        single = sorted(run_id for run_id, n in reports_per_run.items() if n == 1)
-        activities: dict[str, list[Row]] = {run_id: [] for run_id in single}
-        if single:
-            for row in tx.all("activities_of_workflows", ids=tx.json(single)):
-                activities[str(row["workflow_id"])].append(row)
+        activities: dict[str, list[Row]] = {}
+        for row in reading():
+            activities.setdefault(str(row["workflow_id"]), []).append(row)
+        wanted = {str(run["id"]) for run in runs.values()}
+        missing = sorted(wanted - activities.keys())
+        if missing:  # an activity gave its attempt id up before the lock
+            for row in tx.all("activities_of_workflows", ids=tx.json(missing)):
+                activities.setdefault(str(row["workflow_id"]), []).append(row)
         order = sorted(self._units, key=lambda i: (rank.get(self._units[i][0], -1), i))
+        reports_per_run = Counter(str(run["id"]) for run in runs.values())
         answers: dict[int, dict[str, Any]] = {}
         unfinished: dict[int, Callable[[], dict[str, Any]]] = {}
         appending = DeferredWrites(tx)
         # Each report collects its own effects: its "no need to wake the queue"
         # must not undo a wake another report of the group needs.
         own_effects: list[Effects] = []
+        applied: set[str] = set()  # runs a report of the group has changed
         try:
             for index in order:
                 attempt, unit = self._units[index]
                 run = runs.get(attempt)
                 run_id = str(run["id"]) if run is not None else None
                 own_effects.append(own := Effects())
-                if run is not None and run_id in activities:
+                if run is None or run_id is None:
+                    answers[index] = settled(unit(appending, own))
+                elif reports_per_run[run_id] == 1:
                     answer = unit(appending, own, (run, activities[run_id]))
                     if callable(answer):  # the only report of its run: finish it below
                         unfinished[index] = answer
                         continue
                     answers[index] = answer
-                elif run is not None and run_id is not None:
-                    # One of several reports of its run here: it must see what the
-                    # report before it changed, so the run is read again — without
-                    # another lock (the group holds it), in one round trip.
-                    answers[index] = settled(unit(appending, own, _read_again(appending, run_id)))
+                elif run_id not in applied:  # the first of several: as read with the lock
+                    applied.add(run_id)
+                    answers[index] = settled(unit(appending, own, (run, activities[run_id])))
                 else:
-                    answers[index] = settled(unit(appending, own))
+                    # A later report of its run: it must see what the reports before
+                    # it changed, so the run is read again — without another lock
+                    # (the group holds it), in one round trip.
+                    answers[index] = settled(unit(appending, own, _read_again(appending, run_id)))
             for index, finish in unfinished.items():  # their claims answer together
                 answers[index] = finish()
         finally:  # if a report raises, the queues claimed so far must still be woken

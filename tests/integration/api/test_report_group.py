@@ -148,9 +148,9 @@ activities:
 async def test_two_reports_of_one_run_in_a_group_each_see_the_other(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The runs with one report in the group are read for it by the group; a run
-    with two is read by each report, so the second sees the first's change and
-    the run completes."""
+    """Every run is read by the group with its lock; a run with two reports is
+    read again for the second, so it sees the first's change and the run
+    completes."""
     await api.deploy(PAIR)
     pair = await api.start("pair")
     other = await api.start("pair")
@@ -177,8 +177,8 @@ async def test_a_groups_claims_wait_for_postgresql_once(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every report's next-step claim is sent with its transition and their rows
-    come back together: the group waits for the database three times (the runs'
-    lock, their activities, the claims) whatever its size — then the commit.
+    come back together: the group waits for the database twice (the runs' lock
+    with their activities, the claims) whatever its size — then the commit.
     (PostgreSQL only: SQLite answers every statement at once.)"""
     from kflow.store.postgres import PgTx
 
@@ -196,7 +196,7 @@ async def test_a_groups_claims_wait_for_postgresql_once(
     )
     results = response.json()["results"]
     assert [len(r["body"]["activities"]) for r in results] == [1, 1, 1, 1]
-    assert len(waits) == 3
+    assert len(waits) == 2
 
 
 FORK = """
@@ -234,3 +234,54 @@ async def test_a_group_wakes_a_queue_only_for_what_its_claims_left(api: Api) -> 
     assert api.ctx.dispatcher.sequence("std") == woken + 1  # the fork's other step waits
     [left] = await api.poll(worker_id="w2")
     assert (left["workflow_id"], left["activity_key"]) in {(fork, "b"), (fork, "c")}
+
+
+class _RaceTx:
+    """A Tx whose ``activities_of_attempts_runs`` misses the runs in ``lost``: as
+    if their activities gave the reported attempt ids up between the lock's
+    snapshot and the read's."""
+
+    def __init__(self, tx: Any, lost: set[str], asked: list[str]) -> None:
+        self._tx = tx
+        self._lost = lost
+        self._asked = asked
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tx, name)
+
+    def all(self, query: str, /, **params: Any) -> Any:
+        self._asked.append(query)
+        return self._tx.all(query, **params)
+
+    def all_later(self, query: str, /, **params: Any) -> Any:
+        self._asked.append(query)
+        later = self._tx.all_later(query, **params)
+        if query != "activities_of_attempts_runs":
+            return later
+        return lambda: [r for r in later() if str(r["workflow_id"]) not in self._lost]
+
+
+async def test_a_run_the_read_after_the_lock_misses_is_read_by_id(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids, items = await _start_and_poll(api, 3)
+    asked: list[str] = []
+    write: Callable[..., Any] = api.ctx.store.write
+
+    async def racing(fn: Any) -> Any:
+        return await write(lambda tx: fn(_RaceTx(tx, {ids[1]}, asked)))
+
+    monkeypatch.setattr(api.ctx.store, "write", racing)
+    response = await api.client.post(
+        REPORTS, json={"reports": [_complete(i, claim_next=True) for i in items]}
+    )
+    monkeypatch.undo()
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == [200, 200, 200]
+    assert [len(r["body"]["activities"]) for r in results] == [1, 1, 1]
+    assert asked.count("activities_of_workflows") == 1  # the missed run, by id
+    for workflow_id in ids:
+        statuses = {
+            a["activity_key"]: a["status"] for a in (await api.run(workflow_id))["activities"]
+        }
+        assert statuses == {"a": "completed", "b": "running"}

@@ -30,6 +30,22 @@ FROM activities
 WHERE workflow_id = ANY(ARRAY(SELECT jsonb_array_elements_text(%(ids)s)::uuid))
 ORDER BY workflow_id, position;
 
+-- name: activities_of_attempts_runs
+-- activities_of_workflows for the runs of several attempts (ids: a JSON array of
+-- attempt ids) -- sent right after lock_workflows_of_attempts, in the same round
+-- trip, so it reads the runs once they are locked. A run whose activity gave its
+-- attempt id up before the lock is missing; the caller reads it by id then.
+SELECT workflow_id, key, position, queue, activity_name, timeout_seconds, settings,
+       output_definitions, status, iteration, attempt, attempt_id, parameters, available_at,
+       wait_signal, wait_timeout_at, signal_data, worker_id, claimed_at, lease_expires_at,
+       heartbeat_details, outputs, error, failure_handled, cost_usd, started_at,
+       completed_at, updated_at, lease_client, reserved_usd, claimed_with
+FROM activities
+WHERE workflow_id = ANY(ARRAY(
+    SELECT workflow_id FROM activities
+    WHERE attempt_id = ANY(ARRAY(SELECT jsonb_array_elements_text(%(ids)s)::uuid))))
+ORDER BY workflow_id, position;
+
 -- name: activity_by_key
 SELECT workflow_id, key, position, queue, activity_name, timeout_seconds, settings,
        output_definitions, status, iteration, attempt, attempt_id, parameters, available_at,

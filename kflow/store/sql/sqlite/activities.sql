@@ -27,6 +27,20 @@ SELECT workflow_id, key, position, queue, activity_name, timeout_seconds, settin
 FROM activities WHERE workflow_id IN (SELECT value FROM json_each(:ids))
 ORDER BY workflow_id, position;
 
+-- name: activities_of_attempts_runs
+-- activities_of_workflows for the runs of several attempts (ids: a JSON array of
+-- attempt ids); on SQLite the write lock is held already. A run whose activity gave
+-- its attempt id up is missing; the caller reads it by id then.
+SELECT workflow_id, key, position, queue, activity_name, timeout_seconds, settings,
+       output_definitions, status, iteration, attempt, attempt_id, parameters, available_at,
+       wait_signal, wait_timeout_at, signal_data, worker_id, claimed_at, lease_expires_at,
+       heartbeat_details, outputs, error, failure_handled, cost_usd, started_at,
+       completed_at, updated_at, lease_client, reserved_usd, claimed_with
+FROM activities
+WHERE workflow_id IN (
+    SELECT workflow_id FROM activities WHERE attempt_id IN (SELECT value FROM json_each(:ids)))
+ORDER BY workflow_id, position;
+
 -- name: activity_by_key
 SELECT workflow_id, key, position, queue, activity_name, timeout_seconds, settings,
        output_definitions, status, iteration, attempt, attempt_id, parameters, available_at,
