@@ -19,7 +19,8 @@ came back more often (embedded Sequential-5, interleaved: 90 → 84 runs/s).
 
 Only the transaction's own runs (``Effects.own_runs``: created or locked by
 it) are searched, so the claim takes no lock the transaction does not hold
-already, and whatever it hands out is recorded exactly as a poll's claim
+already (their rows, which the hand-out needs, are read in the claim's round
+trip), and whatever it hands out is recorded exactly as a poll's claim
 records it (:meth:`~kflow.server.worker_claims.WorkerClaims._hand_out`: the
 run marked running, ``activity.started`` appended, budgets, secrets).
 """
@@ -74,6 +75,8 @@ class ParkedHandOff:
                 assert poll.worker_id is not None  # reserve() only returns polls that take work
                 handed.append(Handed(poll, []))  # released with the others if this raises
                 effects.claimed_queues.add(queue)
+                # The runs' rows for the hand-out, as they are now, in the claim's round trip.
+                run_rows = tx.all_later("lock_workflows", ids=runs)
                 rows = tx.all(
                     "claim_ready_of_runs",
                     ids=runs,
@@ -86,7 +89,10 @@ class ParkedHandOff:
                 )
                 items: list[dict[str, Any]] = []
                 if rows:
-                    items = self._claims._hand_out(tx, effects, rows, poll.worker_id, now)
+                    by_id = {str(row["id"]): row for row in run_rows()}
+                    items = self._claims._hand_out(
+                        tx, effects, rows, poll.worker_id, now, runs_of=by_id
+                    )
                     handed[-1] = Handed(poll, items)
                 else:
                     self.release([handed.pop()])

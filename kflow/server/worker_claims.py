@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kflow._types import ActivityStatus
@@ -47,6 +47,7 @@ class WorkerClaims:
         *,
         locked: Row | None = None,
         hold_events: list[Emit] | None = None,
+        runs_of: Mapping[str, Row] | None = None,
     ) -> list[dict[str, Any]]:
         """The poll items of just-claimed ``rows``, with their runs marked running,
         budgets handed out and ``activity.started`` appended (inside ``tx``).
@@ -55,6 +56,9 @@ class WorkerClaims:
         in ``tx`` and running (a report's run): not locked again; its
         ``activity.started`` events go to ``hold_events`` when given (the
         caller appends them).
+
+        ``runs_of``: the rows of runs this transaction holds locked already (read
+        by the caller, by id), among them every run of ``rows``: not locked again.
         """
         items: list[dict[str, Any]] = []
         for row in rows:
@@ -70,7 +74,11 @@ class WorkerClaims:
         if locked is not None:
             runs = {str(locked["id"]): locked} if items else {}
         else:
-            runs = self.engine.lock_many(tx, {item["workflow_id"] for item in items})
+            of_items = {str(item["workflow_id"]) for item in items}
+            if runs_of is not None:
+                runs = {w: runs_of[w] for w in sorted(of_items)}
+            else:
+                runs = self.engine.lock_many(tx, of_items)
             created = [w for w, run in runs.items() if run["status"] == "created"]
             if created:
                 tx.send("mark_workflows_running", ids=tx.json(created), now=tx.time(now))

@@ -304,3 +304,38 @@ async def test_a_claim_run_again_wakes_the_queue_its_first_try_held(
     [item] = await api.ctx.worker_ops.claim("std", "w1", 5)
     assert item["activity_key"] == "a"
     assert woken == ["std"]
+
+
+async def test_a_start_handed_to_a_parked_poll_reads_its_run_in_the_claims_round_trip(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hand-out needs the run's row; it is read (the run is the start's own,
+    locked already) in the round trip of the claim, not after it."""
+    from kflow.store.postgres import PgTx
+
+    await api.deploy(CHAIN)
+    await api.start("chain")  # the definition is in the cache, the poll below gets this one
+    [_] = await api.poll(worker_id="w0")
+    poll, got = await _parked(api, "w1")
+    waits: list[str] = []
+    original = PgTx._sync
+
+    def counting(self: PgTx) -> None:
+        waits.append("sync")
+        original(self)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(poll)
+        await _until_parked(api, 1)
+        monkeypatch.setattr(PgTx, "_sync", counting)
+        workflow_id = await api.start("chain")
+        monkeypatch.undo()
+        with trio.fail_after(5):
+            while "items" not in got:
+                await trio.sleep(0.01)
+    [item] = got["items"]
+    assert item["workflow_id"] == workflow_id
+    # The newest version of the definition, then the claim with the run's row
+    # (the commit rides on the pipeline's end).
+    assert len(waits) == 2
+    assert (await api.run(workflow_id))["status"] == "running"
