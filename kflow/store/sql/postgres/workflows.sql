@@ -63,10 +63,12 @@ WHERE id = %(id)s;
 -- name: mark_workflows_running
 -- Runs (ids: a JSON array of run ids) whose first activity was just claimed:
 -- created -> running, in one statement.
+-- (status || ''): the primary key finds the rows; the partial index of created
+-- runs, which a backlog of runs waiting to start makes large, is not read.
 UPDATE workflows SET status = 'running', updated_at = %(now)s
 WHERE id IN (SELECT id FROM workflows
              WHERE id = ANY(ARRAY(SELECT jsonb_array_elements_text(%(ids)s)::uuid))
-               AND status = 'created'
+               AND (status || '') = 'created'
              FOR UPDATE SKIP LOCKED);
 
 -- name: set_workflow_cost

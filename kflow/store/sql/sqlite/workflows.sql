@@ -57,7 +57,7 @@ WHERE id = :id;
 -- Runs (ids: a JSON array of run ids) whose first activity was just claimed:
 -- created -> running, in one statement.
 UPDATE workflows SET status = 'running', updated_at = :now
-WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'created';
+WHERE id IN (SELECT value FROM json_each(:ids)) AND +status = 'created';  -- +: the primary key, not the index of created runs
 
 -- name: set_workflow_cost
 UPDATE workflows SET total_cost_usd = :total_cost_usd, updated_at = :now WHERE id = :id;
