@@ -6,9 +6,9 @@ events to its run's history, updates its run's activities and may claim the
 run's next activity — one statement each. Wrapped in :class:`DeferredWrites`,
 those statements are kept and written together: all attempts in one
 statement, all events in another (in the order they were appended) — on
-PostgreSQL both in one — all activity updates in one, all claims in one. Nothing else changes: every
-other statement goes straight through, in order, after whatever was kept
-that it might see.
+PostgreSQL both in one — all activity updates in one, all claims in one.
+Nothing else changes: every other statement goes straight through, in
+order, after whatever was kept that it might see.
 
 - Appends are written before any statement not named in
   :data:`BLIND_TO_APPENDS` (ones that neither read nor write the

@@ -14,13 +14,13 @@ a cycle. A report that asks for its run's next step sends its claim with its
 transition; the claims of the runs with a single report in the group are
 answered together and handed out after all transitions, so the group waits
 for the database twice (the lock with the runs' activities, the claims)
-however many reports it holds, then commits. Each report keeps its own effects until
-then, so one report's "no need to wake this queue" never drops a wake
-another report of the group needs. A report may never leave a transaction half written, so if any of
-them raises (a lease lost to another worker, an engine error), nothing of
-the group is kept and each report runs again on its own, exactly as without
-a group, with its own error handling. A batch with a single report to write
-runs it on its own from the start.
+however many reports it holds, then commits. Each report keeps its own
+effects until then, so one report's "no need to wake this queue" never
+drops a wake another report of the group needs. A report may never leave a
+transaction half written, so if any of them raises (a lease lost to another
+worker, an engine error), nothing of the group is kept and each report runs
+again on its own, exactly as without a group, with its own error handling.
+A batch with a single report to write runs it on its own from the start.
 
 Every item of the batch must settle with the group — :meth:`ReportSlot.write`
 for a report that writes, :meth:`ReportSlot.skip` for one that will not

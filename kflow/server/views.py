@@ -81,10 +81,14 @@ def workflow_detail(tx: Tx, workflow_id: uuid.UUID) -> dict[str, Any]:
         raise NotFoundError(f"workflow {workflow_id} not found")
     first = rows[0]
     row = {name[len(_RUN) :]: value for name, value in first.items() if name.startswith(_RUN)}
-    activities = [_activity(a) for a in rows if a["key"] is not None]
+    return detail_of(row, [a for a in rows if a["key"] is not None])
+
+
+def detail_of(row: Row, activities: list[Row]) -> dict[str, Any]:
+    """The detail form of a workflows row and its activities' rows (in position order)."""
     detail = workflow_summary(row)
     detail.update(
-        activities=activities,
+        activities=[_activity(a) for a in activities],
         input=load_json(row["input"]),
         state_data={
             "input": load_json(row["input"]),

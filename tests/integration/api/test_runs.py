@@ -600,22 +600,9 @@ def _detail_read_in_two_statements(tx: Any, workflow_id: uuid.UUID) -> dict[str,
     """The run as GET /workflows/{id} showed it when its row and its activities
     were two reads: the oracle for the one-statement read."""
     from kflow.server import views
-    from kflow.store.codec import load_json, load_time
 
     row = tx.one("get_workflow", id=str(workflow_id))
-    detail = views.workflow_summary(row)
-    detail.update(
-        activities=[
-            views._activity(a) for a in tx.all("workflow_activities", workflow_id=str(workflow_id))
-        ],
-        input=load_json(row["input"]),
-        state_data={
-            "input": load_json(row["input"]),
-            "unique_key": row["unique_key"],
-            "timeout_at": load_time(row["timeout_at"]),
-        },
-    )
-    return detail
+    return views.detail_of(row, tx.all("workflow_activities", workflow_id=str(workflow_id)))
 
 
 async def test_the_detail_in_one_statement_is_the_run_and_its_activities(api: Api) -> None:
