@@ -21,7 +21,6 @@ import trio
 from bench.kflow_side import summarise
 from bench.procs import BenchError, ProcSet, Sampler, Unavailable
 from bench.shapes import Scenario
-from bench.util import best_of
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONCURRENCY = 16
@@ -95,7 +94,6 @@ async def run_celery(
     scenarios: list[Scenario],
     *,
     budget: float = 300.0,
-    repeats: int = 1,
 ) -> dict[str, Any]:
     """Run every scenario on Celery; returns ``{"scenarios": {key: figures}, ...}``.
 
@@ -143,11 +141,9 @@ async def run_celery(
             for scenario in scenarios:
                 if not worker.alive():
                     raise worker.died()
-                runs = [
-                    await _scenario(scenario, url, child_env, sampler, budget)
-                    for _ in range(repeats)
-                ]
-                out["scenarios"][scenario.key] = best_of(runs)
+                out["scenarios"][scenario.key] = await _scenario(
+                    scenario, url, child_env, sampler, budget
+                )
             nursery.cancel_scope.cancel()
     finally:
         await procs.close()

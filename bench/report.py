@@ -255,11 +255,13 @@ def markdown(result: dict[str, Any]) -> str:
             "",
         ]
     out += ["## Scenarios", ""] + _main_rows(result) + [""]
-    if result.get("repeats", 1) > 1:
+    if result.get("rounds", 1) > 1:
         out += [
-            f"Each scenario ran {result['repeats']} times back to back on each configuration "
-            "(the polled and event-stream rows once); the faster repetition is shown, "
-            "every one is in the JSON and counts for correctness.",
+            f"Each scenario ran once in each of {result['rounds']} rounds over the "
+            "configurations (every other round in reverse order, so that a slow phase of "
+            "the machine meets kflow and Celery alike; the polled and event-stream rows "
+            "in the first round only); the fastest run is shown, every one is in the JSON "
+            "and counts for correctness.",
             "",
         ]
     out += [

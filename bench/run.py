@@ -1,7 +1,9 @@
 """Run the kflow benchmark suite: ``python -m bench.run [--quick]`` (bench/README.md).
 
 One invocation runs every scenario on every configuration (kflow's four and
-Celery), the other figures, checks correctness, prints a markdown report on
+Celery) — in full mode in two rounds over the configurations, the second in
+reverse order, so that a slow phase of a shared machine meets every
+configuration alike — the other figures, checks correctness, prints a markdown report on
 stdout (progress goes to stderr) and writes ``bench/results/<UTC time>.json``
 and ``.md``. Exit status: 0, or 1 when a correctness check failed or a kflow
 configuration or figure could not run (a missing PostgreSQL/Redis/pgbench is
@@ -71,8 +73,9 @@ class Plan:
         self.quick = quick
         self.scenarios = scenarios(quick)
         self.budget = 90.0 if quick else 300.0
-        #: Each scenario runs this many times back to back; the fastest is reported.
-        self.repeats = 1 if quick else 2
+        #: Rounds over the configurations, every other one in reverse order; each
+        #: scenario runs once per round and its fastest run is reported.
+        self.rounds = 1 if quick else 2
         self.dispatch_runs = 200 if quick else 1000
         self.dispatch_configs = (
             ("sqlite+worker",) if quick else ("sqlite+worker", "embedded", "postgres+workers")
@@ -86,6 +89,10 @@ class Plan:
         #: Rounds over the history levels (each level shows its best run).
         self.growth_repeats = 2 if quick else 3
 
+    def round_order(self, wanted: list[str], index: int) -> list[str]:
+        """The configurations of round ``index``: ``wanted``, reversed in odd rounds."""
+        return wanted if index % 2 == 0 else wanted[::-1]
+
     def growth_levels(self, top: int) -> list[int]:
         return [lv for lv in (1, 10, 100) if lv <= top]
 
@@ -93,27 +100,50 @@ class Plan:
         return next(s for s in self.scenarios if s.key == "seq5")
 
 
+def merge_rounds(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """One configuration's entry from its entries of every round: the first round's
+    entry with each scenario's fastest run (:func:`best_of`, every run kept for
+    the correctness checks); the first failure when a round failed."""
+    for entry in entries:
+        if entry.get("status") != "ok":
+            return entry
+    merged = dict(entries[0])
+    keys = [key for key in entries[0].get("scenarios", {})]
+    merged["scenarios"] = {
+        key: best_of([e["scenarios"][key] for e in entries if key in e.get("scenarios", {})])
+        for key in keys
+    }
+    if len(entries) > 1:
+        merged["start_s_by_round"] = [e.get("start_s") for e in entries]
+    return merged
+
+
 async def run_kflow_config(
-    name: str, plan: Plan, workdir: pathlib.Path, env: dict[str, str], result: dict[str, Any]
+    name: str,
+    plan: Plan,
+    workdir: pathlib.Path,
+    env: dict[str, str],
+    result: dict[str, Any],
+    *,
+    first_round: bool = True,
 ) -> dict[str, Any]:
+    """One round of configuration ``name``: every scenario once, and in the first
+    round also the other ways of waiting, dispatch latency and worker overhead."""
     entry: dict[str, Any] = {"status": "ok", "scenarios": {}}
-    async with open_stack(name, workdir / name, env) as stack:
+    async with open_stack(name, workdir, env) as stack:
         entry["start_s"] = round(stack.start_seconds, 2)
         say(f"{name}: up in {stack.start_seconds:.1f} s")
         async with bench_client(stack.url) as client:
             for sc in plan.scenarios:
-                fig = best_of(
-                    [
-                        await run_scenario(stack, client, sc, budget=plan.budget)
-                        for _ in range(plan.repeats)
-                    ]
-                )
+                fig = await run_scenario(stack, client, sc, budget=plan.budget)
                 entry["scenarios"][sc.key] = fig
                 say(
                     f"{name}/{sc.key}: {fig['throughput_wf_s']} wf/s, p95 {fig['p95_ms']} ms, "
                     f"success {fig['success_rate']}, exec/act "
                     f"{fig['executions']['exec_per_activity']}"
                 )
+            if not first_round:
+                return entry
             other_wait = {"postgres+workers": "poll", "embedded": "events"}.get(name)
             if other_wait is not None:
                 rows: dict[str, Any] = {"status": "ok", "scenarios": {}}
@@ -199,13 +229,15 @@ def engine_vs_storage(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     plan = Plan(args.quick)
+    if getattr(args, "rounds", None):
+        plan.rounds = args.rounds
     wanted = [c for c in ORDER if not args.only or c in args.only]
     env = base_env(dict(os.environ))
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="kflow-bench-"))
     result: dict[str, Any] = {
         "started_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "mode": "quick" if args.quick else "full",
-        "repeats": plan.repeats,
+        "rounds": plan.rounds,
         "machine": machine.describe(),
         "scenarios": [
             {"key": s.key, "title": s.title, "workflows": s.workflows, "submitters": s.submitters}
@@ -227,28 +259,34 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 "idle", lambda: figures.idle_footprint(workdir / "idle", env)
             )
             say(f"idle: {result['idle']}")
-        for name in wanted:
-            say(f"configuration {name}")
-            if name == "celery":
+        by_round: dict[str, list[dict[str, Any]]] = {name: [] for name in wanted}
+        for index in range(plan.rounds):
+            for name in plan.round_order(wanted, index):
+                say(f"configuration {name} (round {index + 1} of {plan.rounds})")
+                where = workdir / f"{name}-{index + 1}"
+                if name == "celery":
 
-                async def celery() -> dict[str, Any]:
-                    out = await run_celery(
-                        workdir / "celery",
-                        env,
-                        plan.scenarios,
-                        budget=plan.budget,
-                        repeats=plan.repeats,
+                    async def celery(where: pathlib.Path = where) -> dict[str, Any]:
+                        out = await run_celery(where, env, plan.scenarios, budget=plan.budget)
+                        result["machine"]["redis_server"] = out.pop("redis_version")
+                        for key, fig in out["scenarios"].items():
+                            say(
+                                f"celery/{key}: {fig['throughput_wf_s']} wf/s, "
+                                f"p95 {fig['p95_ms']} ms"
+                            )
+                        return {"status": "ok", **out}
+
+                    entry = await guarded(name, celery)
+                else:
+                    entry = await guarded(
+                        name,
+                        lambda n=name, w=where, first=index == 0: run_kflow_config(
+                            n, plan, w, env, result, first_round=first
+                        ),
                     )
-                    result["machine"]["redis_server"] = out.pop("redis_version")
-                    for key, fig in out["scenarios"].items():
-                        say(f"celery/{key}: {fig['throughput_wf_s']} wf/s, p95 {fig['p95_ms']} ms")
-                    return {"status": "ok", **out}
-
-                result["configs"][name] = await guarded(name, celery)
-            else:
-                result["configs"][name] = await guarded(
-                    name, lambda n=name: run_kflow_config(n, plan, workdir, env, result)
-                )
+                by_round[name].append(entry)
+        for name in wanted:
+            result["configs"][name] = merge_rounds(by_round[name])
         if not args.only:
             result["cost_growth"] = []
             for config, top in plan.growth:
@@ -322,7 +360,14 @@ def main(argv: list[str] | None = None) -> int:
         help="directory of the JSON and markdown results (default bench/results)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work files (logs, databases)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="rounds over the configurations (default: 2, quick 1)",
+    )
     args = parser.parse_args(argv)
+    if args.rounds is not None and args.rounds < 1:
+        parser.error("--rounds: expected at least 1")
     if args.only and (unknown := set(args.only) - set(ORDER)):
         parser.error(f"unknown configuration(s): {', '.join(sorted(unknown))}")
     started = time.perf_counter()
