@@ -6,7 +6,8 @@ events to its run's history, updates its run's activities and may claim the
 run's next activity — one statement each. Wrapped in :class:`DeferredWrites`,
 those statements are kept and written together: all attempts in one
 statement, all events in another (in the order they were appended) — on
-PostgreSQL both in one — all activity updates in one, all claims in one.
+PostgreSQL both in one — all activity updates in one, all claims in one
+(claims the transaction decided itself, naming their attempts, in one more).
 Nothing else changes: every other statement goes straight through, in
 order, after whatever was kept that it might see.
 
@@ -57,6 +58,7 @@ BLIND_TO_APPENDS = _RUNS_AND_DEFINITIONS | {
     "insert_activities",
     "claim_run_activities",
     "claim_next_of_runs",
+    "claim_known_activities",
     "lock_workflow_of_attempt",
     "lock_workflows_of_attempts",
     "workflow_activities",
@@ -106,6 +108,7 @@ class DeferredWrites:
         self._updates: list[dict[str, Any]] = []
         self._updated: set[tuple[str, str]] = set()
         self._claims: list[_KeptClaim] = []
+        self._known: list[dict[str, Any]] = []
         self._claimed_runs: set[str] = set()
 
     # ---- what persistence keeps -------------------------------------------------------
@@ -135,6 +138,16 @@ class DeferredWrites:
         for row in rows:
             self._updates.append({**row, "workflow_id": workflow_id, "now": now})
         self._updated |= keys
+
+    def claim_known(self, values: Mapping[str, Any]) -> None:
+        """Keep a claim of an activity named by its attempt id, as
+        ``claim_known_activities`` binds one (values converted by ``tx``): written
+        with the other claims, after the updates, and never waited for."""
+        workflow_id = str(values["workflow_id"])
+        if workflow_id in self._claimed_runs:
+            self._write_activities()
+        self._known.append(dict(values))
+        self._claimed_runs.add(workflow_id)
 
     def _keep_claim(self, params: Mapping[str, Any]) -> Callable[[], list[Row]]:
         workflow_id = str(params["workflow_id"])
@@ -189,6 +202,9 @@ class DeferredWrites:
         if self._updates:
             updates, self._updates = self._updates, []
             self._tx.send("update_activities_of_runs", activities=self._tx.json(updates))
+        if self._known:
+            known, self._known = self._known, []
+            self._tx.send("claim_known_activities", claims=self._tx.json(known))
         if self._claims:
             claims, self._claims = self._claims, []
             later = self._tx.all_later(

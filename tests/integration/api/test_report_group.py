@@ -170,19 +170,10 @@ async def test_two_reports_of_one_run_in_a_group_each_see_the_other(
     assert statuses == {"left": "completed", "right": "running"}
 
 
-@pytest.mark.parametrize(
-    "api", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
-)
-async def test_a_groups_claims_wait_for_postgresql_once(
-    api: Api, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Every report's next-step claim is sent with its transition and their rows
-    come back together: the group waits for the database twice (the runs' lock
-    with their activities, the claims) whatever its size — then the commit.
-    (PostgreSQL only: SQLite answers every statement at once.)"""
+def _count_waits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the waits for PostgreSQL before a transaction's commit from now on."""
     from kflow.store.postgres import PgTx
 
-    _, items = await _start_and_poll(api, 4)
     waits: list[int] = []
     original = PgTx._sync
 
@@ -191,11 +182,49 @@ async def test_a_groups_claims_wait_for_postgresql_once(
         original(self)
 
     monkeypatch.setattr(PgTx, "_sync", counting)
+    return waits
+
+
+@pytest.mark.parametrize(
+    "api", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+async def test_a_group_whose_transitions_decide_their_claims_waits_for_postgresql_once(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When each report's transition makes exactly the one next step of its queue
+    pending, the claims name those attempts and go out with the commit: the group
+    waits once (the runs' lock with their activities) whatever its size, then
+    commits. (PostgreSQL only: SQLite answers every statement at once.)"""
+    _, items = await _start_and_poll(api, 4)
+    waits = _count_waits(monkeypatch)
     response = await api.client.post(
         REPORTS, json={"reports": [_complete(i, claim_next=True) for i in items]}
     )
     results = response.json()["results"]
     assert [len(r["body"]["activities"]) for r in results] == [1, 1, 1, 1]
+    assert len(waits) == 1
+
+
+@pytest.mark.parametrize(
+    "api", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+async def test_a_groups_claims_the_database_chooses_wait_for_postgresql_once_together(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A report whose transition leaves a choice (a fork made two steps pending)
+    asks the database for its claim; all such claims of a group are sent with
+    their transitions and answered together: two waits (the lock with the
+    activities, the claims) whatever the group's size, then the commit."""
+    await api.deploy(FORK)
+    for _ in range(3):
+        await api.start("fork")
+    items = await api.poll(n=3)
+    waits = _count_waits(monkeypatch)
+    response = await api.client.post(
+        REPORTS, json={"reports": [_complete(i, claim_next=True) for i in items]}
+    )
+    results = response.json()["results"]
+    assert [len(r["body"]["activities"]) for r in results] == [1, 1, 1]
     assert len(waits) == 2
 
 

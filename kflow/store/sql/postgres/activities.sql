@@ -169,6 +169,30 @@ RETURNING workflow_id, key, attempt_id, queue, activity_name, timeout_seconds, s
           output_definitions, parameters, signal_data, heartbeat_details, attempt, iteration,
           lease_expires_at;
 
+-- name: claim_known_activities
+-- Claims decided by the transaction that made the activities pending (claims:
+-- a JSON array of {workflow_id, key, attempt_id, worker_id, client_id, now,
+-- lease_expires_at, claimed_with}): each row is the one pending attempt of its
+-- queue that transaction just wrote under its run's lock, so the claim names it
+-- and nobody waits for an answer. Sets what claim_run_activities sets; the
+-- rows are found through the primary key.
+UPDATE activities AS a
+SET status = 'running',
+    worker_id = c.worker_id,
+    lease_client = c.client_id,
+    reserved_usd = 0,
+    claimed_at = c.now,
+    started_at = c.now,
+    lease_expires_at = c.lease_expires_at,
+    claimed_with = c.claimed_with,
+    updated_at = c.now
+FROM jsonb_to_recordset(%(claims)s) AS c(workflow_id uuid, key text, attempt_id uuid,
+                                         worker_id text, client_id text, now timestamptz,
+                                         lease_expires_at timestamptz, claimed_with uuid)
+WHERE a.workflow_id = ANY(ARRAY(SELECT (jsonb_array_elements(%(claims)s) ->> 'workflow_id')::uuid))
+  AND a.workflow_id = c.workflow_id AND a.key = c.key AND a.attempt_id = c.attempt_id
+  AND a.status = 'pending';
+
 -- name: claim_next_of_runs
 -- claim_run_activities for several runs at once, at most one activity each
 -- (claims: a JSON array of {workflow_id, queue, worker_id, client_id, now,

@@ -1,0 +1,172 @@
+"""A report's next-step claim that its own transition decides (kflow.server.worker_claims).
+
+When a report's transition makes exactly one step of the worker's queue
+pending, the claim names that attempt instead of asking the database which
+one to take (PostgreSQL only: it saves a wait for the answer, which SQLite
+gives at once). Each test runs the same run twice — once that way, once with
+the database choosing (``_known_claim`` answering None) — and checks that the
+worker receives the same item, the activity row ends the same, and the
+history is the same.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from kflow.server.worker_claims import WorkerClaims
+from tests.integration.conftest import Api
+
+REPORTS = "/api/v1/activities/reports"
+
+pytestmark = pytest.mark.parametrize(
+    "api", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+
+RICH = """
+name: rich
+activities:
+  - {key: a, activity_name: echo}
+  - key: b
+    activity_name: echo
+    parameters:
+      from_a: "{{ a.value }}"
+      nested: {list: [1, "{{ INPUT.who }}", "{{ WORKFLOW.id }}"]}
+    depends_on: [a]
+    outputs: [{name: result, type: value}]
+    settings: {timeout_seconds: 45}
+"""
+
+#: Fields that name this run's own ids and times.
+_OWN = {"activity_id", "workflow_id", "lease_expires_at"}
+
+
+def _stored(api: Api) -> Any:
+    """The row of one activity as the database holds it (the claim's columns)."""
+
+    async def read(workflow_id: str, key: str) -> dict[str, Any]:
+        def tx_fn(tx: Any) -> dict[str, Any]:
+            rows = tx.all("workflow_activities", workflow_id=workflow_id)
+            return dict(next(r for r in rows if r["key"] == key))
+
+        return await api.ctx.store.read(tx_fn)
+
+    return read
+
+
+async def _history(api: Api, workflow_id: str) -> list[tuple[str, Any, Any]]:
+    response = await api.client.get(
+        f"/api/v1/workflows/{workflow_id}/events", headers={"accept": "application/json"}
+    )
+    assert response.status_code == 200, response.text
+
+    def timeless(data: Any) -> Any:  # the runs' times differ, their shape must not
+        if not isinstance(data, dict):
+            return data
+        return {k: "<time>" if k.endswith("_at") and v else v for k, v in data.items()}
+
+    return [(e["type"], e.get("activity_key"), timeless(e.get("data"))) for e in response.json()]
+
+
+def _claim_columns(row: dict[str, Any]) -> dict[str, Any]:
+    keep = ("status", "worker_id", "lease_client", "attempt", "iteration", "heartbeat_details")
+    return {k: row[k] for k in keep} | {"reserved_usd": str(row["reserved_usd"])}
+
+
+def _same_times(api: Api, row: dict[str, Any], item: dict[str, Any]) -> None:
+    """started = claimed; the lease ends timeout + grace later, as the item says."""
+    from kflow.store.codec import load_time
+
+    claimed = load_time(row["claimed_at"])
+    assert claimed is not None
+    assert load_time(row["started_at"]) == claimed
+    lease = load_time(row["lease_expires_at"])
+    grace = dt.timedelta(seconds=api.ctx.engine.settings.lease_grace_seconds)
+    assert lease == claimed + dt.timedelta(seconds=int(row["timeout_seconds"])) + grace
+    assert dt.datetime.fromisoformat(item["lease_expires_at"].replace("Z", "+00:00")) == lease
+
+
+async def _report(api: Api, item: dict[str, Any], *, batched: bool, **body: Any) -> Any:
+    """Complete (or, with ``error``, fail) ``item`` asking for the next step; the
+    answer's items."""
+    kind = "fail" if "error" in body else "complete"
+    report = {"worker_id": "w1", **body}
+    if batched:
+        other = {"activity_id": item["activity_id"], "kind": kind, "report": report}
+        response = await api.client.post(REPORTS, json={"reports": [{**other, "claim_next": True}]})
+        assert response.status_code == 200, response.text
+        [result] = response.json()["results"]
+        assert result["status"] == 200, result
+        return result["body"]["activities"]
+    response = await api.client.post(
+        f"/api/v1/activities/{item['activity_id']}/{kind}?claim_next=true", json=report
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["activities"]
+
+
+async def _next_of_rich(api: Api, *, batched: bool) -> tuple[str, dict[str, Any]]:
+    run = await api.start("rich", {"who": "ada"})
+    [a] = [i for i in await api.poll() if i["workflow_id"] == run]
+    [b] = await _report(api, a, batched=batched, output={"value": "from-a"})
+    return run, b
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["alone", "in-a-group"])
+async def test_a_claim_the_transition_decides_hands_out_what_the_database_would(
+    api: Api, monkeypatch: pytest.MonkeyPatch, batched: bool
+) -> None:
+    await api.deploy(RICH)
+    read = _stored(api)
+    known_run, known = await _next_of_rich(api, batched=batched)
+    with monkeypatch.context() as patched:
+        patched.setattr(WorkerClaims, "_known_claim", lambda *args, **kwargs: None)
+        asked_run, asked = await _next_of_rich(api, batched=batched)
+
+    assert known["activity_key"] == "b"
+    assert known["parameters"] == {"from_a": "from-a", "nested": {"list": [1, "ada", known_run]}}
+    assert asked["parameters"]["nested"]["list"][2] == asked_run
+    asked["parameters"]["nested"]["list"][2] = known_run
+    assert {k: v for k, v in known.items() if k not in _OWN} == {
+        k: v for k, v in asked.items() if k not in _OWN
+    }
+    rows = [await read(run, "b") for run in (known_run, asked_run)]
+    assert _claim_columns(rows[0]) == _claim_columns(rows[1])
+    assert rows[0]["status"] == "running"
+    for row, item in zip(rows, (known, asked), strict=True):
+        assert str(row["attempt_id"]) == item["activity_id"]
+        _same_times(api, row, item)
+    # The claim remembers the report that made it (for a repeated report).
+    for row, run in zip(rows, (known_run, asked_run), strict=True):
+        a_row = await read(run, "a")
+        assert str(row["claimed_with"]) == str(a_row["attempt_id"])
+    assert await _history(api, known_run) == await _history(api, asked_run)
+
+
+async def test_a_transition_that_leaves_a_choice_lets_the_database_claim(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two steps made pending in the queue: the claim is not decided in Python
+    (the database picks one, the other waits for a poll)."""
+    await api.deploy(
+        "name: fork\nactivities:\n  - {key: a, activity_name: echo}\n"
+        "  - {key: b, activity_name: echo, depends_on: [a]}\n"
+        "  - {key: c, activity_name: echo, depends_on: [a]}\n"
+    )
+    decided: list[Any] = []
+    original = WorkerClaims._known_claim
+
+    def watching(self: WorkerClaims, *args: Any, **kwargs: Any) -> Any:
+        decided.append(original(self, *args, **kwargs))
+        return decided[-1]
+
+    monkeypatch.setattr(WorkerClaims, "_known_claim", watching)
+    run = await api.start("fork")
+    [a] = await api.poll()
+    [taken] = await _report(api, a, batched=True, output={"value": 1})
+    assert decided == [None]
+    [left] = await api.poll(worker_id="w2")
+    assert {taken["activity_key"], left["activity_key"]} == {"b", "c"}
+    assert left["workflow_id"] == run
