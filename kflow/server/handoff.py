@@ -32,9 +32,11 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from kflow.errors import TemplateError
 from kflow.server.dispatcher import Dispatcher, ParkedPoll
 from kflow.server.transitions import Effects
-from kflow.store.base import Tx
+from kflow.server.worker_claims import claim_known
+from kflow.store.base import Row, Tx
 
 if TYPE_CHECKING:
     from kflow.server.worker_claims import WorkerClaims
@@ -68,6 +70,8 @@ class ParkedHandOff:
         return handed
 
     def _claim(self, tx: Tx, effects: Effects, now: dt.datetime, handed: list[Handed]) -> None:
+        if self._claim_new(tx, effects, now, handed):
+            return
         runs = tx.json(sorted(str(run) for run in effects.own_runs))
         grace = int(self._claims.engine.settings.lease_grace_seconds * 1_000_000)
         for queue in sorted(effects.queues):
@@ -102,6 +106,69 @@ class ParkedHandOff:
                     if len(items) == len(rows):
                         effects.queues.discard(queue)
                     break
+
+    def _claim_new(self, tx: Tx, effects: Effects, now: dt.datetime, handed: list[Handed]) -> bool:
+        """The hand-over of a transaction whose own runs it all created (a start):
+        their ready work is known (``effects.new_runs``), nobody else can see it,
+        so each claim names its rows and goes out without waiting for an answer —
+        the same rows, in the same order, as ``claim_ready_of_runs`` would take.
+        False (nothing done) for any other transaction, or when an item's
+        parameters cannot be completed (the database's claim then fails it as
+        usual)."""
+        new = effects.new_runs
+        if not new or not effects.own_runs <= new.keys():
+            return False
+        ready = [row for run in new.values() for row in run.ready]
+        try:
+            for row in ready:
+                self._claims._poll_item({**row, "lease_expires_at": now})
+        except TemplateError:
+            return False
+        grace = dt.timedelta(seconds=self._claims.engine.settings.lease_grace_seconds)
+        runs_of = {str(run_id): run.row for run_id, run in new.items()}
+        for queue in sorted(effects.queues):
+            left = sorted(
+                (row for row in ready if row["queue"] == queue),
+                key=lambda row: (row["available_at"], row["workflow_id"], row["position"]),
+            )
+            while (poll := self._dispatcher.reserve(queue)) is not None:
+                assert poll.worker_id is not None  # reserve() only returns polls that take work
+                handed.append(Handed(poll, []))  # released with the others if this raises
+                effects.claimed_queues.add(queue)
+                taken, left = left[: poll.limit], left[poll.limit :]
+                rows: list[Row] = []
+                for row in taken:
+                    lease = now + dt.timedelta(seconds=int(row["timeout_seconds"])) + grace
+                    rows.append({**row, "lease_expires_at": lease})
+                    claim_known(
+                        tx,
+                        {
+                            "workflow_id": str(row["workflow_id"]),
+                            "key": row["key"],
+                            "attempt_id": str(row["attempt_id"]),
+                            "worker_id": poll.worker_id,
+                            "client_id": poll.client_id,
+                            "now": tx.time(now),
+                            "lease_expires_at": tx.time(lease),
+                            "claimed_with": None,
+                        },
+                    )
+                if rows:
+                    items = self._claims._hand_out(
+                        tx, effects, rows, poll.worker_id, now, runs_of=runs_of
+                    )
+                    handed[-1] = Handed(poll, items)
+                    for row in rows:  # marked running by the hand-out
+                        runs_of[str(row["workflow_id"])] = {
+                            **runs_of[str(row["workflow_id"])],
+                            "status": "running",
+                        }
+                else:
+                    self.release([handed.pop()])
+                if len(rows) < poll.limit:  # nothing of these runs is left in the queue
+                    effects.queues.discard(queue)
+                    break
+        return True
 
     def deliver(self, handed: list[Handed]) -> None:
         for one in handed:

@@ -85,8 +85,11 @@ def workflow_state(
 
 def insert_activities(
     tx: Tx, workflow_id: uuid.UUID, definition: WorkflowDefinition, now: dt.datetime
-) -> None:
-    """One ``not_scheduled`` row per activity of ``definition``, in one statement."""
+) -> list[dict[str, Any]]:
+    """One ``not_scheduled`` row per activity of ``definition``, in one statement;
+    returns the rows' fixed columns as inserted (``key``, ``position``,
+    ``queue``, ``activity_name``, ``timeout_seconds``, ``settings``,
+    ``output_definitions``)."""
     rows = [
         {
             "key": act.key,
@@ -106,6 +109,7 @@ def insert_activities(
         activities=tx.json(rows),
         now=tx.time(now),
     )
+    return rows
 
 
 def dispatch_settings(settings: ActivitySettings) -> dict[str, Any]:

@@ -9,6 +9,7 @@ buffered until the activity starts waiting.
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import functools
 import uuid
 from collections.abc import Mapping
@@ -27,12 +28,13 @@ from kflow.server.state import (
     ActivityState,
     CancelRequested,
     Emit,
+    PutActivity,
     SignalDelivered,
     WorkflowStarted,
     WorkflowState,
 )
-from kflow.server.transitions import Effects, TransitionEngine
-from kflow.store.base import Tx
+from kflow.server.transitions import Effects, NewRun, Transition, TransitionEngine
+from kflow.store.base import Row, Tx
 
 
 @attrs.frozen(kw_only=True)
@@ -42,6 +44,65 @@ class StartedWorkflow:
     definition_version: str
     status: WorkflowStatus
     created_at: dt.datetime
+
+
+def _new_run(
+    result: Transition,
+    inserted: list[dict[str, Any]],
+    loaded: LoadedDefinition,
+    data: dict[str, Any],
+    unique_key: str | None,
+    now: dt.datetime,
+    timeout_at: dt.datetime | None,
+) -> NewRun:
+    """A just-started run as a hand-over to parked polls would read it: the run's
+    row (``lock_workflows``) and its activities the start made pending and due
+    (``claim_ready_of_runs``, without the lease the claim sets)."""
+    fixed = {row["key"]: row for row in inserted}
+    ready: list[Row] = []
+    for command in result.commands:
+        if not isinstance(command, PutActivity):
+            continue
+        act = command.activity
+        attempt_id = result.attempt_ids.get(act.key)
+        due = act.available_at is not None and act.available_at <= now
+        if act.status is not ActivityStatus.PENDING or attempt_id is None or not due:
+            continue
+        row = fixed[act.key]
+        ready.append(
+            {
+                "workflow_id": result.state.id,
+                "key": act.key,
+                "position": row["position"],
+                "available_at": act.available_at,
+                "attempt_id": attempt_id,
+                "queue": row["queue"],
+                "activity_name": row["activity_name"],
+                "timeout_seconds": row["timeout_seconds"],
+                "settings": row["settings"],
+                "output_definitions": row["output_definitions"],
+                "parameters": act.parameters,
+                "signal_data": act.signal_data,
+                "heartbeat_details": None,
+                "attempt": act.attempt,
+                "iteration": act.iteration,
+            }
+        )
+    run = {
+        "id": result.state.id,
+        "definition_name": loaded.name,
+        "definition_version": loaded.version,
+        "status": result.status.value,
+        "input": data,
+        "unique_key": unique_key,
+        "error_message": None,
+        "total_cost_usd": decimal.Decimal(0),
+        "created_at": now,
+        "updated_at": now,
+        "completed_at": None,
+        "timeout_at": timeout_at,
+    }
+    return NewRun(row=run, ready=ready)
 
 
 class RunOps(TransitionEngine):
@@ -135,7 +196,7 @@ class RunOps(TransitionEngine):
             now=tx.time(now),
             timeout_at=tx.time(timeout_at),
         )
-        insert_activities(tx, workflow_id, loaded.definition, now)
+        inserted = insert_activities(tx, workflow_id, loaded.definition, now)
         state = WorkflowState(
             id=workflow_id,
             status=WorkflowStatus.CREATED,
@@ -149,6 +210,10 @@ class RunOps(TransitionEngine):
             effects.timers.append(timeout_at)
         effects.own_runs.add(workflow_id)  # created here: its ready roots may go to parked polls
         result = self.transition(tx, effects, state, WorkflowStarted(), now)
+        if self.handoff is not None and result.status is WorkflowStatus.CREATED:
+            effects.new_runs[workflow_id] = _new_run(
+                result, inserted, loaded, data, unique_key, now, timeout_at
+            )
         return StartedWorkflow(
             id=workflow_id,
             definition_name=loaded.name,

@@ -107,6 +107,19 @@ class EngineSettings:
     secrets: Mapping[str, str] = attrs.field(factory=dict)
 
 
+@attrs.frozen
+class NewRun:
+    """A run created in this transaction, as a hand-over to parked polls needs it
+    (:meth:`kflow.server.handoff.ParkedHandOff.claim`): ``row`` as
+    ``lock_workflows`` would read it, ``ready`` its activities pending and due
+    with a new attempt, as ``claim_ready_of_runs`` would return them (before
+    their lease, which the claim sets). Nobody else can see these rows before
+    the transaction commits, so a claim of them needs no answer."""
+
+    row: Row
+    ready: list[Row]
+
+
 @attrs.define
 class Effects:
     """What to do after a transaction commits."""
@@ -126,6 +139,10 @@ class Effects:
     #: commit, the rows are ready again and the queue must be woken
     #: (:meth:`TransitionEngine.write`).
     claimed_queues: set[str] = attrs.field(factory=set)
+    #: Runs this transaction created, when it may hand their work to parked polls
+    #: (:attr:`TransitionEngine.handoff`): each run's row and its activities ready
+    #: now, as the claim would read them (:class:`NewRun`).
+    new_runs: dict[uuid.UUID, NewRun] = attrs.field(factory=dict)
 
     def merge(self, other: Effects) -> None:
         self.queues |= other.queues
@@ -134,6 +151,7 @@ class Effects:
         self.finished |= other.finished
         self.own_runs |= other.own_runs
         self.claimed_queues |= other.claimed_queues
+        self.new_runs.update(other.new_runs)
 
     def clear(self) -> None:
         """Forget everything (a retried transaction starts over)."""
@@ -143,6 +161,7 @@ class Effects:
         self.finished.clear()
         self.own_runs.clear()
         self.claimed_queues.clear()
+        self.new_runs.clear()
 
     def finish(self, workflow_id: uuid.UUID) -> None:
         """``workflow_id`` reached a final status (and its history grew)."""

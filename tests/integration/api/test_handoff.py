@@ -306,11 +306,11 @@ async def test_a_claim_run_again_wakes_the_queue_its_first_try_held(
     assert woken == ["std"]
 
 
-async def test_a_start_handed_to_a_parked_poll_reads_its_run_in_the_claims_round_trip(
+async def test_a_start_handed_to_a_parked_poll_waits_only_for_the_definition(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The hand-out needs the run's row; it is read (the run is the start's own,
-    locked already) in the round trip of the claim, not after it."""
+    """The start's own run and its ready work are known to it (nobody else can see
+    them before the commit): the claim names the rows and needs no answer."""
     from kflow.store.postgres import PgTx
 
     await api.deploy(CHAIN)
@@ -335,7 +335,7 @@ async def test_a_start_handed_to_a_parked_poll_reads_its_run_in_the_claims_round
                 await trio.sleep(0.01)
     [item] = got["items"]
     assert item["workflow_id"] == workflow_id
-    # The newest version of the definition, then the claim with the run's row
-    # (the commit rides on the pipeline's end).
-    assert len(waits) == 2
+    # The newest version of the definition (the claim and the commit ride on the
+    # pipeline's end).
+    assert len(waits) == 1
     assert (await api.run(workflow_id))["status"] == "running"

@@ -15,6 +15,7 @@ import datetime as dt
 from typing import Any
 
 import pytest
+import trio
 
 from kflow.server.worker_claims import WorkerClaims
 from tests.integration.conftest import Api
@@ -170,3 +171,72 @@ async def test_a_transition_that_leaves_a_choice_lets_the_database_claim(
     [left] = await api.poll(worker_id="w2")
     assert {taken["activity_key"], left["activity_key"]} == {"b", "c"}
     assert left["workflow_id"] == run
+
+
+ROOTS = """
+name: roots
+activities:
+  - key: first
+    activity_name: echo
+    parameters: {who: "{{ INPUT.who }}", run: "{{ WORKFLOW.id }}"}
+    settings: {timeout_seconds: 45}
+  - {key: second, activity_name: echo, parameters: {n: 2}}
+  - {key: elsewhere, worker: other-q, activity_name: echo}
+  - {key: last, activity_name: echo, depends_on: [first, second]}
+"""
+
+
+async def _handed_start(api: Api) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+    """Start a run while a poll taking one item is parked: what it got, then what
+    a second poll finds left in the queue."""
+    got: dict[str, Any] = {}
+
+    async def parked(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        got["items"] = await api.poll(worker_id="w1", n=1, wait=20)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(parked)
+        with trio.fail_after(5):
+            while not any(api.ctx.dispatcher._parked.values()):
+                await trio.sleep(0.01)
+        run = await api.start("roots", {"who": "ada"})
+        with trio.fail_after(5):
+            while "items" not in got:
+                await trio.sleep(0.01)
+    left = await api.poll(worker_id="w2", n=5)
+    return run, got["items"], left
+
+
+async def test_a_start_hands_its_parked_poll_what_the_databases_claim_would(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start's own new run: the hand-over to a parked poll takes the same rows in
+    the same order (one item for a poll asking one; the other root stays for the
+    next poll), writes the same rows and the same history as the database's claim."""
+    from kflow.server.handoff import ParkedHandOff
+
+    await api.deploy(ROOTS)
+    read = _stored(api)
+    await api.poll(worker_id="w0")  # the queue found empty: the parked poll claims nothing
+    known_run, known, known_left = await _handed_start(api)
+    with monkeypatch.context() as patched:
+        patched.setattr(ParkedHandOff, "_claim_new", lambda *args, **kwargs: False)
+        asked_run, asked, asked_left = await _handed_start(api)
+
+    assert [i["activity_key"] for i in known] == ["first"]
+    assert [i["activity_key"] for i in known_left] == ["second"]
+    assert known[0]["parameters"] == {"who": "ada", "run": known_run}
+    asked[0]["parameters"]["run"] = known_run
+    for mine, theirs in ((known, asked), (known_left, asked_left)):
+        assert [{k: v for k, v in i.items() if k not in _OWN} for i in mine] == [
+            {k: v for k, v in i.items() if k not in _OWN} for i in theirs
+        ]
+    for key in ("first", "second"):
+        rows = [await read(run, key) for run in (known_run, asked_run)]
+        assert _claim_columns(rows[0]) == _claim_columns(rows[1])
+        assert [row["claimed_with"] for row in rows] == [None, None]
+    _same_times(api, await read(known_run, "first"), known[0])
+    assert (await api.run(known_run))["status"] == (await api.run(asked_run))["status"]
+    assert (await api.run(known_run))["status"] == "running"
+    assert await _history(api, known_run) == await _history(api, asked_run)
