@@ -139,20 +139,8 @@ class ParkedHandOff:
                 rows: list[Row] = []
                 for row in taken:
                     lease = now + dt.timedelta(seconds=int(row["timeout_seconds"])) + grace
-                    rows.append({**row, "lease_expires_at": lease})
-                    claim_known(
-                        tx,
-                        {
-                            "workflow_id": str(row["workflow_id"]),
-                            "key": row["key"],
-                            "attempt_id": str(row["attempt_id"]),
-                            "worker_id": poll.worker_id,
-                            "client_id": poll.client_id,
-                            "now": tx.time(now),
-                            "lease_expires_at": tx.time(lease),
-                            "claimed_with": None,
-                        },
-                    )
+                    rows.append(claimed := {**row, "lease_expires_at": lease})
+                    claim_known(tx, claimed, poll.worker_id, poll.client_id, now, claimed_with=None)
                 if rows:
                     items = self._claims._hand_out(
                         tx, effects, rows, poll.worker_id, now, runs_of=runs_of

@@ -172,19 +172,7 @@ class WorkerClaims:
             else None
         )
         if known is not None:
-            claim_known(
-                tx,
-                {
-                    "workflow_id": str(known["workflow_id"]),
-                    "key": known["key"],
-                    "attempt_id": str(known["attempt_id"]),
-                    "worker_id": worker_id,
-                    "client_id": client_id,
-                    "now": tx.time(now),
-                    "lease_expires_at": tx.time(known["lease_expires_at"]),
-                    "claimed_with": reported,
-                },
-            )
+            claim_known(tx, known, worker_id, client_id, now, claimed_with=reported)
 
             def claimed() -> list[Row]:
                 return [known]
@@ -418,10 +406,29 @@ def _nothing_claimed() -> list[dict[str, Any]]:
     return []
 
 
-def claim_known(tx: Tx, values: Mapping[str, Any]) -> None:
-    """Claim one activity named by its attempt id (``claim_known_activities``), kept
-    with a :class:`DeferredWrites`' other claims or sent without waiting."""
+def claim_known(
+    tx: Tx,
+    row: Row,
+    worker_id: str,
+    client_id: str,
+    now: dt.datetime,
+    *,
+    claimed_with: str | None,
+) -> None:
+    """Claim for ``worker_id`` the activity of ``row`` (as a claim would return it,
+    its lease included) by its attempt id (``claim_known_activities``): kept
+    with a :class:`DeferredWrites`' other claims, or sent without waiting."""
+    values = {
+        "workflow_id": str(row["workflow_id"]),
+        "key": row["key"],
+        "attempt_id": str(row["attempt_id"]),
+        "worker_id": worker_id,
+        "client_id": client_id,
+        "now": tx.time(now),
+        "lease_expires_at": tx.time(row["lease_expires_at"]),
+        "claimed_with": claimed_with,
+    }
     if isinstance(tx, DeferredWrites):
         tx.claim_known(values)
     else:
-        tx.send("claim_known_activities", claims=tx.json([dict(values)]))
+        tx.send("claim_known_activities", claims=tx.json([values]))
