@@ -56,6 +56,7 @@ _RUNS_AND_DEFINITIONS = frozenset(
 #: checks this against the SQL of every dialect.)
 BLIND_TO_APPENDS = _RUNS_AND_DEFINITIONS | {
     "insert_activities",
+    "insert_workflow_with_activities",
     "claim_run_activities",
     "claim_next_of_runs",
     "claim_known_activities",
@@ -78,11 +79,11 @@ BLIND_TO_ACTIVITIES = _RUNS_AND_DEFINITIONS | {
     "delete_signal",
 }
 
-#: Statements that only insert the activities of a run created in this
-#: transaction: rows no kept write can name yet (a run's updates and claims
+#: Statements that only insert a run created in this transaction and its
+#: activities: rows no kept write can name yet (a run's updates and claims
 #: follow its insert), so nothing kept need be written before them. (The test
 #: checks that their SQL inserts and reads no table.)
-NEW_RUN_INSERTS = frozenset({"insert_activities"})
+NEW_RUN_INSERTS = frozenset({"insert_activities", "insert_workflow_with_activities"})
 
 
 @attrs.define

@@ -14,7 +14,7 @@ from typing import Any
 
 from kflow._types import ActivityStatus, WorkflowStatus
 from kflow.ids import new_id
-from kflow.model.definition import ActivitySettings, WorkflowDefinition
+from kflow.model.definition import ActivitySettings
 from kflow.model.normalize import settings_dict
 from kflow.server.deferred_writes import DeferredWrites
 from kflow.server.definitions import LoadedDefinition
@@ -83,13 +83,22 @@ def workflow_state(
     )
 
 
-def insert_activities(
-    tx: Tx, workflow_id: uuid.UUID, definition: WorkflowDefinition, now: dt.datetime
+def insert_run(
+    tx: Tx,
+    workflow_id: uuid.UUID,
+    loaded: LoadedDefinition,
+    data: Mapping[str, Any],
+    unique_key: str | None,
+    now: dt.datetime,
+    timeout_at: dt.datetime | None,
 ) -> list[dict[str, Any]]:
-    """One ``not_scheduled`` row per activity of ``definition``, in one statement;
-    returns the rows' fixed columns as inserted (``key``, ``position``,
-    ``queue``, ``activity_name``, ``timeout_seconds``, ``settings``,
-    ``output_definitions``)."""
+    """Insert a new run (``created``) and one ``not_scheduled`` row per activity of
+    its definition — on PostgreSQL in one statement, on SQLite in two; returns
+    the activities' fixed columns as inserted (``key``, ``position``, ``queue``,
+    ``activity_name``, ``timeout_seconds``, ``settings``, ``output_definitions``).
+    The statements go out without waiting: a ``unique_key`` a concurrent start
+    took fails the transaction at its next wait (a ``ConflictError``).
+    """
     rows = [
         {
             "key": act.key,
@@ -101,8 +110,21 @@ def insert_activities(
             "output_definitions": [{"name": o.name, "type": o.type.value} for o in act.outputs]
             or None,
         }
-        for position, act in enumerate(definition.activities)
+        for position, act in enumerate(loaded.definition.activities)
     ]
+    run = {
+        "id": str(workflow_id),
+        "definition_name": loaded.name,
+        "definition_version": loaded.version,
+        "input": tx.json(dict(data)),
+        "unique_key": unique_key,
+        "now": tx.time(now),
+        "timeout_at": tx.time(timeout_at),
+    }
+    if tx.dialect == "postgres":
+        tx.send("insert_workflow_with_activities", **run, activities=tx.json(rows))
+        return rows
+    tx.send("insert_workflow", **run)
     tx.send(
         "insert_activities",
         workflow_id=str(workflow_id),

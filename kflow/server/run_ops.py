@@ -22,7 +22,7 @@ from kflow.errors import ConflictError, NotFoundError
 from kflow.ids import new_id
 from kflow.model.definition import WorkflowDefinition
 from kflow.server.definitions import LoadedDefinition, deploy_in_tx
-from kflow.server.persistence import append_events, insert_activities
+from kflow.server.persistence import append_events, insert_run
 from kflow.server.start_group import StartGroups
 from kflow.server.state import (
     ActivityState,
@@ -186,17 +186,7 @@ class RunOps(TransitionEngine):
         workflow_id = new_id()
         timeout = loaded.definition.settings.timeout_seconds
         timeout_at = None if timeout is None else now + dt.timedelta(seconds=timeout)
-        tx.send(
-            "insert_workflow",
-            id=str(workflow_id),
-            definition_name=loaded.name,
-            definition_version=loaded.version,
-            input=tx.json(data),
-            unique_key=unique_key,
-            now=tx.time(now),
-            timeout_at=tx.time(timeout_at),
-        )
-        inserted = insert_activities(tx, workflow_id, loaded.definition, now)
+        inserted = insert_run(tx, workflow_id, loaded, data, unique_key, now, timeout_at)
         state = WorkflowState(
             id=workflow_id,
             status=WorkflowStatus.CREATED,

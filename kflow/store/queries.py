@@ -43,13 +43,20 @@ def parse_queries(text: str, *, source: str = "<sql>") -> dict[str, str]:
 
 
 #: Queries only PostgreSQL defines; every other name exists in both dialects.
-#: ``insert_appends_of_runs`` writes two tables in one statement (SQLite has no
-#: data-modifying ``WITH``; its statements cost no round trip anyway),
-#: ``claim_known_activities`` claims without asking which row (it saves a wait
-#: for the answer, which SQLite gives at once) and ``other_listeners`` counts
-#: other servers' LISTEN connections (a SQLite database has one server, which
-#: does not listen).
-POSTGRES_ONLY = frozenset({"insert_appends_of_runs", "claim_known_activities", "other_listeners"})
+#: ``insert_appends_of_runs`` and ``insert_workflow_with_activities`` write two
+#: tables in one statement (SQLite has no data-modifying ``WITH``; its
+#: statements cost no round trip anyway), ``claim_known_activities`` claims
+#: without asking which row (it saves a wait for the answer, which SQLite gives
+#: at once) and ``other_listeners`` counts other servers' LISTEN connections (a
+#: SQLite database has one server, which does not listen).
+POSTGRES_ONLY = frozenset(
+    {
+        "insert_appends_of_runs",
+        "insert_workflow_with_activities",
+        "claim_known_activities",
+        "other_listeners",
+    }
+)
 
 
 @functools.cache

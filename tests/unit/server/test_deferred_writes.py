@@ -70,8 +70,13 @@ def test_new_run_inserts_only_insert_and_read_no_table(dialect: str) -> None:
     # Kept updates and claims name existing rows of other runs: a statement that
     # only inserts a new run's rows cannot see them or be seen by them.
     queries = load_queries(dialect)
-    for name in NEW_RUN_INSERTS:
+    for name in NEW_RUN_INSERTS - (POSTGRES_ONLY if dialect == "sqlite" else frozenset()):
         sql = _without_comments(queries[name])
+        # The run itself may come first, in a data-modifying WITH that only inserts it.
+        run = re.match(r"\s*WITH \w+ AS \(\s*INSERT INTO workflows\b[^;]*?\)\)", sql, re.DOTALL)
+        if run is not None:
+            assert not re.search(r"\b(SELECT|FROM)\b", run.group(0), re.IGNORECASE), name
+            sql = sql[run.end() :]
         assert re.match(r"\s*INSERT INTO activities\b", sql), name
         assert not re.search(r"\b(UPDATE|DELETE|JOIN|CONFLICT)\b", sql, re.IGNORECASE), name
         tables = re.findall(r"\bFROM\s+(\w+)", sql, re.IGNORECASE)

@@ -8,6 +8,21 @@ SELECT %(workflow_id)s, a.item ->> 'key', (a.item ->> 'position')::integer, a.it
        NULLIF(a.item -> 'output_definitions', 'null'::jsonb), 'not_scheduled', %(now)s
 FROM jsonb_array_elements(%(activities)s) AS a(item);
 
+-- name: insert_workflow_with_activities
+-- insert_workflow and insert_activities of a new run in one statement (a
+-- data-modifying WITH; the parameters of both, the run's id as id).
+WITH run AS (
+    INSERT INTO workflows (id, definition_name, definition_version, status, input, unique_key,
+                           created_at, updated_at, timeout_at)
+    VALUES (%(id)s, %(definition_name)s, %(definition_version)s, 'created', %(input)s,
+            %(unique_key)s, %(now)s, %(now)s, %(timeout_at)s))
+INSERT INTO activities (workflow_id, key, position, queue, activity_name, timeout_seconds,
+                        settings, output_definitions, status, updated_at)
+SELECT %(id)s, a.item ->> 'key', (a.item ->> 'position')::integer, a.item ->> 'queue',
+       a.item ->> 'activity_name', (a.item ->> 'timeout_seconds')::numeric::integer, a.item -> 'settings',
+       NULLIF(a.item -> 'output_definitions', 'null'::jsonb), 'not_scheduled', %(now)s
+FROM jsonb_array_elements(%(activities)s) AS a(item);
+
 -- name: workflow_activities
 SELECT workflow_id, key, position, queue, activity_name, timeout_seconds, settings,
        output_definitions, status, iteration, attempt, attempt_id, parameters, available_at,
