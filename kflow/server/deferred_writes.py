@@ -7,13 +7,17 @@ run's next activity — one statement each. Wrapped in :class:`DeferredWrites`,
 those statements are kept and written together: all attempts in one
 statement, all events in another (in the order they were appended) — on
 PostgreSQL both in one — all activity updates in one, all claims in one
-(claims the transaction decided itself, naming their attempts, in one more).
+(claims the transaction decided itself, naming their attempts, in one more),
+all run status changes in one.
 Nothing else changes: every other statement goes straight through, in
 order, after whatever was kept that it might see.
 
 - Appends are written before any statement not named in
   :data:`BLIND_TO_APPENDS` (ones that neither read nor write the
   ``attempts`` and ``events`` tables), and at the end.
+- Run status changes are written before any statement not named in
+  :data:`BLIND_TO_WORKFLOWS` (ones that never name the ``workflows`` table),
+  and at the end; a second change of the same run writes the first.
 - Activity updates and claims are written before any statement not named in
   :data:`BLIND_TO_ACTIVITIES` (ones that never name the ``activities``
   table), when a claim's rows are asked for, and at the end — updates first,
@@ -23,7 +27,7 @@ order, after whatever was kept that it might see.
   different runs and updates of other runs commute, so the merged order ends
   as the one-by-one order would.
 
-A test checks both sets against the SQL of every dialect; a statement
+A test checks the sets against the SQL of every dialect; a statement
 missing from a set only costs the merge, never correctness.
 """
 
@@ -79,6 +83,30 @@ BLIND_TO_ACTIVITIES = _RUNS_AND_DEFINITIONS | {
     "delete_signal",
 }
 
+#: Statements that never name the workflows table: kept run status changes
+#: need not be written before them (checked like BLIND_TO_APPENDS).
+BLIND_TO_WORKFLOWS = frozenset(
+    {
+        "latest_definition",
+        "get_definition",
+        "insert_activities",
+        "claim_run_activities",
+        "claim_next_of_runs",
+        "claim_known_activities",
+        "workflow_activities",
+        "activities_of_workflows",
+        "update_activity",
+        "update_activities_of_runs",
+        "run_reservations",
+        "insert_attempts",
+        "insert_events_of_runs",
+        "insert_appends_of_runs",
+        "insert_event",
+        "insert_events",
+        "delete_signal",
+    }
+)
+
 #: Statements that only insert a run created in this transaction and its
 #: activities: rows no kept write can name yet (a run's updates and claims
 #: follow its insert), so nothing kept need be written before them. (The test
@@ -111,6 +139,7 @@ class DeferredWrites:
         self._claims: list[_KeptClaim] = []
         self._known: list[dict[str, Any]] = []
         self._claimed_runs: set[str] = set()
+        self._statuses: list[dict[str, Any]] = []
 
     # ---- what persistence keeps -------------------------------------------------------
 
@@ -139,6 +168,22 @@ class DeferredWrites:
         for row in rows:
             self._updates.append({**row, "workflow_id": workflow_id, "now": now})
         self._updated |= keys
+
+    def _keep_status(self, params: Mapping[str, Any]) -> None:
+        """Keep a ``set_workflow_status`` (its parameters, converted by ``tx``); a
+        second one for the same run writes what waits first."""
+        if any(kept["id"] == params["id"] for kept in self._statuses):
+            self._write_statuses()
+        self._statuses.append(
+            {k: params[k] for k in ("id", "status", "error_message", "finished", "now")}
+        )
+
+    def _write_statuses(self) -> None:
+        statuses, self._statuses = self._statuses, []
+        if len(statuses) == 1:
+            self._tx.send("set_workflow_status", **statuses[0])
+        elif statuses:
+            self._tx.send("set_workflows_status", statuses=self._tx.json(statuses))
 
     def claim_known(self, values: Mapping[str, Any]) -> None:
         """Keep a claim of an activity named by its attempt id, as
@@ -224,11 +269,15 @@ class DeferredWrites:
         self._claimed_runs.clear()
 
     def flush(self) -> None:
-        """Write everything kept: activity updates, claims, attempts, events."""
+        """Write everything kept: activity updates, claims, attempts, events, run
+        statuses."""
         self._write_activities()
         self._write_appends()
+        self._write_statuses()
 
     def _before(self, query: str) -> None:
+        if query not in BLIND_TO_WORKFLOWS and query not in NEW_RUN_INSERTS:
+            self._write_statuses()
         if query not in BLIND_TO_ACTIVITIES and query not in NEW_RUN_INSERTS:
             self._write_activities()
         if query not in BLIND_TO_APPENDS:
@@ -261,6 +310,9 @@ class DeferredWrites:
         self._tx.run_many(query, rows)
 
     def send(self, query: str, /, **params: Any) -> None:
+        if query == "set_workflow_status":
+            self._keep_status(params)  # blind to what else is kept, like the statement
+            return
         self._before(query)
         self._tx.send(query, **params)
 

@@ -485,6 +485,77 @@ async def _activity_rows(store: Store, run: Any) -> list[dict[str, Any]]:
     ]
 
 
+async def test_run_statuses_changed_together_end_as_if_changed_one_by_one(store: Store) -> None:
+    """``set_workflows_status`` (kept by :class:`DeferredWrites`, one statement)
+    leaves every run's row as ``set_workflow_status`` run by run does: the status,
+    an error message kept when none is given, the completion time only for a
+    finished run, the update time; a second change of a run applies after the first."""
+    import datetime as dt
+    import uuid
+
+    from kflow.server.deferred_writes import DeferredWrites
+
+    now = dt.datetime(2026, 12, 7, 21, 0, 0, 654321, tzinfo=dt.UTC)
+    later = now + dt.timedelta(seconds=2, microseconds=7)
+    changes = [  # (run, status, error message, finished, time)
+        (0, "failed", 'boom ✗ "q"', True, now),
+        (1, "running", None, False, now),
+        (2, "completed", None, True, later),
+        (3, "cancelled", "by request", False, now),
+        (3, "failed", None, True, later),  # the same run again
+    ]
+
+    def runs(base: int) -> list[str]:
+        return [str(uuid.UUID(int=(0x0190 << 112) + base + n)) for n in range(4)]
+
+    def insert(tx: Any) -> None:
+        for base in (0, 100):
+            for n, run in enumerate(runs(base)):
+                tx.run(
+                    "insert_workflow", id=run, definition_name="d", definition_version="v",
+                    input=tx.json({}), unique_key=None, now=tx.time(now - dt.timedelta(hours=1)),
+                    timeout_at=tx.time(None),
+                )  # fmt: skip
+                tx.run(
+                    "set_workflow_status", id=run, status="running",
+                    error_message="old error" if n in (1, 3) else None, finished=False,
+                    now=tx.time(now - dt.timedelta(hours=1)),
+                )  # fmt: skip
+
+    def change(tx: Any, base: int) -> None:
+        ids = runs(base)
+        for n, status, message, finished, at in changes:
+            tx.send(
+                "set_workflow_status", id=ids[n], status=status, error_message=message,
+                finished=finished, now=tx.time(at),
+            )  # fmt: skip
+
+    def together(tx: Any) -> None:
+        kept = DeferredWrites(tx)
+        change(kept, 100)
+        kept.flush()
+
+    await store.write(insert)
+    await store.write(lambda tx: change(tx, 0))
+    await store.write(together)
+
+    def read(tx: Any) -> list[list[Any]]:
+        def shown(row: Any) -> tuple[Any, ...]:
+            return (
+                row["status"],
+                row["error_message"],
+                load_time(row["completed_at"]),
+                load_time(row["updated_at"]),
+            )
+
+        return [[shown(tx.one("get_workflow", id=run)) for run in runs(b)] for b in (0, 100)]
+
+    one_by_one, kept_together = await store.read(read)
+    assert kept_together == one_by_one
+    assert one_by_one[3] == ("failed", "by request", later, later)
+    assert one_by_one[1] == ("running", "old error", None, now)
+
+
 async def test_activities_updated_together_end_as_if_updated_one_by_one(store: Store) -> None:
     """``update_activities_of_runs`` (one statement) leaves every column as ``update_activity``
     row by row does: leases cleared or kept, attempts renewed, JSON values (floats,

@@ -11,6 +11,7 @@ import pytest
 from kflow.server.deferred_writes import (
     BLIND_TO_ACTIVITIES,
     BLIND_TO_APPENDS,
+    BLIND_TO_WORKFLOWS,
     NEW_RUN_INSERTS,
     DeferredWrites,
 )
@@ -20,6 +21,8 @@ from kflow.store.queries import POSTGRES_ONLY, load_queries
 _TOUCHES = re.compile(r"\b(attempts|events)\b", re.IGNORECASE)
 #: A mention of the table kept updates and claims go to.
 _TOUCHES_ACTIVITIES = re.compile(r"\bactivities\b", re.IGNORECASE)
+#: A mention of the table kept run status changes go to.
+_TOUCHES_WORKFLOWS = re.compile(r"\bworkflows\b", re.IGNORECASE)
 
 
 def _without_comments(sql: str) -> str:
@@ -63,6 +66,21 @@ def test_the_activities_guard_recognises_statements_that_touch_the_table(dialect
     queries = load_queries(dialect)
     for name in ("lock_workflows_of_attempts", "workflow_activities", "claim_run_activities"):
         assert _TOUCHES_ACTIVITIES.search(_without_comments(queries[name])), name
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgres"])
+def test_every_statement_blind_to_workflows_exists_and_never_names_the_table(
+    dialect: str,
+) -> None:
+    queries = load_queries(dialect)
+    expected = BLIND_TO_WORKFLOWS - (POSTGRES_ONLY if dialect == "sqlite" else frozenset())
+    assert set(queries) >= expected, expected - set(queries)
+    touching = {
+        name for name in expected if _TOUCHES_WORKFLOWS.search(_without_comments(queries[name]))
+    }
+    assert touching == set()
+    for name in ("get_workflow", "lock_workflows", "set_workflow_cost", "workflow_detail"):
+        assert _TOUCHES_WORKFLOWS.search(_without_comments(queries[name])), name
 
 
 @pytest.mark.parametrize("dialect", ["sqlite", "postgres"])
@@ -124,9 +142,9 @@ def test_updates_and_claims_of_different_runs_go_out_as_two_statements() -> None
     answers = {}
     for run in ("r1", "r2", "r3"):
         tx.update_activities(run, [{"key": "a"}, {"key": "b"}], 0)
-        tx.send("set_workflow_status", id=run)  # blind: goes through, nothing written first
+        tx.send("set_workflow_cost", id=run)  # blind: goes through, nothing written first
         answers[run] = _claim(tx, run)
-    assert inner.sent == ["set_workflow_status"] * 3
+    assert inner.sent == ["set_workflow_cost"] * 3
     assert [r["workflow_id"] for r in answers["r2"]()] == ["r2"]
     assert inner.sent[3:] == ["update_activities_of_runs", "claim_next_of_runs"]
     assert [r["workflow_id"] for r in answers["r1"]()] == ["r1"]  # answered from the same rows
@@ -170,6 +188,30 @@ def test_claims_naming_their_attempts_go_out_after_the_updates_without_an_answer
     tx.claim_known({"workflow_id": "r1", "key": "c", "attempt_id": "r1-c1"})
     tx.update_activities("r1", [{"key": "c"}], 0)
     assert inner.sent[3:] == ["claim_known_activities"]
+
+
+def _status(tx: DeferredWrites, run: str, status: str = "completed") -> None:
+    tx.send("set_workflow_status", id=run, status=status, error_message=None, finished=True, now=0)
+
+
+def test_run_status_changes_go_out_together_before_anything_that_names_the_runs() -> None:
+    inner = _RecordingTx()
+    tx = DeferredWrites(inner)  # type: ignore[arg-type]
+    _status(tx, "r1")
+    tx.update_activities("r1", [{"key": "a"}], 0)
+    _status(tx, "r2", "failed")
+    tx.send("insert_events_of_runs", events=[])  # blind to runs: nothing written first
+    assert inner.sent == ["insert_events_of_runs"]
+    tx.one("get_workflow", id="r1")  # sees the runs' statuses (not activities): they go first
+    assert inner.sent[1:] == ["set_workflows_status", "get_workflow"]
+    _status(tx, "r3")
+    _status(tx, "r3", "failed")  # the same run again: the first goes out alone
+    tx.flush()
+    assert inner.sent[3:] == [
+        "set_workflow_status",
+        "update_activities_of_runs",
+        "set_workflow_status",
+    ]
 
 
 @pytest.mark.parametrize(

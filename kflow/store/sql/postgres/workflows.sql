@@ -60,6 +60,20 @@ SET status = %(status)s,
     updated_at = %(now)s
 WHERE id = %(id)s;
 
+-- name: set_workflows_status
+-- set_workflow_status for several runs in one statement (statuses: a JSON
+-- array of {id, status, error_message, finished, now}, each run once); the
+-- runs are read through the primary key (ANY(ARRAY(...))).
+UPDATE workflows AS w
+SET status = s.status,
+    error_message = COALESCE(s.error_message, w.error_message),
+    completed_at = CASE WHEN s.finished THEN s.now ELSE w.completed_at END,
+    updated_at = s.now
+FROM jsonb_to_recordset(%(statuses)s) AS s(id uuid, status text, error_message text,
+                                           finished boolean, now timestamptz)
+WHERE w.id = ANY(ARRAY(SELECT (jsonb_array_elements(%(statuses)s) ->> 'id')::uuid))
+  AND w.id = s.id;
+
 -- name: mark_workflows_running
 -- Runs (ids: a JSON array of run ids) whose first activity was just claimed:
 -- created -> running, in one statement.

@@ -53,6 +53,18 @@ SET status = :status,
     updated_at = :now
 WHERE id = :id;
 
+-- name: set_workflows_status
+-- set_workflow_status for several runs in one statement (statuses: a JSON
+-- array of {id, status, error_message, finished, now}, each run once).
+UPDATE workflows
+SET status = s.value ->> '$.status',
+    error_message = COALESCE(s.value ->> '$.error_message', error_message),
+    completed_at = CASE WHEN s.value ->> '$.finished' THEN s.value ->> '$.now'
+                        ELSE completed_at END,
+    updated_at = s.value ->> '$.now'
+FROM json_each(:statuses) AS s
+WHERE workflows.id = s.value ->> '$.id';
+
 -- name: mark_workflows_running
 -- Runs (ids: a JSON array of run ids) whose first activity was just claimed:
 -- created -> running, in one statement.
