@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from kflow._gc import freeze_startup_objects
 from kflow.activities.hardening import protect_process_memory
 from kflow.cli import EXIT_FAILED, EXIT_OK, parse_input
 from kflow.client import AsyncClient, ClientConfig
@@ -62,6 +63,7 @@ async def cmd_serve(args: argparse.Namespace, console: Console) -> int:
         nursery.start_soon(_signals_to, shutdown, nursery.cancel_scope)
         async with trio.open_nursery() as server:
             running: RunningServer = await server.start(_serve_task, serve, config, shutdown)
+            freeze_startup_objects()  # short full collections from now on (kflow._gc)
             server.start_soon(_announce_stop, shutdown, console)
             workers = ", ".join(config.builtin_workers) or "none built in"
             console.print(
@@ -254,6 +256,7 @@ async def cmd_worker(args: argparse.Namespace, console: Console) -> int:
             f"serves {', '.join(registry.activity_types()) or 'nothing'}"
         )
     manager = WorkerManager(config, registry)
+    freeze_startup_objects()  # short full collections from now on (kflow._gc)
     try:
         if pool is not None:
             async with pool:

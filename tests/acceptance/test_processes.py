@@ -96,6 +96,8 @@ async def test_server_and_worker_processes_run_a_branching_workflow(cluster: Clu
     assert all(count == 1 for count in runs.values()), runs
     assert len(runs) == 12  # 6 executed activities in each run
     assert_each_completed_once(cluster, big["workflow_id"])
+    # Both long-running processes froze their start-up objects (kflow._gc).
+    assert [("process.gc_frozen" in p.output()) for p in cluster.procs] == [True, True]
 
 
 SLOW = """
