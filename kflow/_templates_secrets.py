@@ -15,9 +15,18 @@ from typing import Any
 
 from kflow.errors import TemplateError
 
-_SENTINEL = "\x00kflow-secret:{}\x00"
+#: Delimited by U+0001, a control character: JSON writes it escaped (``\u0001``),
+#: so a sentinel inside ``tojson`` output is told from a plain one, and
+#: PostgreSQL's ``jsonb`` stores it (it refuses NUL, which delimited the
+#: sentinels of earlier builds — still revealed: parameters a SQLite database
+#: stored then may wait for dispatch).
+_SENTINEL = "\x01kflow-secret:{}\x01"
 _SENTINEL_PATTERN = re.compile(
-    r"\x00kflow-secret:(?P<raw>[^\x00]+)\x00|\\u0000kflow-secret:(?P<json>[^\\]+)\\u0000"
+    r"\x01kflow-secret:(?P<raw>[^\x01]+)\x01"
+    r"|\\u0001kflow-secret:(?P<json>[^\\]+)\\u0001"
+    # as earlier builds wrote them
+    r"|\x00kflow-secret:(?P<raw_nul>[^\x00]+)\x00"
+    r"|\\u0000kflow-secret:(?P<json_nul>[^\\]+)\\u0000"
 )
 
 
@@ -25,7 +34,7 @@ class SecretNamespace:
     """The ``SECRET`` entry of a template context: knows secret names, never values.
 
     ``SECRET.NAME`` and ``SECRET['NAME']`` give the sentinel
-    ``"\\x00kflow-secret:NAME\\x00"``, which :func:`reveal_secrets` replaces by the
+    ``"\\x01kflow-secret:NAME\\x01"``, which :func:`reveal_secrets` replaces by the
     value later. An unknown name raises :class:`TemplateError` (``undefined
     secret 'NAME'``), which fails the render.
     """
@@ -72,8 +81,8 @@ def reveal_secrets(value: Any, secrets: Mapping[str, str]) -> Any:
 
 
 def _secret_for(match: re.Match[str], secrets: Mapping[str, str]) -> str:
-    raw = match.group("raw")
-    name = raw if raw is not None else match.group("json")
+    raw = match.group("raw") or match.group("raw_nul")
+    name = raw if raw is not None else (match.group("json") or match.group("json_nul"))
     try:
         secret = secrets[name]
     except KeyError as exc:

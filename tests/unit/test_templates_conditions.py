@@ -188,9 +188,17 @@ SECRETS = {"TOKEN": "t0ps3cret", "db_password": 'p"w\\x'}
 def test_secret_renders_to_sentinel(engine, context) -> None:
     rendered = engine.render({"auth": "Bearer {{ SECRET.TOKEN }}"}, context)
     assert "t0ps3cret" not in str(rendered)
-    assert rendered == {"auth": "Bearer \x00kflow-secret:TOKEN\x00"}
+    assert rendered == {"auth": "Bearer \x01kflow-secret:TOKEN\x01"}
     assert engine.render("{{ SECRET['db_password'] }}", context) == (
-        "\x00kflow-secret:db_password\x00"
+        "\x01kflow-secret:db_password\x01"
+    )
+
+
+def test_sentinels_of_earlier_builds_are_still_revealed() -> None:
+    # NUL-delimited, as stored before PostgreSQL's jsonb (which refuses NUL) was served
+    assert reveal_secrets(["Bearer \x00kflow-secret:TOKEN\x00"], SECRETS) == ["Bearer t0ps3cret"]
+    assert reveal_secrets('{"pw": "\\u0000kflow-secret:db_password\\u0000"}', SECRETS) == (
+        '{"pw": "p\\"w\\\\x"}'
     )
 
 

@@ -11,7 +11,15 @@ import trio
 
 from kflow.server.engine import Engine
 from tests.integration.api.test_auth import bearer, token_for
-from tests.integration.conftest import Api, _api, assert_error, create_client, make_config
+from tests.integration.conftest import (
+    DIALECTS,
+    Api,
+    _api,
+    assert_error,
+    create_client,
+    database_for,
+    make_config,
+)
 
 CHAIN = """
 name: chain
@@ -77,8 +85,17 @@ activities:
 """
 
 
-async def test_secrets_are_substituted_at_dispatch_and_never_stored(tmp_path: pathlib.Path) -> None:
-    async with _api(make_config(tmp_path, secrets={"TOK": "s3cr3t-value"})) as api:
+@pytest.fixture(params=DIALECTS)
+def database_url(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> str:
+    """A fresh database of each dialect, for tests that restart their server on it."""
+    return database_for(request, tmp_path)
+
+
+async def test_secrets_are_substituted_at_dispatch_and_never_stored(
+    tmp_path: pathlib.Path, database_url: str
+) -> None:
+    config = make_config(tmp_path, database_url=database_url, secrets={"TOK": "s3cr3t-value"})
+    async with _api(config) as api:
         await api.deploy(SECRETIVE)
         workflow_id = await api.start("secretive")
         items = {i["activity_key"]: i for i in await api.poll()}
@@ -92,13 +109,14 @@ async def test_secrets_are_substituted_at_dispatch_and_never_stored(tmp_path: pa
 
 
 async def test_a_secret_missing_at_dispatch_fails_only_its_activity(
-    tmp_path: pathlib.Path,
+    tmp_path: pathlib.Path, database_url: str
 ) -> None:
-    async with _api(make_config(tmp_path, secrets={"TOK": "s3cr3t-value"})) as api:
+    config = make_config(tmp_path, database_url=database_url, secrets={"TOK": "s3cr3t-value"})
+    async with _api(config) as api:
         await api.deploy(SECRETIVE)
         workflow_id = await api.start("secretive")
     # the server restarts without that secret configured
-    async with _api(make_config(tmp_path)) as api:
+    async with _api(make_config(tmp_path, database_url=database_url)) as api:
         items = await api.poll()
         assert [i["activity_key"] for i in items] == ["plain"]  # handed out; nothing stuck
         run = await api.run(workflow_id)
