@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from kflow.errors import TemplateError
 from kflow.server.dispatcher import Dispatcher, ParkedPoll
 from kflow.server.transitions import Effects
 from kflow.server.worker_claims import claim_known
@@ -111,19 +110,14 @@ class ParkedHandOff:
         """The hand-over of a transaction whose own runs it all created (a start):
         their ready work is known (``effects.new_runs``), nobody else can see it,
         so each claim names its rows and goes out without waiting for an answer —
-        the same rows, in the same order, as ``claim_ready_of_runs`` would take.
-        False (nothing done) for any other transaction, or when an item's
-        parameters cannot be completed (the database's claim then fails it as
-        usual)."""
+        the same rows, in the same order, as ``claim_ready_of_runs`` would take
+        (an item whose parameters cannot be completed fails in the hand-out, as
+        after the database's claim). False (nothing done) for any other
+        transaction."""
         new = effects.new_runs
         if not new or not effects.own_runs <= new.keys():
             return False
         ready = [row for run in new.values() for row in run.ready]
-        try:
-            for row in ready:
-                self._claims._poll_item({**row, "lease_expires_at": now})
-        except TemplateError:
-            return False
         grace = dt.timedelta(seconds=self._claims.engine.settings.lease_grace_seconds)
         runs_of = {str(run_id): run.row for run_id, run in new.items()}
         for queue in sorted(effects.queues):
@@ -141,20 +135,22 @@ class ParkedHandOff:
                     lease = now + dt.timedelta(seconds=int(row["timeout_seconds"])) + grace
                     rows.append(claimed := {**row, "lease_expires_at": lease})
                     claim_known(tx, claimed, poll.worker_id, poll.client_id, now, claimed_with=None)
+                items: list[dict[str, Any]] = []
                 if rows:
                     items = self._claims._hand_out(
                         tx, effects, rows, poll.worker_id, now, runs_of=runs_of
                     )
                     handed[-1] = Handed(poll, items)
-                    for row in rows:  # marked running by the hand-out
-                        runs_of[str(row["workflow_id"])] = {
-                            **runs_of[str(row["workflow_id"])],
-                            "status": "running",
-                        }
+                    for item in items:  # their runs were marked running by the hand-out
+                        run = item["workflow_id"]
+                        runs_of[run] = {**runs_of[run], "status": "running"}
                 else:
                     self.release([handed.pop()])
-                if len(rows) < poll.limit:  # nothing of these runs is left in the queue
-                    effects.queues.discard(queue)
+                if len(rows) < poll.limit:
+                    # Nothing of these runs is left in the queue — unless an item
+                    # could not be sent and its failure made work ready again.
+                    if len(items) == len(rows):
+                        effects.queues.discard(queue)
                     break
         return True
 

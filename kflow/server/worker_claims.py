@@ -215,9 +215,10 @@ class WorkerClaims:
         decides it alone: the one activity of the run pending in ``queue`` and due
         by ``now`` is one ``transition`` just made pending with a new attempt (no
         other transaction can see, let alone claim, that attempt before this one
-        commits), and its parameters can be completed. None otherwise — the claim
-        then asks the database, as it always did. Deciding here saves waiting for
-        the claim's answer before the commit (PostgreSQL only).
+        commits). None otherwise — the claim then asks the database, as it
+        always did. Deciding here saves waiting for the claim's answer before the
+        commit (PostgreSQL only). An item whose parameters cannot be completed
+        fails in the hand-out, after the claim, as with the database's claim.
 
         ``activities``: the run's rows as read under its lock before ``transition``.
         """
@@ -261,10 +262,6 @@ class WorkerClaims:
             "lease_expires_at": now
             + dt.timedelta(seconds=int(row["timeout_seconds"]), microseconds=grace_micros),
         }
-        try:
-            self._poll_item(predicted)
-        except TemplateError:  # the database's claim, then the usual failure
-            return None
         return predicted
 
     def release_unseen_next(

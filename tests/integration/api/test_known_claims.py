@@ -240,3 +240,47 @@ async def test_a_start_hands_its_parked_poll_what_the_databases_claim_would(
     assert (await api.run(known_run))["status"] == (await api.run(asked_run))["status"]
     assert (await api.run(known_run))["status"] == "running"
     assert await _history(api, known_run) == await _history(api, asked_run)
+
+
+SECRET_NEXT = """
+name: secret_next
+activities:
+  - {key: a, activity_name: echo}
+  - key: b
+    activity_name: echo
+    parameters: {header: "Bearer {{ SECRET.TOK }}"}
+    depends_on: [a]
+"""
+
+
+async def test_a_named_claim_whose_secret_is_gone_fails_its_activity_as_the_databases_would(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim is named before the item is built; an item whose secret cannot be
+    revealed (here: the server's secrets emptied after the run started) fails its
+    activity with ``TEMPLATE_ERROR`` in the same transaction — the same rows and
+    history as when the database chose the claim, and the report hands out nothing."""
+    secrets = api.ctx.engine.settings.secrets
+    assert isinstance(secrets, dict)
+    secrets["TOK"] = "s3cr3t"
+    monkeypatch.setattr(api.ctx.engine, "_secret_names", frozenset({"TOK"}))
+    await api.deploy(SECRET_NEXT)
+
+    async def reported() -> tuple[str, list[dict[str, Any]]]:
+        secrets["TOK"] = "s3cr3t"
+        run = await api.start("secret_next")
+        [a] = [i for i in await api.poll() if i["workflow_id"] == run]
+        secrets.clear()  # gone by the time b is handed out
+        return run, await _report(api, a, batched=True, output={"value": 1})
+
+    known_run, known = await reported()
+    with monkeypatch.context() as patched:
+        patched.setattr(WorkerClaims, "_known_claim", lambda *args, **kwargs: None)
+        asked_run, asked = await reported()
+    assert known == asked == []
+    for run in (known_run, asked_run):
+        detail = await api.run(run)
+        b = next(a for a in detail["activities"] if a["activity_key"] == "b")
+        assert (b["status"], b["error"]["code"]) == ("failed", "TEMPLATE_ERROR")
+        assert detail["status"] == "failed"
+    assert await _history(api, known_run) == await _history(api, asked_run)
