@@ -13,8 +13,10 @@ that order: two groups, or a group and a claim, never wait on each other in
 a cycle. A report that asks for its run's next step sends its claim with its
 transition; the claims of the runs with a single report in the group are
 answered together and handed out after all transitions, so the group waits
-for the database twice (the lock with the runs' activities, the claims)
-however many reports it holds, then commits. Each report keeps its own
+for the database at most twice (the lock with the runs' activities, the
+claims) however many reports it holds, then commits — once when every claim
+names the attempt its transition made ready (PostgreSQL:
+:meth:`~kflow.server.worker_claims.WorkerClaims.claim_next`). Each report keeps its own
 effects until then, so one report's "no need to wake this queue" never
 drops a wake another report of the group needs. A report may never leave a
 transaction half written, so if any of them raises (a lease lost to another
