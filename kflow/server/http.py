@@ -55,6 +55,38 @@ class HeldJSONResponse(Response):
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+class LinesResponse(Response):
+    """A stream of JSON lines (``application/x-ndjson``, chunked): the status line
+    and headers go out at once, then one line for each value ``produce`` emits,
+    as it emits it; the answer ends when ``produce`` returns.
+
+    ``produce`` watches for the caller hanging up itself (as ``HeldJSONResponse``'s
+    ``body_of`` does).
+    """
+
+    media_type = "application/x-ndjson"
+
+    def __init__(
+        self,
+        produce: Callable[[Callable[[Any], Awaitable[None]]], Awaitable[None]],
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self._produce = produce
+        self.status_code = 200
+        self.background = None
+        self.init_headers(headers)  # no body yet: no Content-Length, so chunked
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+
+        async def emit(value: Any) -> None:
+            line = dumps(value) + b"\n"
+            await send({"type": "http.response.body", "body": line, "more_body": True})
+
+        await self._produce(emit)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
 def envelope(code: str, message: str, details: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The error envelope of PROTOCOL §1."""
     error: dict[str, Any] = {"code": code, "message": message}

@@ -69,6 +69,9 @@ class InProcessWorkerApi(WorkerApi):
         self._ctx = ctx
         self._routes: list[Route] = list(worker_routes.routes)
 
+    #: A poll is a function call here: nothing to save by streaming it.
+    streams_polls = False
+
     def batch_reports(self, **options: Any) -> None:
         """Nothing to share: reports of an in-process worker are function calls."""
 

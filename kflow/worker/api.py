@@ -19,10 +19,11 @@ envelope ``{"error": {"code", "message", "details"}}``.
 
 from __future__ import annotations
 
+import contextlib
 import decimal
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeGuard, TypeVar
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from typing import Any, TypeGuard, TypeVar, cast
 from urllib.parse import quote
 
 import httpx
@@ -46,6 +47,7 @@ from kflow.worker.wire import (
     ClaimedActivity,
     Report,
     ReportOutcome,
+    describe,
     error_from_response,
     is_transient,
     retrying,
@@ -61,6 +63,11 @@ class WorkerApi:
 
     Methods are cancel points; cancellation abandons the request in flight.
     """
+
+    #: Whether :meth:`poll_stream` may be used. (An API that calls the routes in
+    #: the server's own process answers a poll with a function call: a stream
+    #: saves it nothing.)
+    streams_polls = True
 
     def __init__(self, http: httpx.AsyncClient, config: WorkerConfig) -> None:
         self._http = http
@@ -123,25 +130,67 @@ class WorkerApi:
         response: httpx.Response = await retrying(cap=POLL_BACKOFF_CAP, what="poll")(
             self._send, "POST", "/workers/poll", body=dumps(body), limits=timeout
         )
-        data = self._json(response)
-        raw_items = data.get("activities") if isinstance(data, dict) else None
-        if not isinstance(raw_items, list):
-            raise ApiError(
-                "poll answer has no 'activities' array",
-                status=response.status_code,
-                code="INVALID_RESPONSE",
-            )
-        claimed: list[ClaimedActivity] = []
-        for raw in raw_items:
-            try:
-                claimed.append(ClaimedActivity.from_wire(raw))
-            except (TypeError, ValueError) as exc:
-                log.error(  # noqa: TRY400 (a bad item needs no traceback)
-                    "worker.poll.bad_item",
-                    error=str(exc),
-                    activity_id=raw.get("activity_id") if isinstance(raw, dict) else None,
-                )
-        return claimed
+        return _poll_items(self._json(response), response.status_code)
+
+    async def poll_stream(
+        self,
+        max_activities: int,
+        wait_seconds: float,
+        take: Callable[[list[ClaimedActivity]], None],
+    ) -> int:
+        """A streamed long-poll (server feature ``poll_stream``): the answer stays
+        open for up to ``wait_seconds`` and brings, one line at a time, the
+        activities claimed for it (``max_activities`` in all at most);
+        ``take(items)`` gets each line's items as soon as it arrives. Returns how
+        many activities came.
+
+        Opening the stream retries as :meth:`poll` does (network errors and
+        408/429/5xx with backoff, forever; one token refresh on a 401). A stream
+        cut short by a network error ends the call with what it brought (the
+        caller polls again); one cut before it brought anything first waits
+        ``poll_interval``, so a server that keeps cutting causes no tight loop.
+
+        Raises:
+            ApiError: a non-transient error answer (4xx), or a line that is no poll answer.
+            UnauthorizedError: the token endpoint refused the credentials.
+        """
+        body = dumps(
+            {
+                "worker": self.config.worker,
+                "worker_id": self.config.worker_id,
+                "max_activities": max_activities,
+                "wait_seconds": wait_seconds,
+                "stream": True,
+            }
+        )
+        timeout = httpx.Timeout(
+            self.config.http_timeout, read=self.config.http_timeout + wait_seconds
+        )
+        base = self._bases[self._current]
+        response: httpx.Response = await retrying(cap=POLL_BACKOFF_CAP, what="poll")(
+            self._open_stream, "/workers/poll", body, timeout
+        )
+        brought = 0
+        try:
+            # an async generator in fact (httpx types it as a plain iterator)
+            lines = cast(AsyncGenerator[str, None], response.aiter_lines())
+            async with contextlib.aclosing(lines):
+                async for line in lines:
+                    if not line.strip():
+                        continue
+                    data = _parsed(line, response.status_code, "a poll stream line")
+                    items = _poll_items(data, response.status_code)
+                    brought += len(items)
+                    take(items)
+        except httpx.TransportError as exc:
+            log.warning("worker.poll.stream_cut", error=describe(exc), brought=brought)
+            self._fail_over(base)
+            if not brought:
+                await trio.sleep(self.config.poll_interval)
+        finally:
+            with trio.CancelScope(shield=True):
+                await response.aclose()
+        return brought
 
     async def heartbeat(
         self, activity_id: uuid.UUID, worker_id: str, details: Any | None = None
@@ -410,21 +459,69 @@ class WorkerApi:
             headers["Content-Type"] = content_type
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
+        return await self._sent(
+            method, path, body, headers, limits or httpx.Timeout(self.config.http_timeout)
+        )
+
+    async def _sent(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        limits: httpx.Timeout,
+        *,
+        stream: bool = False,
+    ) -> httpx.Response:
+        """The answer of the current server (``stream``: its body left unread);
+        a network error or a 502/503/504 moves the next attempt to the next server.
+
+        Raises:
+            httpx.TransportError: network failure.
+        """
         base = self._bases[self._current]
+        request = self._http.build_request(
+            method, base + path, content=body, headers=headers, timeout=limits
+        )
         try:
-            response = await self._http.request(
-                method,
-                base + path,
-                content=body,
-                headers=headers,
-                timeout=limits or httpx.Timeout(self.config.http_timeout),
-            )
+            response = await self._http.send(request, stream=stream)
         except httpx.TransportError:
             self._fail_over(base)
             raise
         if response.status_code in (502, 503, 504):
             self._fail_over(base)
         return response
+
+    async def _open_stream(self, path: str, body: bytes, limits: httpx.Timeout) -> httpx.Response:
+        """``POST path`` with its answer left open to be read as it comes (the
+        caller closes it); one repeat after a token refresh on 401.
+
+        Raises:
+            ApiError: a non-2xx answer. httpx.TransportError: network failure.
+        """
+        token = await self._current_token()
+        response = await self._request_stream(path, body, limits, token)
+        if response.status_code == 401 and self.config.uses_oauth:
+            await response.aclose()
+            log.info("worker.api.token_refresh", reason="401")
+            await self._refresh_token(stale=token)
+            token = await self._current_token()
+            response = await self._request_stream(path, body, limits, token)
+        if response.is_error:
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+            raise error_from_response(response)
+        return response
+
+    async def _request_stream(
+        self, path: str, body: bytes, limits: httpx.Timeout, token: str | None
+    ) -> httpx.Response:
+        headers = {"Accept": "application/x-ndjson", "Content-Type": "application/json"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        return await self._sent("POST", path, body, headers, limits, stream=True)
 
     def _fail_over(self, base: str) -> None:
         """After a failure at ``base``, let the next attempt use the next server."""
@@ -482,14 +579,46 @@ class WorkerApi:
 
     @staticmethod
     def _json(response: httpx.Response) -> Any:
+        return _parsed(response.content, response.status_code, "answer")
+
+
+def _parsed(text: bytes | str, status: int, what: str) -> Any:
+    """``text`` decoded as JSON.
+
+    Raises:
+        ApiError: it is no JSON (``INVALID_RESPONSE``; the message names ``what``).
+    """
+    try:
+        return loads(text)
+    except InvalidInputError as exc:
+        raise ApiError(
+            f"invalid JSON in {what}: {exc.message}", status=status, code="INVALID_RESPONSE"
+        ) from exc
+
+
+def _poll_items(data: Any, status: int) -> list[ClaimedActivity]:
+    """The activities of a poll answer (or of one line of a streamed one); items
+    that do not parse are logged and skipped.
+
+    Raises:
+        ApiError: ``data`` is no poll answer (no ``activities`` array).
+    """
+    raw_items = data.get("activities") if isinstance(data, dict) else None
+    if not isinstance(raw_items, list):
+        raise ApiError(
+            "poll answer has no 'activities' array", status=status, code="INVALID_RESPONSE"
+        )
+    claimed: list[ClaimedActivity] = []
+    for raw in raw_items:
         try:
-            return loads(response.content)
-        except InvalidInputError as exc:
-            raise ApiError(
-                f"invalid JSON in answer: {exc.message}",
-                status=response.status_code,
-                code="INVALID_RESPONSE",
-            ) from exc
+            claimed.append(ClaimedActivity.from_wire(raw))
+        except (TypeError, ValueError) as exc:
+            log.error(  # noqa: TRY400 (a bad item needs no traceback)
+                "worker.poll.bad_item",
+                error=str(exc),
+                activity_id=raw.get("activity_id") if isinstance(raw, dict) else None,
+            )
+    return claimed
 
 
 async def _once(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:

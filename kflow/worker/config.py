@@ -135,6 +135,12 @@ class WorkerConfig:
     #: next step goes ahead of activities already waiting in the queue. False:
     #: every activity comes by poll, oldest first.
     claim_next: bool = True
+    #: A long-poll stays open and brings each activity claimed for it as one
+    #: more line of its answer (server feature ``poll_stream``), instead of
+    #: answering with the first and being asked again. A proxy between worker
+    #: and server must pass the lines on as they come (kflow's answer says
+    #: ``X-Accel-Buffering: no``, which nginx honours); False: plain long-polls.
+    poll_stream: bool = True
     #: Directory of the durable outbox of unacknowledged results.
     state_dir: pathlib.Path = attrs.field(factory=default_state_dir, converter=pathlib.Path)
     #: No credentials: requests go without Authorization. Defaults to True exactly
@@ -296,6 +302,7 @@ _ENV: tuple[tuple[str, tuple[str, ...], Callable[[str, str], Any]], ...] = (
     ("report_timeout", ("KFLOW_WORKER_REPORT_TIMEOUT",), _seconds(positive=True)),
     ("report_batch", ("KFLOW_WORKER_REPORT_BATCH",), _bool),
     ("claim_next", ("KFLOW_WORKER_CLAIM_NEXT",), _bool),
+    ("poll_stream", ("KFLOW_WORKER_POLL_STREAM",), _bool),
     ("state_dir", ("KFLOW_WORKER_STATE_DIR",), _path),
     ("insecure", ("KFLOW_WORKER_INSECURE",), _bool),
 )

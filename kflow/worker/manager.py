@@ -22,6 +22,7 @@ at once; unacknowledged results stay in the outbox.
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
 import ssl
 from collections.abc import AsyncIterator, Callable
@@ -219,11 +220,20 @@ class WorkerManager:
                                 and not self._stopping
                             )
                             self._api = api
-                        self._log_start(long_poll)
+                        stream = (
+                            long_poll
+                            and config.poll_stream
+                            and "poll_stream" in features
+                            and api.streams_polls
+                        )
+                        self._log_start(long_poll, stream)
                         task_status.started()
                         await reporter.drain_until_empty()
                         root.start_soon(reporter.serve)
-                        await self._poll_loop(api, runner, work, slots, long_poll, burst)
+                        if stream:
+                            await self._stream_loop(api, runner, work, slots)
+                        else:
+                            await self._poll_loop(api, runner, work, slots, long_poll, burst)
                     if self._stopping and slots.borrowed_tokens:
                         log.info(
                             "worker.draining",
@@ -233,7 +243,7 @@ class WorkerManager:
                         work.cancel_scope.deadline = trio.current_time() + config.shutdown_timeout
                 root.cancel_scope.cancel()
 
-    def _log_start(self, long_poll: bool) -> None:
+    def _log_start(self, long_poll: bool, stream: bool) -> None:
         config = self.config
         served = self.registry.names(config.worker)
         log.info(
@@ -242,6 +252,7 @@ class WorkerManager:
             worker_id=config.worker_id,
             api_url=config.api_url,
             long_poll=long_poll,
+            poll_stream=stream,
             max_activities=config.max_activities,
             activities=served,
             server_version=(self.server_info or {}).get("version"),
@@ -295,6 +306,48 @@ class WorkerManager:
             elif wait is None or trio.current_time() - asked_at < wait / 2:
                 # no long-poll, or a server that ignored wait_seconds: never a tight loop
                 await trio.sleep(self.config.poll_interval)
+
+    async def _stream_loop(
+        self,
+        api: WorkerApi,
+        runner: ActivityRunner,
+        work: trio.Nursery,
+        slots: trio.CapacityLimiter,
+    ) -> None:
+        """Streamed long-polls (server feature ``poll_stream``), one after another:
+        each asks for the free slots, and every activity it brings starts in one
+        of them as soon as its line arrives; slots it did not fill are freed
+        when it ends. (A slot freed meanwhile waits for the next poll.)
+
+        Raises:
+            ApiError, UnauthorizedError: as :meth:`_poll`.
+        """
+        wait = self.config.long_poll_seconds
+        while True:
+            tokens = await self._reserve(slots)
+            take = functools.partial(self._start_each, runner, work, slots, tokens, len(tokens))
+            try:
+                await api.poll_stream(len(tokens), wait, take)
+            finally:
+                for token in tokens:
+                    slots.release_on_behalf_of(token)
+
+    def _start_each(
+        self,
+        runner: ActivityRunner,
+        work: trio.Nursery,
+        slots: trio.CapacityLimiter,
+        tokens: list[object],
+        asked: int,
+        items: list[ClaimedActivity],
+    ) -> None:
+        """Start each of ``items`` in the slot of one of ``tokens`` (taking it);
+        items beyond the tokens (more than the poll asked for) are not run."""
+        for item in items:
+            if tokens:
+                work.start_soon(self._slot, runner, slots, item, tokens.pop())
+            else:
+                log.error("worker.poll.too_many", activity_id=str(item.activity_id), asked=asked)
 
     async def _reserve(self, slots: trio.CapacityLimiter) -> list[object]:
         """Wait for one free slot, then take every other free one (up to the poll cap)."""

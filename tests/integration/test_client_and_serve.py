@@ -297,3 +297,49 @@ async def test_a_caller_hanging_up_on_a_held_start_leaves_the_run_going(
             done = await kf.wait(workflow_id, timeout=30)
         assert done["status"] == "completed"
     assert [e for e in logs if e.get("log_level") in ("error", "critical")] == []
+
+
+STREAMED = "name: streamed\nactivities:\n  - {key: only, worker: streamed-q, activity_name: echo}\n"
+
+
+async def test_a_streamed_poll_brings_each_activity_over_the_socket_as_it_is_claimed(
+    server: RunningServer,
+) -> None:
+    async with AsyncClient(config=credentials(server)) as kf:
+        await kf.deploy(STREAMED)
+        headers = await kf._headers()
+        poll = {
+            "worker": "streamed-q",
+            "worker_id": "w-stream",
+            "max_activities": 2,
+            "wait_seconds": 20,
+            "stream": True,
+        }
+        async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30) as raw:
+            with trio.fail_after(15):
+                async with raw.stream("POST", "/api/v1/workers/poll", json=poll) as response:
+                    assert response.status_code == 200
+                    assert response.headers["x-accel-buffering"] == "no"
+                    lines = response.aiter_lines()
+                    for i in range(2):  # each line arrives before the next run starts
+                        run = await kf.start("streamed", {"i": i})
+                        line = orjson.loads(await anext(lines))
+                        assert [a["workflow_id"] for a in line["activities"]] == [
+                            run["workflow_id"]
+                        ]
+                    rest = [line async for line in lines]  # its limit reached: it ends
+            assert rest == []
+
+            # A streamed poll whose caller hangs up keeps nothing it is handed.
+            async with raw.stream("POST", "/api/v1/workers/poll", json=poll) as response:
+                assert response.status_code == 200
+            late = await kf.start("streamed", {"i": "late"})
+            with trio.fail_after(15):
+                while True:
+                    answer = await raw.post(
+                        "/api/v1/workers/poll", json={**poll, "stream": False, "wait_seconds": 1}
+                    )
+                    items = answer.json()["activities"]
+                    if items:
+                        break
+            assert [a["workflow_id"] for a in items] == [late["workflow_id"]]

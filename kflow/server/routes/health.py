@@ -23,6 +23,7 @@ FEATURES = [
     "heartbeat_details",
     "lease_ownership",
     "long_poll",
+    "poll_stream",
     "loops",
     "report_batch",
     "report_claim_next",

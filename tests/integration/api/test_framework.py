@@ -166,6 +166,7 @@ async def test_info(api: Api) -> None:
     assert isinstance(body["version"], str)
     assert body["version"]
     assert "long_poll" in body["features"]
+    assert "poll_stream" in body["features"]
     assert body["max_wait_seconds"] == 60
 
 

@@ -6,6 +6,8 @@ import datetime as dt
 import uuid
 from typing import Any
 
+import httpx
+import orjson
 import pytest
 import trio
 import trio.lowlevel
@@ -222,6 +224,77 @@ async def test_long_poll_returns_empty_after_the_wait(api: Api) -> None:
     assert items == []
     assert 0.45 < elapsed < 1.5
     assert api.ctx.dispatcher.waiting_queues() == []
+
+
+async def _stream_poll(api: Api, **body: Any) -> tuple[httpx.Response, list[dict[str, Any]]]:
+    """A streamed poll (the in-process transport hands over the whole answer at its end)."""
+    payload = {"worker": "std", "worker_id": "w1", "max_activities": 3, "stream": True, **body}
+    response = await api.client.post(POLL, json=payload)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("application/x-ndjson")
+    lines = [orjson.loads(line) for line in response.content.splitlines() if line.strip()]
+    return response, lines
+
+
+async def test_a_streamed_poll_answers_a_line_per_claim_until_its_limit(api: Api) -> None:
+    await api.deploy("name: many\nactivities:\n  - {key: only, activity_name: echo}\n")
+    found: dict[str, Any] = {}
+
+    async def poller() -> None:
+        started = trio.current_time()
+        found["lines"] = (await _stream_poll(api, wait_seconds=5))[1]
+        found["elapsed"] = trio.current_time() - started
+
+    ids = []
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(poller)
+            for i in range(3):
+                await trio.sleep(0.2)
+                assert "lines" not in found  # held until the third activity
+                ids.append(await api.start("many", {"i": i}))
+    lines = found["lines"]
+    assert all(line["count"] == len(line["activities"]) >= 1 for line in lines), lines
+    assert [a["workflow_id"] for line in lines for a in line["activities"]] == ids
+    assert found["elapsed"] < 2  # it ended at its limit, not at its wait
+    for workflow_id in ids:  # each claimed for the streaming worker, once
+        run = await api.run(workflow_id)
+        assert run["activities"][0]["status"] == "running"
+        assert run["activities"][0]["worker_id"] == "w1"
+    assert await api.poll() == []
+
+
+async def test_a_streamed_poll_ends_at_its_wait_with_what_it_brought(api: Api) -> None:
+    await api.deploy(CHAIN)
+    workflow_id = await api.start("chain")
+    with trio.fail_after(3):
+        started = trio.current_time()
+        _, lines = await _stream_poll(api, wait_seconds=0.5)
+        elapsed = trio.current_time() - started
+    assert [[a["workflow_id"] for a in line["activities"]] for line in lines] == [[workflow_id]]
+    assert 0.45 < elapsed < 1.5
+    assert api.ctx.dispatcher.waiting_queues() == []
+    with trio.fail_after(3):
+        _, nothing = await _stream_poll(api, worker="other", wait_seconds=0.3)
+    assert nothing == []
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"stream": "yes", "wait_seconds": 1}, "stream"),
+        ({"stream": 1, "wait_seconds": 1}, "stream"),
+        ({"stream": True}, "stream"),
+        ({"stream": True, "wait_seconds": 0}, "stream"),
+        ({"stream": True, "wait_seconds": 61}, "wait_seconds"),
+    ],
+)
+async def test_a_streamed_poll_needs_a_flag_and_a_wait(
+    api: Api, body: dict[str, Any], field: str
+) -> None:
+    payload = {"worker": "std", "worker_id": "w1", "max_activities": 1, **body}
+    error = assert_error(await api.client.post(POLL, json=payload), 422, field=field)
+    assert field in error["message"]
 
 
 async def test_complete_is_idempotent_for_the_same_worker(api: Api) -> None:

@@ -84,6 +84,8 @@ class Poll:
     running_before: int  # activities this worker_id held when it polled
     returned: int = 0
     at: float = 0.0
+    stream: bool = False
+    lines: int = 0  # lines of a streamed answer
 
 
 def envelope(status: int, code: str, message: str, **details: Any) -> httpx.Response:
@@ -134,6 +136,9 @@ class FakeServer:
         self.batch_delay = 0.0  # seconds a report batch request is held
         self.batch_route = True  # False: "report_batch" advertised, route missing
         self.batches: list[int] = []  # reports per batch request
+        #: A streamed poll (feature ``poll_stream``) is cut by a network error
+        #: after this many lines (None: never).
+        self.cut_streams_after: int | None = None
         #: Completing the key's activity makes this activity ready in its run (name,
         #: parameters): what the engine's next step of a sequence is.
         self.next_steps: dict[uuid.UUID, tuple[str, dict[str, Any]]] = {}
@@ -271,9 +276,23 @@ class FakeServer:
             errors["wait_seconds"] = ["must be a number 0..60"]
         if errors:
             return envelope(422, "VALIDATION_ERROR", "invalid poll", field_errors=errors)
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool):
+            errors["stream"] = ["must be true or false"]
+        elif stream and "poll_stream" in self.features and not wait:
+            errors["stream"] = ["a streamed poll needs wait_seconds above 0"]
+        if errors:
+            return envelope(422, "VALIDATION_ERROR", "invalid poll", field_errors=errors)
         worker_id = body["worker_id"]
         poll = Poll(worker_id, count, wait, self.running(worker_id), at=trio.current_time())
         self.polls.append(poll)
+        if stream and "poll_stream" in self.features:
+            poll.stream = True
+            return httpx.Response(
+                200,
+                headers={"content-type": "application/x-ndjson"},
+                content=self._lines(poll, body["worker"], worker_id, count, float(wait or 0)),
+            )
         claimed = self._claim(body["worker"], worker_id, count)
         if not claimed and wait:
             with trio.move_on_after(wait):
@@ -283,6 +302,28 @@ class FakeServer:
         poll.returned = len(claimed)
         items = [a.item() for a in claimed]
         return ok({"activities": items, "count": len(items)})
+
+    async def _lines(
+        self, poll: Poll, worker: str, worker_id: str, count: int, wait: float
+    ) -> AsyncIterator[bytes]:
+        """A streamed poll's answer: a line per claim until ``count`` went out or
+        ``wait`` passed (as kflow's server answers one)."""
+        deadline = trio.current_time() + wait
+        while poll.returned < count and trio.current_time() < deadline:
+            claimed = self._claim(worker, worker_id, count - poll.returned)
+            if not claimed:
+                with trio.move_on_at(deadline):
+                    await self._work.wait()
+                continue
+            if self.cut_streams_after is not None and poll.lines >= self.cut_streams_after:
+                for act in claimed:  # never delivered: the lease would run out
+                    act.status, act.leased_by = "pending", None
+                    self.pending.insert(0, act.activity_id)
+                raise httpx.ReadError("injected cut")
+            poll.returned += len(claimed)
+            poll.lines += 1
+            items = [a.item() for a in claimed]
+            yield orjson.dumps({"activities": items, "count": len(items)}) + b"\n"
 
     def _claim(self, worker: str, worker_id: str, count: int) -> list[FakeActivity]:
         claimed = []

@@ -227,6 +227,55 @@ async def test_poll_parses_items_and_skips_bad_ones(api: WorkerApi, fake: Any) -
     assert [e["event"] for e in logs] == ["worker.poll.bad_item"]
 
 
+async def test_poll_stream_body_timeout_and_items(
+    api: WorkerApi, fake: Any, autojump_clock: trio.abc.Clock
+) -> None:
+    fake.features = ["long_poll", "poll_stream"]
+    good = fake.enqueue("echo", {"a": 1}, key="fetch")
+    fake.enqueue("bad name!")
+    taken: list[list[ClaimedActivity]] = []
+    with capture_logs() as logs:
+        brought = await api.poll_stream(2, 5, taken.append)
+    assert brought == 1
+    assert [[i.activity_id for i in line] for line in taken] == [[good]]
+    assert [e["event"] for e in logs] == ["worker.poll.bad_item"]
+    assert fake.calls("POST", "/workers/poll")[0][2] == {
+        "worker": "py-std",
+        "worker_id": "host-1-42-abcdef",
+        "max_activities": 2,
+        "wait_seconds": 5,
+        "stream": True,
+    }
+    timeout = fake.request_timeouts["/api/v1/workers/poll"][0]
+    assert timeout["read"] == 5 + 30  # a line may come at the end of the wait
+
+
+# Leaving aiter_lines() early (aclosing) leaves the generators httpx nests inside
+# it to trio's finalizer, which closes them with a ResourceWarning; the answer
+# itself is closed by poll_stream.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize(
+    "line", [b"not json\n", b'{"count": 1}\n', b"[1, 2]\n"], ids=["json", "no-array", "list"]
+)
+async def test_a_stream_line_that_is_no_poll_answer_is_an_error(
+    make_config: MakeConfig, line: bytes
+) -> None:
+    async def lines() -> Any:
+        yield line
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200, content=lines(), headers={"content-type": "application/x-ndjson"}
+        )
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as http:
+        api = WorkerApi(http, make_config(access_token="t"))
+        with pytest.raises(ApiError) as caught:
+            await api.poll_stream(1, 5, lambda items: None)
+    assert caught.value.code == "INVALID_RESPONSE"
+    assert "poll" in caught.value.message
+
+
 async def test_heartbeat_answers(api: WorkerApi, fake: Any) -> None:
     act = fake.enqueue("echo")
     await api.poll(1)

@@ -227,3 +227,11 @@ def test_claiming_the_next_step_with_a_report_is_on_unless_switched_off() -> Non
     assert WorkerConfig.from_env({"KRUXIAFLOW_TOKEN": "t"}).claim_next is True
     off = WorkerConfig.from_env({"KRUXIAFLOW_TOKEN": "t", "KFLOW_WORKER_CLAIM_NEXT": "no"})
     assert off.claim_next is False
+
+
+def test_streamed_polls_are_on_unless_switched_off() -> None:
+    assert WorkerConfig.from_env({"KRUXIAFLOW_TOKEN": "t"}).poll_stream is True
+    off = WorkerConfig.from_env({"KRUXIAFLOW_TOKEN": "t", "KFLOW_WORKER_POLL_STREAM": "off"})
+    assert off.poll_stream is False
+    with pytest.raises(ConfigError, match="KFLOW_WORKER_POLL_STREAM"):
+        WorkerConfig.from_env({"KRUXIAFLOW_TOKEN": "t", "KFLOW_WORKER_POLL_STREAM": "sometimes"})

@@ -34,6 +34,16 @@ async def sleepy(params: dict[str, Any], ctx: ActivityContext) -> ActivityResult
     return ActivityResult.value("slept", params.get("seconds", 1))
 
 
+def _claim_two_more(fake: Any) -> None:
+    """Make ``fake`` hand out two activities more than each poll asks for."""
+    original = fake._claim
+
+    def greedy(worker: str, worker_id: str, count: int) -> list[Any]:
+        return original(worker, worker_id, count + 2)
+
+    fake._claim = greedy
+
+
 def registry() -> ActivityRegistry:
     reg = ActivityRegistry()
     reg.register(sleepy)
@@ -318,12 +328,7 @@ async def test_extra_items_beyond_the_free_slots_are_not_run(
     make_manager: MakeManager, fake: Any, autojump_clock: trio.abc.Clock
 ) -> None:
     ids = [fake.enqueue("sleepy", {"seconds": 1}) for _ in range(3)]
-    original = fake._claim
-
-    def greedy(worker: str, worker_id: str, count: int) -> list[Any]:
-        return original(worker, worker_id, count + 2)  # a misbehaving server
-
-    fake._claim = greedy
+    _claim_two_more(fake)  # a misbehaving server
     manager = make_manager(registry(), burst=True, max_activities=1)
     with capture_logs() as logs:
         await manager.run()
@@ -343,3 +348,157 @@ def test_the_client_of_a_plain_http_server_loads_no_ca_bundle() -> None:
     assert plain.check_hostname is True
     assert plain.cert_store_stats()["x509_ca"] == 0
     assert server_tls(["http://a:8080", "https://b"]) is True  # httpx's default verification
+
+
+# -- streamed polls (server feature poll_stream) ------------------------------------
+
+#: The features of a server that streams long-polls.
+STREAMING = ["long_poll", "poll_stream"]
+
+
+async def test_a_streamed_poll_starts_each_activity_as_its_line_arrives(
+    make_manager: MakeManager, fake: Any, autojump_clock: trio.abc.Clock
+) -> None:
+    fake.features = STREAMING
+    manager = make_manager(registry())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(manager.run)
+        for name, at in (("a", 2.5), ("b", 4.0), ("c", 9.25)):
+            await trio.sleep(at - trio.current_time())
+            fake.enqueue("sleepy", {"name": name, "seconds": 1})
+        await trio.sleep(5)
+        manager.request_shutdown()
+    assert [started_at[n] for n in "abc"] == pytest.approx([2.5, 4.0, 9.25])
+    # One answer brought all three, a line each: no request in between.
+    first = fake.polls[0]
+    assert (first.stream, first.lines, first.returned, first.max_activities) == (True, 3, 3, 10)
+    assert [p.at for p in fake.polls] == [0]
+    assert all(fake.activities[i].status == "completed" for i in fake.activities)
+
+
+async def test_a_streamed_poll_asks_for_the_free_slots_and_ends_when_they_are_filled(
+    make_manager: MakeManager, fake: Any, autojump_clock: trio.abc.Clock
+) -> None:
+    fake.features = STREAMING
+    ids = [fake.enqueue("sleepy", {"seconds": 2}) for _ in range(7)]
+    manager = make_manager(registry(), max_activities=3, poll_max_activities=2)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(manager.run)
+        await trio.sleep(30)
+        manager.request_shutdown()
+    assert all(fake.activities[i].status == "completed" for i in ids)
+    assert fake.max_running["host-1-42-abcdef"] == 3
+    assert all(p.stream for p in fake.polls)
+    for poll in fake.polls:
+        assert poll.max_activities == min(3 - poll.running_before, 2), poll
+        assert poll.returned <= poll.max_activities
+
+
+async def test_a_cut_stream_is_asked_again_and_nothing_is_lost(
+    make_manager: MakeManager, fake: Any, autojump_clock: trio.abc.Clock
+) -> None:
+    fake.features = STREAMING
+    fake.cut_streams_after = 1  # every stream breaks after its first line
+    manager = make_manager(registry(), poll_interval=0.5)
+    with capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(manager.run)
+            ids = [fake.enqueue("sleepy", {"seconds": 1}) for _ in range(3)]
+            await trio.sleep(0.1)
+            for _ in range(2):
+                ids.append(fake.enqueue("sleepy", {"seconds": 1}))
+            await trio.sleep(10)
+            manager.request_shutdown()
+    assert all(fake.activities[i].status == "completed" for i in ids)
+    cuts = [e for e in logs if e["event"] == "worker.poll.stream_cut"]
+    assert cuts, logs
+    assert all(e["log_level"] == "warning" and e["error"] for e in cuts)
+
+
+async def test_a_stream_cut_before_it_brought_anything_waits_before_asking_again(
+    make_manager: MakeManager, fake: Any, autojump_clock: trio.abc.Clock
+) -> None:
+    fake.features = STREAMING
+    fake.cut_streams_after = 0  # every stream breaks before its first line
+    fake.enqueue("sleepy", {"seconds": 1})
+    manager = make_manager(registry(), poll_interval=0.5)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(manager.run)
+        await trio.sleep(2.2)
+        manager.request_shutdown()
+    assert [p.at for p in fake.polls] == pytest.approx([0, 0.5, 1.0, 1.5, 2.0])
+
+
+async def test_opening_a_stream_backs_off_on_transient_errors(
+    make_manager: MakeManager, fake: Any, autojump_clock: trio.abc.Clock
+) -> None:
+    fake.features = STREAMING
+    fake.fault("POST", "/workers/poll", 503, times=2)
+    fake.enqueue("sleepy", {"name": "late", "seconds": 1})
+    manager = make_manager(registry())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(manager.run)
+        await trio.sleep(10)
+        manager.request_shutdown()
+    opened = fake.request_times["/api/v1/workers/poll"]
+    assert opened[1] - opened[0] >= 0.5
+    assert opened[2] - opened[1] >= 1.0
+    assert started_at["late"] == pytest.approx(opened[2])
+
+
+async def test_a_stream_refused_with_a_4xx_stops_the_worker(
+    make_manager: MakeManager, fake: Any, autojump_clock: trio.abc.Clock
+) -> None:
+    fake.features = STREAMING
+    fake.fault("POST", "/workers/poll", 422)
+    with pytest.raises(ApiError) as caught:
+        await make_manager(registry()).run()
+    assert caught.value.status == 422
+
+
+async def test_streamed_polls_refresh_an_expired_token_once(
+    make_manager: MakeManager, fake: Any, autojump_clock: trio.abc.Clock
+) -> None:
+    fake.features = STREAMING
+    manager = make_manager(registry())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(manager.run)
+        await trio.sleep(1)
+        fake.expire_tokens()
+        await trio.sleep(20)  # the stream ends; the next is refused, then sent again
+        fake.enqueue("sleepy", {"name": "after-refresh", "seconds": 1})
+        await trio.sleep(2)
+        manager.request_shutdown()
+    assert fake.tokens_issued == 2
+    assert started_at["after-refresh"] == pytest.approx(21)
+
+
+async def test_without_poll_stream_the_worker_long_polls_plainly(
+    make_manager: MakeManager, fake: Any, autojump_clock: trio.abc.Clock
+) -> None:
+    fake.features = STREAMING
+    manager = make_manager(registry(), poll_stream=False)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(manager.run)
+        fake.enqueue("sleepy", {"seconds": 1})
+        await trio.sleep(3)
+        manager.request_shutdown()
+    assert fake.polls
+    assert not any(p.stream for p in fake.polls)
+    assert all("stream" not in r[2] for r in fake.calls("POST", "/workers/poll"))
+
+
+async def test_items_beyond_what_a_stream_asked_for_are_not_run(
+    make_manager: MakeManager, fake: Any, autojump_clock: trio.abc.Clock
+) -> None:
+    fake.features = STREAMING
+    ids = [fake.enqueue("sleepy", {"seconds": 1}) for _ in range(3)]
+    _claim_two_more(fake)  # a misbehaving server
+    manager = make_manager(registry(), max_activities=1)
+    with capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(manager.run)
+            await trio.sleep(3)
+            manager.request_shutdown()
+    assert [fake.activities[i].status for i in ids] == ["completed", "running", "running"]
+    assert [e["event"] for e in logs].count("worker.poll.too_many") == 2
