@@ -7,8 +7,10 @@ run's next activity — one statement each. Wrapped in :class:`DeferredWrites`,
 those statements are kept and written together: all attempts in one
 statement, all events in another (in the order they were appended) — on
 PostgreSQL both in one — all activity updates in one, all claims in one
-(claims the transaction decided itself, naming their attempts, in one more),
-all run status changes in one.
+(claims the transaction decided itself, naming their attempts, in one more —
+on PostgreSQL none: such a claim rides in the kept update that makes its
+activity pending, which writes the activity running at once, one row version
+instead of two), all run status changes in one.
 Nothing else changes: every other statement goes straight through, in
 order, after whatever was kept that it might see.
 
@@ -192,8 +194,33 @@ class DeferredWrites:
         workflow_id = str(values["workflow_id"])
         if workflow_id in self._claimed_runs:
             self._write_activities()
-        self._known.append(dict(values))
+        update = self._update_making_pending(workflow_id, values)
+        if update is not None:
+            update["claim"] = {
+                key: values[key]
+                for key in ("worker_id", "client_id", "now", "lease_expires_at", "claimed_with")
+            }
+        else:
+            self._known.append(dict(values))
         self._claimed_runs.add(workflow_id)
+
+    def _update_making_pending(
+        self, workflow_id: str, claim: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """The kept update that makes the activity ``claim`` names pending with the
+        attempt it names (PostgreSQL: the claim then rides in that update)."""
+        if self.dialect != "postgres":
+            return None
+        key, attempt_id = str(claim["key"]), str(claim["attempt_id"])
+        for update in self._updates:
+            if (
+                update["workflow_id"] == workflow_id
+                and str(update["key"]) == key
+                and update.get("status") == "pending"
+                and str(update.get("new_attempt_id")) == attempt_id
+            ):
+                return update
+        return None
 
     def _keep_claim(self, params: Mapping[str, Any]) -> Callable[[], list[Row]]:
         workflow_id = str(params["workflow_id"])

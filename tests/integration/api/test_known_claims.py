@@ -284,3 +284,62 @@ async def test_a_named_claim_whose_secret_is_gone_fails_its_activity_as_the_data
         assert (b["status"], b["error"]["code"]) == ("failed", "TEMPLATE_ERROR")
         assert detail["status"] == "failed"
     assert await _history(api, known_run) == await _history(api, asked_run)
+
+
+async def _next_of_two_rich(api: Api) -> list[tuple[str, dict[str, Any]]]:
+    """Two runs of ``rich`` whose first steps are reported in one batch (one group,
+    one transaction); each run with the item its report claimed."""
+    runs = [await api.start("rich", {"who": "ada"}) for _ in range(2)]
+    firsts = {i["workflow_id"]: i for i in await api.poll() if i["workflow_id"] in runs}
+    reports = [
+        {
+            "activity_id": firsts[run]["activity_id"],
+            "kind": "complete",
+            "report": {"worker_id": "w1", "output": {"value": "from-a"}},
+            "claim_next": True,
+        }
+        for run in runs
+    ]
+    response = await api.client.post(REPORTS, json={"reports": reports})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == [200, 200], results
+    return [(run, r["body"]["activities"][0]) for run, r in zip(runs, results, strict=True)]
+
+
+async def test_claims_a_group_decides_ride_in_its_activity_updates(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a group, a claim the transition decides is written with the update that
+    makes its activity pending (one row version, no claim statement): the rows
+    end as the database's claim leaves them."""
+    await api.deploy(RICH)
+    read = _stored(api)
+    sent: list[str] = []
+    from kflow.store.postgres import PgTx
+
+    original = PgTx.send
+
+    def recording(self: PgTx, query: str, /, **params: Any) -> None:
+        sent.append(query)
+        original(self, query, **params)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(PgTx, "send", recording)
+        known = await _next_of_two_rich(api)
+    assert "claim_known_activities" not in sent
+    assert "update_activities_of_runs" in sent
+    with monkeypatch.context() as patched:
+        patched.setattr(WorkerClaims, "_known_claim", lambda *args, **kwargs: None)
+        asked = await _next_of_two_rich(api)
+
+    for (known_run, known_item), (asked_run, asked_item) in zip(known, asked, strict=True):
+        assert known_item["activity_key"] == asked_item["activity_key"] == "b"
+        known_row, asked_row = await read(known_run, "b"), await read(asked_run, "b")
+        assert _claim_columns(known_row) == _claim_columns(asked_row)
+        assert known_row["status"] == "running"
+        assert str(known_row["attempt_id"]) == known_item["activity_id"]
+        _same_times(api, known_row, known_item)
+        a_row = await read(known_run, "a")
+        assert str(known_row["claimed_with"]) == str(a_row["attempt_id"])
+        assert await _history(api, known_run) == await _history(api, asked_run)

@@ -109,10 +109,12 @@ class _RecordingTx:
 
     def __init__(self) -> None:
         self.sent: list[str] = []
+        self.params: list[dict[str, Any]] = []  # of each statement sent
         self.claim_rows: list[dict[str, Any]] = []
 
     def send(self, query: str, /, **params: Any) -> None:
         self.sent.append(query)
+        self.params.append(params)
 
     def all_later(self, query: str, /, **params: Any) -> Any:
         self.sent.append(query)
@@ -188,6 +190,38 @@ def test_claims_naming_their_attempts_go_out_after_the_updates_without_an_answer
     tx.claim_known({"workflow_id": "r1", "key": "c", "attempt_id": "r1-c1"})
     tx.update_activities("r1", [{"key": "c"}], 0)
     assert inner.sent[3:] == ["claim_known_activities"]
+
+
+def test_a_claim_of_what_a_kept_update_makes_pending_rides_in_that_update() -> None:
+    inner = _RecordingTx()
+    inner.dialect = "postgres"
+    tx = DeferredWrites(inner)  # type: ignore[arg-type]
+    pending = {"key": "b", "status": "pending", "new_attempt_id": "r1-b2"}
+    tx.update_activities("r1", [{"key": "a", "status": "completed"}, pending], 0)
+    lease = {"worker_id": "w", "client_id": "c", "now": 5, "lease_expires_at": 65}
+    claim = {"workflow_id": "r1", "key": "b", "attempt_id": "r1-b2", **lease, "claimed_with": "a1"}
+    tx.claim_known(claim)
+    # Another attempt of the same activity, or another run's, keeps its own claim.
+    tx.update_activities("r2", [{"key": "b", "status": "pending", "new_attempt_id": "r2-b1"}], 0)
+    tx.claim_known({**claim, "workflow_id": "r2", "attempt_id": "r2-other"})
+    tx.flush()
+    assert inner.sent == ["update_activities_of_runs", "claim_known_activities"]
+    [updates, claims] = inner.params
+    rows = {(u["workflow_id"], u["key"]): u for u in updates["activities"]}
+    assert rows["r1", "b"]["claim"] == {**lease, "claimed_with": "a1"}
+    assert "claim" not in rows["r1", "a"]
+    assert "claim" not in rows["r2", "b"]
+    assert [c["workflow_id"] for c in claims["claims"]] == ["r2"]
+
+
+def test_claims_ride_in_updates_on_postgresql_only() -> None:
+    inner = _RecordingTx()
+    inner.dialect = "sqlite"
+    tx = DeferredWrites(inner)  # type: ignore[arg-type]
+    tx.update_activities("r1", [{"key": "b", "status": "pending", "new_attempt_id": "x"}], 0)
+    tx.claim_known({"workflow_id": "r1", "key": "b", "attempt_id": "x"})
+    tx.flush()
+    assert inner.sent == ["update_activities_of_runs", "claim_known_activities"]
 
 
 def _status(tx: DeferredWrites, run: str, status: str = "completed") -> None:

@@ -105,9 +105,12 @@ WHERE workflow_id = %(workflow_id)s AND key = %(key)s;
 -- JSON array of the fields update_activity binds, each activity once, with its
 -- workflow_id and now); JSON null is no value. The runs' rows are read through
 -- the primary key (ANY(ARRAY(...)), as in activities_of_workflows), not by
--- scanning the table to join the array.
+-- scanning the table to join the array. An item with a "claim" ({worker_id,
+-- client_id, now, lease_expires_at, claimed_with}) is the activity the same
+-- transaction made pending and claims at once: written running, as
+-- claim_known_activities would leave it, in this one row version.
 UPDATE activities AS a
-SET status = u.item ->> 'status',
+SET status = CASE WHEN u.item ? 'claim' THEN 'running' ELSE u.item ->> 'status' END,
     iteration = (u.item ->> 'iteration')::integer,
     attempt = (u.item ->> 'attempt')::integer,
     attempt_id = COALESCE((u.item ->> 'new_attempt_id')::uuid, a.attempt_id),
@@ -121,15 +124,23 @@ SET status = u.item ->> 'status',
     failure_handled = (u.item ->> 'failure_handled')::boolean,
     cost_usd = (u.item ->> 'cost_usd')::numeric,
     completed_at = (u.item ->> 'completed_at')::timestamptz,
-    worker_id = CASE WHEN (u.item ->> 'clear_lease')::boolean THEN NULL ELSE a.worker_id END,
-    lease_client = CASE WHEN (u.item ->> 'clear_lease')::boolean THEN NULL ELSE a.lease_client END,
-    claimed_at = CASE WHEN (u.item ->> 'clear_lease')::boolean THEN NULL ELSE a.claimed_at END,
-    lease_expires_at = CASE WHEN (u.item ->> 'clear_lease')::boolean THEN NULL
+    worker_id = CASE WHEN u.item ? 'claim' THEN u.item #>> '{claim,worker_id}'
+                     WHEN (u.item ->> 'clear_lease')::boolean THEN NULL ELSE a.worker_id END,
+    lease_client = CASE WHEN u.item ? 'claim' THEN u.item #>> '{claim,client_id}'
+                        WHEN (u.item ->> 'clear_lease')::boolean THEN NULL ELSE a.lease_client END,
+    reserved_usd = CASE WHEN u.item ? 'claim' THEN 0 ELSE a.reserved_usd END,
+    claimed_at = CASE WHEN u.item ? 'claim' THEN (u.item #>> '{claim,now}')::timestamptz
+                      WHEN (u.item ->> 'clear_lease')::boolean THEN NULL ELSE a.claimed_at END,
+    lease_expires_at = CASE WHEN u.item ? 'claim'
+                            THEN (u.item #>> '{claim,lease_expires_at}')::timestamptz
+                            WHEN (u.item ->> 'clear_lease')::boolean THEN NULL
                             ELSE a.lease_expires_at END,
-    claimed_with = CASE WHEN (u.item ->> 'clear_lease')::boolean THEN NULL ELSE a.claimed_with END,
+    claimed_with = CASE WHEN u.item ? 'claim' THEN (u.item #>> '{claim,claimed_with}')::uuid
+                        WHEN (u.item ->> 'clear_lease')::boolean THEN NULL ELSE a.claimed_with END,
     heartbeat_details = CASE WHEN (u.item ->> 'clear_details')::boolean THEN NULL
                              ELSE a.heartbeat_details END,
-    started_at = CASE WHEN u.item ->> 'new_attempt_id' IS NOT NULL THEN NULL ELSE a.started_at END,
+    started_at = CASE WHEN u.item ? 'claim' THEN (u.item #>> '{claim,now}')::timestamptz
+                      WHEN u.item ->> 'new_attempt_id' IS NOT NULL THEN NULL ELSE a.started_at END,
     updated_at = (u.item ->> 'now')::timestamptz
 FROM jsonb_array_elements(%(activities)s) AS u(item)
 WHERE a.workflow_id = ANY(ARRAY(SELECT (jsonb_array_elements(%(activities)s) ->> 'workflow_id')::uuid))
