@@ -192,9 +192,9 @@ def engine_vs_storage(result: dict[str, Any]) -> list[dict[str, Any]]:
             acts_per_s = fig["throughput_wf_s"] * per_wf
             activities = fig["completed"] * per_wf
             if config.startswith("postgres"):
-                tx = fig.get("db_commits_per_activity")
+                tx = fig.get("db_write_transactions_per_activity")
                 ceiling = (phys.get("pgbench") or {}).get("tps")
-                source = "PostgreSQL commits, reads included"
+                source = "PostgreSQL write transactions"
             else:
                 req = fig.get("requests") or {}
                 writes = sum(
