@@ -376,7 +376,7 @@ async def test_a_streamed_poll_starts_each_activity_as_its_line_arrives(
     assert all(fake.activities[i].status == "completed" for i in fake.activities)
 
 
-async def test_a_streamed_poll_asks_for_the_free_slots_and_ends_when_they_are_filled(
+async def test_polls_stream_while_work_trickles_in_and_not_while_it_waits(
     make_manager: MakeManager, fake: Any, autojump_clock: trio.abc.Clock
 ) -> None:
     fake.features = STREAMING
@@ -388,10 +388,16 @@ async def test_a_streamed_poll_asks_for_the_free_slots_and_ends_when_they_are_fi
         manager.request_shutdown()
     assert all(fake.activities[i].status == "completed" for i in ids)
     assert fake.max_running["host-1-42-abcdef"] == 3
-    assert all(p.stream for p in fake.polls)
     for poll in fake.polls:
         assert poll.max_activities == min(3 - poll.running_before, 2), poll
         assert poll.returned <= poll.max_activities
+    # A poll that filled every slot it asked for found a backlog: the next one is
+    # plain (answered at once, in one piece); after a short one, a stream again.
+    assert fake.polls[0].stream
+    for before, after in itertools.pairwise(fake.polls):
+        assert after.stream == (before.returned < before.max_activities), (before, after)
+    assert any(not p.stream for p in fake.polls)
+    assert fake.polls[-1].stream  # the queue is empty again
 
 
 async def test_a_cut_stream_is_asked_again_and_nothing_is_lost(
