@@ -56,12 +56,15 @@ class HeldJSONResponse(Response):
 
 
 class LinesResponse(Response):
-    """A stream of JSON lines (``application/x-ndjson``, chunked): the status line
-    and headers go out at once, then one line for each value ``produce`` emits,
-    as it emits it; the answer ends when ``produce`` returns.
+    """A stream of JSON lines (``application/x-ndjson``, chunked): one line for
+    each value ``produce`` emits, as it emits it; the answer ends when
+    ``produce`` returns.
 
-    ``produce`` watches for the caller hanging up itself (as ``HeldJSONResponse``'s
-    ``body_of`` does).
+    The status line and headers go out with the first line (or at the end):
+    until then an exception of ``produce`` is answered as any route's error is
+    (a database that cannot be reached is a 503 the caller backs off from,
+    not a 200 cut short). ``produce`` watches for the caller hanging up itself
+    (as ``HeldJSONResponse``'s ``body_of`` does).
     """
 
     media_type = "application/x-ndjson"
@@ -77,13 +80,22 @@ class LinesResponse(Response):
         self.init_headers(headers)  # no body yet: no Content-Length, so chunked
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        started = False
+
+        async def start() -> None:
+            nonlocal started
+            if not started:
+                started = True
+                start_message = {"type": "http.response.start", "status": 200}
+                await send({**start_message, "headers": self.raw_headers})
 
         async def emit(value: Any) -> None:
             line = dumps(value) + b"\n"
+            await start()
             await send({"type": "http.response.body", "body": line, "more_body": True})
 
         await self._produce(emit)
+        await start()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 

@@ -7,6 +7,7 @@ import gc
 import pathlib
 import urllib.parse
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import orjson
@@ -315,24 +316,38 @@ async def test_a_streamed_poll_brings_each_activity_over_the_socket_as_it_is_cla
             "wait_seconds": 20,
             "stream": True,
         }
-        async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30) as raw:
-            with trio.fail_after(15):
-                async with raw.stream("POST", "/api/v1/workers/poll", json=poll) as response:
-                    assert response.status_code == 200
-                    assert response.headers["x-accel-buffering"] == "no"
-                    lines = response.aiter_lines()
-                    for i in range(2):  # each line arrives before the next run starts
-                        run = await kf.start("streamed", {"i": i})
-                        line = orjson.loads(await anext(lines))
-                        assert [a["workflow_id"] for a in line["activities"]] == [
-                            run["workflow_id"]
-                        ]
-                    rest = [line async for line in lines]  # its limit reached: it ends
-            assert rest == []
+        lines: list[dict[str, Any]] = []
+        arrived = [trio.Event(), trio.Event()]
+        ended = trio.Event()
 
-            # A streamed poll whose caller hangs up keeps nothing it is handed.
+        async def stream(raw: httpx.AsyncClient) -> None:
             async with raw.stream("POST", "/api/v1/workers/poll", json=poll) as response:
                 assert response.status_code == 200
+                assert response.headers["x-accel-buffering"] == "no"
+                async for line in response.aiter_lines():
+                    lines.append(orjson.loads(line))
+                    arrived[len(lines) - 1].set()
+            ended.set()  # its limit reached: it ends
+
+        async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30) as raw:
+            with trio.fail_after(15):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(stream, raw)
+                    runs = []
+                    for i in range(2):  # each line arrives before the next run starts
+                        await trio.sleep(0.2)
+                        runs.append((await kf.start("streamed", {"i": i}))["workflow_id"])
+                        await arrived[i].wait()
+                    await ended.wait()
+            assert [[a["workflow_id"] for a in line["activities"]] for line in lines] == [
+                [runs[0]],
+                [runs[1]],
+            ]
+
+            # A streamed poll whose caller hangs up keeps nothing it is handed.
+            with trio.move_on_after(0.5):
+                async with raw.stream("POST", "/api/v1/workers/poll", json=poll):
+                    pass  # headers come with the first line: gone before any
             late = await kf.start("streamed", {"i": "late"})
             with trio.fail_after(15):
                 while True:

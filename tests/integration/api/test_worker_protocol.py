@@ -279,6 +279,27 @@ async def test_a_streamed_poll_ends_at_its_wait_with_what_it_brought(api: Api) -
     assert nothing == []
 
 
+async def test_a_streamed_poll_whose_first_claim_fails_is_an_error_answer(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kflow.errors import StoreUnavailableError
+
+    async def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise StoreUnavailableError("PostgreSQL is unavailable: connection refused")
+
+    from kflow.server.app import build_app
+
+    monkeypatch.setattr(api.ctx.worker_ops, "claim", unreachable)
+    body = {"worker": "std", "worker_id": "w1", "max_activities": 2, "wait_seconds": 1}
+    # As hypercorn serves it: the answer sent, the exception not raised into the client.
+    transport = httpx.ASGITransport(app=build_app(api.ctx), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://kflow.test") as client:
+        answer = await client.post(POLL, json={**body, "stream": True})
+    # nothing went out before the claim: a plain error answer
+    error = assert_error(answer, 503, code="SERVICE_UNAVAILABLE")
+    assert "unavailable" in error["message"]
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
