@@ -117,6 +117,14 @@ class WorkerApi:
             ApiError: a non-transient error answer (4xx).
             UnauthorizedError: the token endpoint refused the credentials.
         """
+        body = self._poll_body(max_activities, wait_seconds)
+        timeout = self._poll_timeout(wait_seconds)
+        response: httpx.Response = await retrying(cap=POLL_BACKOFF_CAP, what="poll")(
+            self._send, "POST", "/workers/poll", body=dumps(body), limits=timeout
+        )
+        return _poll_items(self._json(response), response.status_code)
+
+    def _poll_body(self, max_activities: int, wait_seconds: float | None) -> dict[str, Any]:
         body: dict[str, Any] = {
             "worker": self.config.worker,
             "worker_id": self.config.worker_id,
@@ -124,13 +132,13 @@ class WorkerApi:
         }
         if wait_seconds is not None:
             body["wait_seconds"] = wait_seconds
-        timeout = httpx.Timeout(
+        return body
+
+    def _poll_timeout(self, wait_seconds: float | None) -> httpx.Timeout:
+        """A poll's time bound: the wait plus ``http_timeout``, never cut short."""
+        return httpx.Timeout(
             self.config.http_timeout, read=self.config.http_timeout + (wait_seconds or 0)
         )
-        response: httpx.Response = await retrying(cap=POLL_BACKOFF_CAP, what="poll")(
-            self._send, "POST", "/workers/poll", body=dumps(body), limits=timeout
-        )
-        return _poll_items(self._json(response), response.status_code)
 
     async def poll_stream(
         self,
@@ -154,18 +162,8 @@ class WorkerApi:
             ApiError: a non-transient error answer (4xx), or a line that is no poll answer.
             UnauthorizedError: the token endpoint refused the credentials.
         """
-        body = dumps(
-            {
-                "worker": self.config.worker,
-                "worker_id": self.config.worker_id,
-                "max_activities": max_activities,
-                "wait_seconds": wait_seconds,
-                "stream": True,
-            }
-        )
-        timeout = httpx.Timeout(
-            self.config.http_timeout, read=self.config.http_timeout + wait_seconds
-        )
+        body = dumps({**self._poll_body(max_activities, wait_seconds), "stream": True})
+        timeout = self._poll_timeout(wait_seconds)
         base = self._bases[self._current]
         response: httpx.Response = await retrying(cap=POLL_BACKOFF_CAP, what="poll")(
             self._open_stream, "/workers/poll", body, timeout
