@@ -61,6 +61,10 @@ class ServerConfig:
     sqlite_synchronous: str = "full"
     #: Connections of a PostgreSQL server process (its database threads).
     db_pool_size: int = 10
+    #: PostgreSQL: how often the server looks whether kflow's tables need an
+    #: ``ANALYZE`` or a ``VACUUM`` (``KFLOW_TABLE_UPKEEP_SECONDS``; 0 = never;
+    #: see :mod:`kflow.server.table_upkeep`).
+    table_upkeep_seconds: float = 5.0
     worker_concurrency: int = 16
     #: Built-in workers take a run's next step with the report of its previous one
     #: (``KFLOW_WORKER_CLAIM_NEXT``; see ``WorkerConfig.claim_next``).
@@ -156,6 +160,7 @@ _ENV_FIELDS: dict[str, tuple[str, Any]] = {
     "KFLOW_WORKER_CLAIM_NEXT": ("worker_claim_next", bool),
     "KFLOW_SCRIPT_POOL_SIZE": ("script_pool_size", (int, 1)),
     "KFLOW_DB_POOL_SIZE": ("db_pool_size", (int, 2)),
+    "KFLOW_TABLE_UPKEEP_SECONDS": ("table_upkeep_seconds", (float, 0)),
     "KFLOW_SCRIPT_MEMORY_MB": ("script_memory_mb", (int, 0)),
     "KFLOW_LOG_LEVEL": ("log_level", str),
     "KFLOW_LOG_FORMAT": ("log_format", str),

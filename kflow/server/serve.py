@@ -276,6 +276,11 @@ async def serve(
 
                 await background.start(Listener(ctx).serve, config.database_url)
                 await background.start(PeerWatch(ctx).serve)
+                if config.table_upkeep_seconds > 0:
+                    from kflow.server.table_upkeep import TableUpkeep
+
+                    upkeep = TableUpkeep(store, config.table_upkeep_seconds)
+                    await background.start(upkeep.serve)
             async with trio.open_nursery() as front:
                 binds = await front.start(
                     functools.partial(

@@ -39,6 +39,7 @@ import psycopg
 import psycopg.errors
 import structlog
 from psycopg import pq
+from psycopg import sql as psycopg_sql
 from psycopg.adapt import Loader
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
@@ -368,6 +369,46 @@ class PostgresStore:
             return int(row["v"]) if row else 0
 
         return await self.read(version)
+
+    async def table_stats(self, tables: Iterable[str]) -> list[Row]:
+        """PostgreSQL's statistics of ``tables`` in this schema (``table_upkeep_stats``);
+        a table PostgreSQL has no statistics for yet is left out.
+
+        Raises:
+            StoreUnavailableError: PostgreSQL cannot be reached.
+            StoreError: another database error.
+        """
+        names = list(tables)
+        return await self.read(lambda tx: tx.all("table_upkeep_stats", tables=names))
+
+    async def tidy_table(self, table: str, *, vacuum: bool) -> None:
+        """``ANALYZE`` ``table`` — ``VACUUM (ANALYZE)`` when ``vacuum`` — outside any
+        transaction, skipping it if another session holds a conflicting lock (an
+        autovacuum at work, another server's upkeep).
+
+        Raises:
+            StoreUnavailableError: PostgreSQL cannot be reached.
+            StoreError: another database error.
+        """
+        self._check_open()
+        template = self._queries["vacuum_analyze_table" if vacuum else "analyze_table"]
+        statement = psycopg_sql.SQL(template).format(table=psycopg_sql.Identifier(table))
+
+        def tidy(conn: psycopg.Connection[Any]) -> None:
+            if not conn.autocommit:
+                conn.autocommit = True
+            try:
+                conn.execute(statement)
+            except BaseException:  # cancelled half-way (shut-down): the pool drops it
+                conn.close()
+                raise
+
+        try:
+            async with self._pool.connection() as conn:
+                # Cancellable: a server shutting down does not wait out a long VACUUM.
+                await run_unit(tidy, conn, cancellable=True)
+        except psycopg.Error as exc:
+            raise _translate(exc) from exc
 
     def connect(self) -> psycopg.Connection[Any]:
         """A new dedicated connection (autocommit), e.g. for LISTEN. The caller closes it.

@@ -48,13 +48,18 @@ def parse_queries(text: str, *, source: str = "<sql>") -> dict[str, str]:
 #: statements cost no round trip anyway), ``claim_known_activities`` claims
 #: without asking which row (it saves a wait for the answer, which SQLite gives
 #: at once) and ``other_listeners`` counts other servers' LISTEN connections (a
-#: SQLite database has one server, which does not listen).
+#: SQLite database has one server, which does not listen). ``table_upkeep_stats``,
+#: ``analyze_table`` and ``vacuum_analyze_table`` serve the server's table upkeep
+#: (:mod:`kflow.server.table_upkeep`), which SQLite has no use for.
 POSTGRES_ONLY = frozenset(
     {
         "insert_appends_of_runs",
         "insert_workflow_with_activities",
         "claim_known_activities",
         "other_listeners",
+        "table_upkeep_stats",
+        "analyze_table",
+        "vacuum_analyze_table",
     }
 )
 

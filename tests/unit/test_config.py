@@ -65,3 +65,13 @@ def test_built_in_workers_claim_the_next_step_unless_switched_off() -> None:
     assert server_config({"KFLOW_WORKER_CLAIM_NEXT": "0"}).worker_claim_next is False
     with pytest.raises(ConfigError, match="KFLOW_WORKER_CLAIM_NEXT"):
         server_config({"KFLOW_WORKER_CLAIM_NEXT": "maybe"})
+
+
+def test_table_upkeep_runs_every_five_seconds_unless_set_otherwise() -> None:
+    assert server_config({}).table_upkeep_seconds == 5.0
+    assert server_config({"KFLOW_TABLE_UPKEEP_SECONDS": "0"}).table_upkeep_seconds == 0
+    assert server_config({"KFLOW_TABLE_UPKEEP_SECONDS": "30"}).table_upkeep_seconds == 30
+    with pytest.raises(ConfigError, match="KFLOW_TABLE_UPKEEP_SECONDS must be at least 0"):
+        server_config({"KFLOW_TABLE_UPKEEP_SECONDS": "-1"})
+    with pytest.raises(ConfigError, match="KFLOW_TABLE_UPKEEP_SECONDS must be a number"):
+        server_config({"KFLOW_TABLE_UPKEEP_SECONDS": "often"})
