@@ -328,6 +328,10 @@ class DeferredWrites:
         self._before(query)
         return self._tx.all_later(query, **params)
 
+    def read_with_commit(self, query: str, /, **params: Any) -> Callable[[], list[Row]]:
+        self.flush()  # it must see everything kept
+        return self._tx.read_with_commit(query, **params)
+
     def run(self, query: str, /, **params: Any) -> int:
         self._before(query)
         return self._tx.run(query, **params)

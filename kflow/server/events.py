@@ -11,14 +11,22 @@ missed (the version has moved, so ``wait`` returns at once).
 
 A run that reaches a final status is also announced under
 :func:`finished_key`, so a caller waiting only for the end of a run (the
-long-poll ``GET /workflows/{id}?wait_seconds=N``) sleeps through the run's
-intermediate transitions instead of re-reading it after each one.
+long-poll ``GET /workflows/{id}?wait_seconds=N``, a start held until its run
+ends) sleeps through the run's intermediate transitions instead of re-reading
+it after each one. When someone waits for that (:meth:`EventHub.watched`),
+the transaction that finishes the run reads the run's final detail with its
+``COMMIT`` and the announcement carries it (:meth:`EventHub.final`): the
+waiter answers without reading the run again. It is kept only for the
+version of the announcement, so a later announcement (the run retried,
+another server's news, a reconnection) always sends the waiter back to the
+database.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Hashable
+from typing import Any
 
 import trio
 
@@ -30,6 +38,8 @@ def finished_key(workflow_id: uuid.UUID) -> tuple[str, uuid.UUID]:
 
 #: Beyond this many keys with news of their own, the hub forgets those nobody waits on.
 KEEP_KEYS = 100_000
+#: At most this many finished runs' final details are kept for their waiters.
+KEEP_FINALS = 1_000
 
 
 class EventHub:
@@ -49,6 +59,8 @@ class EventHub:
         self._baseline = 0
         self._versions: dict[Hashable, int] = {}
         self._events: dict[Hashable, trio.Event] = {}
+        #: Run id -> (version of its finished key, final detail), oldest first.
+        self._finals: dict[uuid.UUID, tuple[int, dict[str, Any]]] = {}
 
     def version(self, key: Hashable) -> int:
         """A number that moves whenever the key's run (for None, any run) has news."""
@@ -73,17 +85,44 @@ class EventHub:
         self._baseline = self._sequence
         self._versions = {k: v for k, v in self._versions.items() if k in self._events}
 
-    def notify(self, workflow_id: uuid.UUID, *, finished: bool = False) -> None:
+    def watched(self, key: Hashable) -> bool:
+        """Whether a task waits on ``key`` now."""
+        return key in self._events
+
+    def notify(
+        self,
+        workflow_id: uuid.UUID,
+        *,
+        finished: bool = False,
+        final: dict[str, Any] | None = None,
+    ) -> None:
         """The history of ``workflow_id`` grew (sync; never blocks).
 
-        ``finished``: the run reached a final status in the same commit.
+        ``finished``: the run reached a final status in the same commit;
+        ``final``: its detail (``GET /workflows/{id}``) as of that commit, for
+        :meth:`final`.
         """
         self._bump(workflow_id)
         self._bump(None)
         if finished:
-            self._bump(finished_key(workflow_id))
+            key = finished_key(workflow_id)
+            self._bump(key)
+            self._finals.pop(workflow_id, None)
+            if final is not None:
+                self._finals[workflow_id] = (self._versions[key], final)
+                if len(self._finals) > KEEP_FINALS:
+                    del self._finals[next(iter(self._finals))]
         if len(self._versions) > KEEP_KEYS:
             self._forget_unwatched()
+
+    def final(self, workflow_id: uuid.UUID, version: int) -> dict[str, Any] | None:
+        """The final detail the announcement of ``workflow_id``'s finish carried, if
+        that announcement is what moved its :func:`finished_key` to ``version``
+        (nothing came after it); a copy the caller may change."""
+        kept = self._finals.get(workflow_id)
+        if kept is None or kept[0] != version:
+            return None
+        return dict(kept[1])
 
     def notify_all(self) -> None:
         """Everything may have changed (another server's big batch, a reconnection).

@@ -19,6 +19,7 @@ import functools
 import pathlib
 import uuid
 from collections.abc import Iterable
+from typing import Any
 
 import attrs
 import structlog
@@ -37,7 +38,7 @@ from kflow.server.auth import Authenticator, create_client_in_tx, expand, hash_s
 from kflow.server.context import ServerContext
 from kflow.server.dispatcher import Dispatcher
 from kflow.server.engine import Engine, EngineSettings
-from kflow.server.events import EventHub
+from kflow.server.events import EventHub, finished_key
 from kflow.server.handoff import ParkedHandOff
 from kflow.server.metrics import Metrics
 from kflow.server.scheduler import Scheduler
@@ -96,8 +97,17 @@ class _Hooks:
         if self.scheduler is not None:
             self.scheduler.arm(at)
 
-    def notify(self, workflow_id: uuid.UUID, *, finished: bool = False) -> None:
-        self.hub.notify(workflow_id, finished=finished)
+    def notify(
+        self,
+        workflow_id: uuid.UUID,
+        *,
+        finished: bool = False,
+        final: dict[str, Any] | None = None,
+    ) -> None:
+        self.hub.notify(workflow_id, finished=finished, final=final)
+
+    def wants_final(self, workflow_id: uuid.UUID) -> bool:
+        return self.hub.watched(finished_key(workflow_id))
 
 
 async def build_context(

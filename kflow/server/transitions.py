@@ -38,6 +38,7 @@ from kflow.server.state import (
     WakeQueue,
     WorkflowState,
 )
+from kflow.server.views import detail_from_rows
 from kflow.store.base import Row, Store, Tx
 from kflow.templates import TemplateEngine
 
@@ -58,8 +59,20 @@ class EngineHooks(Protocol):
         """Something is due at ``at``."""
         ...
 
-    def notify(self, workflow_id: uuid.UUID, *, finished: bool = False) -> None:
-        """The run's history grew; ``finished``: the run reached a final status."""
+    def notify(
+        self,
+        workflow_id: uuid.UUID,
+        *,
+        finished: bool = False,
+        final: dict[str, Any] | None = None,
+    ) -> None:
+        """The run's history grew; ``finished``: the run reached a final status;
+        ``final``: its detail as of that commit (when :meth:`wants_final` said so)."""
+        ...
+
+    def wants_final(self, workflow_id: uuid.UUID) -> bool:
+        """Whether someone waits for ``workflow_id`` to finish (its final detail
+        is then read with the commit that finishes it)."""
         ...
 
 
@@ -72,8 +85,17 @@ class NullHooks:
     def arm(self, at: dt.datetime) -> None:
         pass
 
-    def notify(self, workflow_id: uuid.UUID, *, finished: bool = False) -> None:
+    def notify(
+        self,
+        workflow_id: uuid.UUID,
+        *,
+        finished: bool = False,
+        final: dict[str, Any] | None = None,
+    ) -> None:
         pass
+
+    def wants_final(self, workflow_id: uuid.UUID) -> bool:
+        return False
 
 
 class HandOff(Protocol):
@@ -241,14 +263,34 @@ class TransitionEngine:
 
     # ---- plumbing ---------------------------------------------------------------
 
-    def after_commit(self, effects: Effects) -> None:
-        """Wake queues, arm timers and notify streams for committed work."""
+    def after_commit(
+        self,
+        effects: Effects,
+        finals: Mapping[uuid.UUID, Callable[[], list[Row]]] | None = None,
+    ) -> None:
+        """Wake queues, arm timers and notify streams for committed work.
+
+        ``finals``: the ``workflow_detail`` rows of finished runs, read with the
+        commit (:meth:`final_reads`).
+        """
         for queue in effects.queues:
             self.hooks.wake(queue)
         if effects.timers:
             self.hooks.arm(min(effects.timers))
         for workflow_id in effects.workflows:  # finished runs are in it too (Effects.finish)
-            self.hooks.notify(workflow_id, finished=workflow_id in effects.finished)
+            finished = workflow_id in effects.finished
+            read = finals.get(workflow_id) if finals and finished else None
+            final = detail_from_rows(read(), workflow_id) if read is not None else None
+            self.hooks.notify(workflow_id, finished=finished, final=final)
+
+    def final_reads(self, tx: Tx, effects: Effects) -> dict[uuid.UUID, Callable[[], list[Row]]]:
+        """For each run ``effects`` finished that someone waits for, its detail read
+        as the transaction's last statement (see :meth:`after_commit`)."""
+        return {
+            run: tx.read_with_commit("workflow_detail", id=str(run))
+            for run in effects.finished
+            if self.hooks.wants_final(run)
+        }
 
     async def write(self, fn: Callable[[Tx, Effects], Any]) -> Any:
         """Run ``fn(tx, effects)`` in a transaction, then apply the effects.
@@ -271,16 +313,20 @@ class TransitionEngine:
         handoff = self.handoff
         handed: list[Any] = []
         rolled_back: set[str] = set()
+        finals: dict[uuid.UUID, Callable[[], list[Row]]] = {}
 
         def unit(tx: Tx) -> Any:
             rolled_back.update(effects.claimed_queues)  # a rerun: those claims were undone
             effects.clear()
+            finals.clear()
             if handed and handoff is not None:  # a rerun: the polls wait on
                 handoff.release(handed)
                 handed.clear()
             result = fn(tx, effects)
             if handoff is not None and effects.own_runs and effects.queues:
                 handed.extend(handoff.claim(tx, effects, self.clock.now()))
+            if effects.finished:
+                finals.update(self.final_reads(tx, effects))
             if effects and self.notify_peers:
                 tx.notify(NOTIFY_CHANNEL, effects.payload(self.instance_id))
             return result
@@ -297,7 +343,7 @@ class TransitionEngine:
             handoff.deliver(handed)
         for queue in rolled_back:
             self.hooks.wake(queue)
-        self.after_commit(effects)
+        self.after_commit(effects, finals)
         return result
 
     def load_state(self, tx: Tx, row: Row, activities: list[Row] | None = None) -> WorkflowState:

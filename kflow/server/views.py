@@ -76,7 +76,15 @@ def workflow_detail(tx: Tx, workflow_id: uuid.UUID) -> dict[str, Any]:
     Raises:
         NotFoundError: no such run.
     """
-    rows = tx.all("workflow_detail", id=str(workflow_id))
+    return detail_from_rows(tx.all("workflow_detail", id=str(workflow_id)), workflow_id)
+
+
+def detail_from_rows(rows: list[Row], workflow_id: uuid.UUID) -> dict[str, Any]:
+    """The detail form of the rows of the ``workflow_detail`` query.
+
+    Raises:
+        NotFoundError: no rows (no such run).
+    """
     if not rows:
         raise NotFoundError(f"workflow {workflow_id} not found")
     first = rows[0]

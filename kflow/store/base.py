@@ -51,6 +51,15 @@ class Tx(Protocol):
         """
         ...
 
+    def read_with_commit(self, query: str, /, **params: Any) -> Callable[[], list[Row]]:
+        """Execute a named query as the last statement before the transaction
+        commits (call it once the unit's writes are done: it sees all of them);
+        the returned function gives its rows once the store's ``write`` returned.
+
+        PostgreSQL sends it with ``COMMIT``: no wait of its own.
+        """
+        ...
+
     def run(self, query: str, /, **params: Any) -> int:
         """Execute a named statement; returns the number of rows it changed."""
         ...

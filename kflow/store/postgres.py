@@ -143,6 +143,16 @@ class PgTx:
 
         return answer
 
+    def read_with_commit(self, query: str, /, **params: Any) -> Callable[[], list[Row]]:
+        """As :meth:`all_later`, but never waited for inside the unit: in a write
+        unit its answer comes with ``COMMIT``'s (the function may be called only
+        after the unit committed)."""
+        if self._pipeline is None:
+            found = self.all(query, **params)
+            return lambda: found
+        cursor = self._conn.execute(self._sql(query), params)
+        return cursor.fetchall
+
     def _writing(self, what: str) -> None:
         # Reads run in autocommit: a write there would commit on its own, so refuse it.
         if not self._writable:

@@ -72,6 +72,10 @@ class SqliteTx:
         rows = self.all(query, **params)
         return lambda: rows
 
+    def read_with_commit(self, query: str, /, **params: Any) -> Callable[[], list[Row]]:
+        rows = self.all(query, **params)  # the unit's writes are done: it sees them
+        return lambda: rows
+
     def run(self, query: str, /, **params: Any) -> int:
         return self._conn.execute(self._sql(query), params).rowcount
 

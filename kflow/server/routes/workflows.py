@@ -215,7 +215,8 @@ async def _detail_when_finished(
             nursery.start_soon(_cancel_on_hang_up, request, nursery.cancel_scope)
         while await ctx.hub.wait(finished, seen, deadline - trio.current_time()):
             seen = ctx.hub.version(finished)
-            detail = await _detail(ctx, workflow_id)
+            # The commit that finished the run read it as it left it (EventHub.final).
+            detail = ctx.hub.final(workflow_id, seen) or await _detail(ctx, workflow_id)
             if detail["status"] in _FINAL:
                 final = detail
                 break

@@ -295,6 +295,15 @@ async def test_a_held_start_answers_with_the_finished_run(
         return real_run_status(tx, workflow_id)
 
     monkeypatch.setattr(views, "run_status", counted)
+    # Nor does it read the finished run: the commit that finished it read it.
+    detail_reads: list[object] = []
+    real_detail = views.workflow_detail
+
+    def counted_detail(tx: Any, workflow_id: uuid.UUID) -> dict[str, Any]:
+        detail_reads.append(workflow_id)
+        return real_detail(tx, workflow_id)
+
+    monkeypatch.setattr(views, "workflow_detail", counted_detail)
     await api.deploy(TWO_STEPS)
     answers: list[Any] = []
 
@@ -326,9 +335,11 @@ async def test_a_held_start_answers_with_the_finished_run(
     assert body["workflow_id"] == first["workflow_id"]
     assert [a["status"] for a in body["activities"]] == ["completed", "completed"]
     assert response.headers["location"] == f"/api/v1/workflows/{body['workflow_id']}"
+    assert detail_reads == []
     # the same shape as GET /workflows/{id} gives
     assert body == (await api.client.get(response.headers["location"])).json()
     assert status_reads == []
+    assert len(detail_reads) == 1  # the GET's own
 
 
 async def test_a_run_that_finishes_before_its_held_start_waits_is_answered_at_once(

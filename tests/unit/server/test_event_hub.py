@@ -225,3 +225,60 @@ def test_our_own_payloads_are_ignored_without_decoding(
     listener.handle(other)
     assert listener.ctx.dispatcher.calls == [("wake", "std")]
     assert listener.ctx.hub.version(finished_key(RUN)) != listener.ctx.hub.baseline()
+
+
+async def test_a_finish_carries_the_final_detail_for_its_own_version_only(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    hub = EventHub()
+    key = finished_key(RUN)
+    seen = hub.version(key)
+    got: list[dict[str, Any] | None] = []
+
+    async def waiter() -> None:
+        assert await hub.wait(key, seen, 60)
+        got.append(hub.final(RUN, hub.version(key)))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.sleep(1)
+        assert hub.watched(key)
+        assert not hub.watched(finished_key(OTHER))
+        hub.notify(RUN, finished=True, final={"status": "completed"})
+    assert got == [{"status": "completed"}]
+    assert not hub.watched(key)
+    version = hub.version(key)
+    copy = hub.final(RUN, version)
+    assert copy == {"status": "completed"}
+    copy["status"] = "changed"  # the caller's own copy
+    assert hub.final(RUN, version) == {"status": "completed"}
+    assert hub.final(RUN, seen) is None  # not the announcement's version
+    assert hub.final(OTHER, version) is None
+
+
+def test_any_later_news_of_a_finish_sends_waiters_back_to_the_database() -> None:
+    hub = EventHub()
+    key = finished_key(RUN)
+    hub.notify(RUN, finished=True, final={"status": "failed"})
+    kept = hub.version(key)
+    hub.notify(RUN)  # news that is not a finish keeps the detail of the finish
+    assert hub.final(RUN, hub.version(key)) == {"status": "failed"}
+    hub.notify(RUN, finished=True)  # finished again, told by another server: no detail
+    assert hub.version(key) != kept
+    assert hub.final(RUN, hub.version(key)) is None
+    assert hub.final(RUN, kept) is None
+    hub.notify(RUN, finished=True, final={"status": "completed"})
+    hub.notify_all()  # a reconnection: anything may have changed
+    assert hub.final(RUN, hub.version(key)) is None
+
+
+def test_final_details_are_kept_for_the_newest_finishes_only() -> None:
+    from kflow.server.events import KEEP_FINALS
+
+    hub = EventHub()
+    runs = [uuid.UUID(int=n) for n in range(KEEP_FINALS + 1)]
+    for run in runs:
+        hub.notify(run, finished=True, final={"n": run.int})
+    assert hub.final(runs[0], hub.version(finished_key(runs[0]))) is None
+    newest = runs[-1]
+    assert hub.final(newest, hub.version(finished_key(newest))) == {"n": newest.int}
