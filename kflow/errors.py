@@ -129,6 +129,12 @@ class StoreError(KflowError):
     code = "INTERNAL_ERROR"
 
 
+class StaleReadError(StoreError):
+    """Something the transaction took from a cache instead of reading it had
+    changed in the database; the transaction was rolled back (nothing of it
+    stays) and runs again after the cache is refreshed."""
+
+
 class StoreUnavailableError(StoreError):
     """The database cannot be reached right now; retrying later may succeed."""
 

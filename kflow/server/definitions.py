@@ -81,6 +81,8 @@ class DefinitionCache:
         )
         self._maxsize = maxsize
         self._lock = threading.Lock()
+        #: The newest version of each name as this server last read or deployed it.
+        self._latest: dict[str, str] = {}
 
     def remember(self, loaded: LoadedDefinition) -> LoadedDefinition:
         with self._lock:
@@ -112,8 +114,18 @@ class DefinitionCache:
             )
         )
 
-    def load(self, tx: Tx, name: str, version: str | None = None) -> LoadedDefinition:
+    def load(
+        self, tx: Tx, name: str, version: str | None = None, *, expect_latest: bool = False
+    ) -> LoadedDefinition:
         """The named version (the newest when ``version`` is None).
+
+        ``expect_latest`` (PostgreSQL write units that go through
+        :meth:`~kflow.server.transitions.TransitionEngine.write`): the newest
+        version known to this server is taken without reading it, and a check
+        travels with the transaction's writes instead; if another version is
+        the newest by then, the transaction fails with
+        :class:`~kflow.errors.StaleReadError` (the engine forgets what it knew
+        and runs it again).
 
         Raises:
             NotFoundError: no such definition or version.
@@ -124,11 +136,34 @@ class DefinitionCache:
                 return hit
             row = tx.one("get_definition", name=name, version=version)
         else:
+            known = self.latest_known(name) if expect_latest and tx.dialect == "postgres" else None
+            if known is not None:
+                tx.send("expect_latest_definition", name=name, version=known.version)
+                return known
             row = tx.one("latest_definition", name=name)
         if row is None:
             what = f"workflow definition {name!r}" + (f" version {version!r}" if version else "")
             raise NotFoundError(f"{what} not found")
-        return self.from_row(row)
+        loaded = self.from_row(row)
+        if version is None:
+            self.note_latest(loaded)
+        return loaded
+
+    def note_latest(self, loaded: LoadedDefinition) -> None:
+        """``loaded`` is the newest version of its name (read or deployed just now)."""
+        with self._lock:
+            self._latest[loaded.name] = loaded.version
+
+    def latest_known(self, name: str) -> LoadedDefinition | None:
+        """The newest version of ``name`` as this server last saw it, if still cached."""
+        with self._lock:
+            version = self._latest.get(name)
+        return None if version is None else self.cached(name, version)
+
+    def forget_latest(self) -> None:
+        """Forget every newest version seen (one turned out stale)."""
+        with self._lock:
+            self._latest.clear()
 
 
 def deploy_in_tx(

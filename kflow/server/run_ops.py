@@ -116,6 +116,7 @@ class RunOps(TransitionEngine):
         result: tuple[LoadedDefinition, bool] = await self.store.write(
             lambda tx: deploy_in_tx(tx, self.definitions, definition, now)
         )
+        self.definitions.note_latest(result[0])
         return result
 
     # ---- runs -----------------------------------------------------------------------------
@@ -139,7 +140,14 @@ class RunOps(TransitionEngine):
 
         def start_tx(tx: Tx, effects: Effects) -> StartedWorkflow:
             return self.start_in_tx(
-                tx, effects, name, version=version, input=input, unique_key=unique_key, now=now
+                tx,
+                effects,
+                name,
+                version=version,
+                input=input,
+                unique_key=unique_key,
+                now=now,
+                expect_latest=True,
             )
 
         started: StartedWorkflow = await self._start_groups.start(start_tx)
@@ -160,13 +168,16 @@ class RunOps(TransitionEngine):
         input: Mapping[str, Any] | None = None,
         unique_key: str | None = None,
         now: dt.datetime,
+        expect_latest: bool = False,
     ) -> StartedWorkflow:
         """Create a run and start its roots inside the caller's transaction ``tx``.
 
         The unit of work of :meth:`start`, for callers that must start a run
         atomically with writes of their own (a schedule firing). Post-commit
         work is added to ``effects``; the caller applies it after the commit
-        (:meth:`write` does).
+        (:meth:`write` does). ``expect_latest``: as for
+        :meth:`~kflow.server.definitions.DefinitionCache.load` (a caller inside
+        :meth:`write`, which runs the transaction again if it was stale).
 
         Raises:
             NotFoundError: no such definition (or version).
@@ -174,7 +185,7 @@ class RunOps(TransitionEngine):
                 Both are raised before anything is written in ``tx``.
         """
         data = dict(input or {})
-        loaded = self.definitions.load(tx, name, version)
+        loaded = self.definitions.load(tx, name, version, expect_latest=expect_latest)
         if unique_key is not None:
             held = tx.one("workflow_by_unique_key", unique_key=unique_key)
             if held is not None:

@@ -62,11 +62,21 @@ class _Pending(Generic[T]):
 
 class _SameTransactionReads(DeferredWrites):
     """The group's transaction: what :class:`DeferredWrites` keeps, plus the newest
-    version of each definition read once (no deploy happens inside it)."""
+    version of each definition read — or checked, when the server knew it — once
+    (no deploy happens inside it)."""
 
     def __init__(self, tx: Tx) -> None:
         super().__init__(tx)
         self._latest: dict[str, Row | None] = {}
+        self._expected: set[tuple[str, str]] = set()
+
+    def send(self, query: str, /, **params: Any) -> None:
+        if query == "expect_latest_definition":  # one check per definition will do
+            key = (str(params["name"]), str(params["version"]))
+            if key in self._expected:
+                return
+            self._expected.add(key)
+        super().send(query, **params)
 
     def one(self, query: str, /, **params: Any) -> Row | None:
         if query != "latest_definition":

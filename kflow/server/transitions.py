@@ -20,7 +20,7 @@ import structlog
 from kflow._serde import dumps_str
 from kflow._types import WorkflowStatus
 from kflow.clock import Clock
-from kflow.errors import NotFoundError
+from kflow.errors import NotFoundError, StaleReadError
 from kflow.ids import new_id
 from kflow.server.definitions import DefinitionCache
 from kflow.server.orchestrator import DecideContext, decide
@@ -332,7 +332,12 @@ class TransitionEngine:
             return result
 
         try:
-            result = await self.store.write(unit)
+            try:
+                result = await self.store.write(unit)
+            except StaleReadError as stale:  # a cached newest definition: read it this time
+                log.info("engine.stale_read", reason=str(stale)[:200])
+                self.definitions.forget_latest()
+                result = await self.store.write(unit)
         except BaseException:
             if handed and handoff is not None:
                 handoff.release(handed)

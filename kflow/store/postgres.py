@@ -45,7 +45,13 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from kflow._serde import dumps_str
-from kflow.errors import ConflictError, KflowError, StoreError, StoreUnavailableError
+from kflow.errors import (
+    ConflictError,
+    KflowError,
+    StaleReadError,
+    StoreError,
+    StoreUnavailableError,
+)
 from kflow.store.base import Row
 from kflow.store.pg_green import GreenPool, run_unit
 from kflow.store.queries import load_queries, migration_files
@@ -223,7 +229,14 @@ def _begin(conn: psycopg.Connection[Any], mode: str, inside: contextlib.ExitStac
         inside.enter_context(conn.transaction())
 
 
+#: SQLSTATE of the checks a transaction sends for values it took from a cache
+#: (``kflow_expect_latest_definition``, migration 0007).
+STALE_READ = "KF001"
+
+
 def _translate(exc: psycopg.Error) -> KflowError:
+    if exc.sqlstate == STALE_READ:
+        return StaleReadError(str(exc.diag.message_primary or exc))
     if isinstance(exc, psycopg.errors.UniqueViolation):
         # Two servers racing to insert the same thing (a client, a unique_key).
         return ConflictError("it already exists (created concurrently)")

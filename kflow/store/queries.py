@@ -50,7 +50,8 @@ def parse_queries(text: str, *, source: str = "<sql>") -> dict[str, str]:
 #: at once) and ``other_listeners`` counts other servers' LISTEN connections (a
 #: SQLite database has one server, which does not listen). ``table_upkeep_stats``,
 #: ``analyze_table`` and ``vacuum_analyze_table`` serve the server's table upkeep
-#: (:mod:`kflow.server.table_upkeep`), which SQLite has no use for.
+#: (:mod:`kflow.server.table_upkeep`), which SQLite has no use for;
+#: ``expect_latest_definition`` lets a start skip a read that SQLite answers at once.
 POSTGRES_ONLY = frozenset(
     {
         "insert_appends_of_runs",
@@ -58,6 +59,7 @@ POSTGRES_ONLY = frozenset(
         "claim_known_activities",
         "other_listeners",
         "table_upkeep_stats",
+        "expect_latest_definition",
         "analyze_table",
         "vacuum_analyze_table",
     }

@@ -65,6 +65,49 @@ async def test_start_a_given_version(api: Api) -> None:
     assert item["parameters"] == {"who": "ada"}
 
 
+async def test_a_start_follows_a_version_deployed_behind_the_servers_back(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from structlog.testing import capture_logs
+
+    from kflow.server.definitions import DefinitionCache
+
+    v1 = (await api.deploy(TWO_STEPS))["version"]
+    cache = api.ctx.engine.definitions
+    reads: list[str] = []
+    real_load = DefinitionCache.load
+
+    def counted(self: DefinitionCache, tx: Any, name: str, *args: Any, **kw: Any) -> Any:
+        reads.append(tx.dialect)
+        return real_load(self, tx, name, *args, **kw)
+
+    first = await api.run(await api.start("two-steps", {"who": "ada"}))
+    assert first["definition_version"] == v1
+    # Another server deploys a version this one has not seen: the cache still says v1.
+    v2 = (await api.deploy(TWO_STEPS.replace("{{ INPUT.who }}", "{{ INPUT.who | upper }}")))[
+        "version"
+    ]
+    assert v2 != v1
+    cache.note_latest(cache.cached("two-steps", v1))  # type: ignore[arg-type]
+    monkeypatch.setattr(DefinitionCache, "load", counted)
+    with capture_logs() as logs:
+        second = await api.run(await api.start("two-steps", {"who": "ada"}))
+    assert second["definition_version"] == v2
+    stale = [e for e in logs if e["event"] == "engine.stale_read"]
+    if reads[0] == "postgres":  # the check went with the writes, failed, and the start ran again
+        assert len(stale) == 1
+        assert "no longer" in stale[0]["reason"]
+        assert len(reads) == 2
+    else:  # SQLite reads the newest version every time
+        assert stale == []
+        assert len(reads) == 1
+    # Now the server knows v2: the next start needs no second try.
+    with capture_logs() as logs:
+        third = await api.run(await api.start("two-steps", {"who": "ada"}))
+    assert third["definition_version"] == v2
+    assert [e for e in logs if e["event"] == "engine.stale_read"] == []
+
+
 async def test_start_errors(api: Api) -> None:
     url = "/api/v1/workflows"
     assert_error(await api.client.post(url, json={"definition_name": "nope"}), 404)

@@ -25,3 +25,7 @@ SELECT COUNT(DISTINCT name) AS total FROM definitions;
 -- name: list_definition_versions
 SELECT name, version, activity_count, created_at
 FROM definitions WHERE name = %(name)s ORDER BY version DESC;
+
+-- name: expect_latest_definition
+-- Fails the transaction (SQLSTATE KF001) unless version is the newest of name.
+SELECT kflow_expect_latest_definition(%(name)s, %(version)s);
