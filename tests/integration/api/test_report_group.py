@@ -3,6 +3,7 @@ fewer commits, the same answers, and nothing half-applied when one breaks."""
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable
 from typing import Any
 
@@ -30,16 +31,25 @@ def _complete(item: dict[str, Any], *, claim_next: bool = False) -> dict[str, An
     }
 
 
+#: Set in the test's task once it counts: the tasks serving its requests inherit
+#: it, the scheduler's task (started with the fixture) does not.
+_COUNTING = contextvars.ContextVar("counting_writes", default=False)
+
+
 def _count_writes(api: Api, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts the store's write transactions from now on (one entry per transaction)."""
+    """Counts the store's write transactions made for the test's requests from now on
+    (one entry per transaction). The scheduler's passes write too (every 0.1 s,
+    promoting due activities) and would land in the count now and then."""
     calls: list[int] = []
     write: Callable[..., Any] = api.ctx.store.write
 
     async def counting(fn: Any) -> Any:
-        calls.append(1)
+        if _COUNTING.get():
+            calls.append(1)
         return await write(fn)
 
     monkeypatch.setattr(api.ctx.store, "write", counting)
+    _COUNTING.set(True)
     return calls
 
 
