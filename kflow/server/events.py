@@ -38,8 +38,8 @@ def finished_key(workflow_id: uuid.UUID) -> tuple[str, uuid.UUID]:
 
 #: Beyond this many keys with news of their own, the hub forgets those nobody waits on.
 KEEP_KEYS = 100_000
-#: At most this many finished runs' final details are kept for their waiters.
-KEEP_FINALS = 1_000
+#: At most this many finished runs' final details wait for their waiters to take them.
+KEEP_FINALS = 256
 
 
 class EventHub:
@@ -59,8 +59,11 @@ class EventHub:
         self._baseline = 0
         self._versions: dict[Hashable, int] = {}
         self._events: dict[Hashable, trio.Event] = {}
-        #: Run id -> (version of its finished key, final detail), oldest first.
-        self._finals: dict[uuid.UUID, tuple[int, dict[str, Any]]] = {}
+        #: Tasks in :meth:`wait` per key.
+        self._waiters: dict[Hashable, int] = {}
+        #: Run id -> [version of its finished key, final detail, waiters yet to
+        #: take it], oldest first.
+        self._finals: dict[uuid.UUID, list[Any]] = {}
 
     def version(self, key: Hashable) -> int:
         """A number that moves whenever the key's run (for None, any run) has news."""
@@ -87,7 +90,7 @@ class EventHub:
 
     def watched(self, key: Hashable) -> bool:
         """Whether a task waits on ``key`` now."""
-        return key in self._events
+        return self._waiters.get(key, 0) > 0
 
     def notify(
         self,
@@ -108,9 +111,10 @@ class EventHub:
             key = finished_key(workflow_id)
             self._bump(key)
             self._finals.pop(workflow_id, None)
-            if final is not None:
-                self._finals[workflow_id] = (self._versions[key], final)
-                if len(self._finals) > KEEP_FINALS:
+            waiting = self._waiters.get(key, 0)
+            if final is not None and waiting:
+                self._finals[workflow_id] = [self._versions[key], final, waiting]
+                if len(self._finals) > KEEP_FINALS:  # waiters that never came to take it
                     del self._finals[next(iter(self._finals))]
         if len(self._versions) > KEEP_KEYS:
             self._forget_unwatched()
@@ -118,11 +122,16 @@ class EventHub:
     def final(self, workflow_id: uuid.UUID, version: int) -> dict[str, Any] | None:
         """The final detail the announcement of ``workflow_id``'s finish carried, if
         that announcement is what moved its :func:`finished_key` to ``version``
-        (nothing came after it); a copy the caller may change."""
+        (nothing came after it). Each waiter the announcement woke takes it once;
+        it is forgotten when the last has. Shared between them: do not change it."""
         kept = self._finals.get(workflow_id)
         if kept is None or kept[0] != version:
             return None
-        return dict(kept[1])
+        kept[2] -= 1
+        if kept[2] <= 0:
+            del self._finals[workflow_id]
+        detail: dict[str, Any] = kept[1]
+        return detail
 
     def notify_all(self) -> None:
         """Everything may have changed (another server's big batch, a reconnection).
@@ -133,15 +142,27 @@ class EventHub:
         """
         for key in list(self._events):
             self._bump(key)
+        self._finals.clear()
         self._forget_unwatched()
 
     async def wait(self, key: Hashable, seen: int, timeout: float) -> bool:
         """Wait until :meth:`version` of ``key`` moves past ``seen``; False after ``timeout`` s."""
-        with trio.move_on_after(timeout):
-            while self.version(key) == seen:
+        self._waiters[key] = self._waiters.get(key, 0) + 1
+        try:
+            with trio.move_on_after(timeout):
+                while self.version(key) == seen:
+                    event = self._events.get(key)
+                    if event is None:
+                        event = self._events[key] = trio.Event()
+                    await event.wait()
+                return True
+            return False
+        finally:
+            left = self._waiters[key] - 1
+            if left:
+                self._waiters[key] = left
+            else:  # the last waiter gave up or woke: nobody watches the key now
+                del self._waiters[key]
                 event = self._events.get(key)
-                if event is None:
-                    event = self._events[key] = trio.Event()
-                await event.wait()
-            return True
-        return False
+                if event is not None and not event.is_set():
+                    del self._events[key]

@@ -15,9 +15,13 @@ it fell to 0.5 to 0.6 ms and stayed there (bench/README.md).
 (one catalog query) and, for each table that crossed a threshold
 (:func:`chore_for`), runs ``VACUUM (ANALYZE)`` or ``ANALYZE`` on it — with
 ``SKIP_LOCKED``, so a table an autovacuum or another server is already
-tending is left alone this round. Both statements take only locks that
-ordinary reads and writes do not wait for. Where autovacuum keeps up, the
-counters stay below the thresholds and the upkeep does nothing but look.
+tending is left alone this round (it is still logged as tended: PostgreSQL
+only warns), and ``VACUUM`` without ``TRUNCATE``. Both statements then take
+only locks that ordinary reads and writes do not wait for. Where autovacuum
+keeps up, the counters stay below the thresholds and the upkeep does nothing
+but look. Dead row versions that a ``VACUUM`` could not remove (an open
+snapshot still sees them) do not call for another one until as many again
+have piled up.
 """
 
 from __future__ import annotations
@@ -82,11 +86,16 @@ class TableStats:
         )
 
 
-def chore_for(stats: TableStats) -> Chore | None:
+def chore_for(stats: TableStats, dead_floor: int = 0) -> Chore | None:
     """What ``stats``' table needs now: ``vacuum`` (which analyzes too), ``analyze``
-    or nothing."""
+    or nothing.
+
+    ``dead_floor``: dead row versions the last ``VACUUM`` left behind (an open
+    snapshot — a long transaction, a backup, a replication slot — keeps them
+    alive): only the ones piled up since count.
+    """
     rows = max(stats.planner_rows, stats.live_rows, 0)
-    if stats.dead_rows >= VACUUM_BASE + VACUUM_SHARE * stats.live_rows:
+    if stats.dead_rows - dead_floor >= VACUUM_BASE + VACUUM_SHARE * stats.live_rows:
         return "vacuum"
     if stats.changed_since_analyze >= ANALYZE_BASE + ANALYZE_SHARE * rows:
         return "analyze"
@@ -108,6 +117,10 @@ class TableUpkeep:
         self.store = store
         self.interval = interval
         self._failing = False
+        #: Per table, the dead row versions counted when this server last vacuumed
+        #: it, lowered whenever fewer are counted: a VACUUM that could remove
+        #: nothing is not repeated every round.
+        self._dead_floor: dict[str, int] = {}
 
     async def tend(self) -> list[tuple[str, Chore]]:
         """One round: read the counters, tend every table that needs it; returns
@@ -121,7 +134,9 @@ class TableUpkeep:
             return []
         done: list[tuple[str, Chore]] = []
         for stats in map(TableStats.from_row, rows):
-            chore = chore_for(stats)
+            floor = min(self._dead_floor.get(stats.table, 0), stats.dead_rows)
+            self._dead_floor[stats.table] = floor
+            chore = chore_for(stats, floor)
             if chore is None:
                 continue
             started = time.perf_counter()
@@ -130,6 +145,8 @@ class TableUpkeep:
             except StoreError as exc:
                 self._failed(exc, table=stats.table)
                 return done
+            if chore == "vacuum":
+                self._dead_floor[stats.table] = stats.dead_rows
             log.info(
                 "store.table_upkeep",
                 table=stats.table,

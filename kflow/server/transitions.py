@@ -22,7 +22,7 @@ from kflow._types import WorkflowStatus
 from kflow.clock import Clock
 from kflow.errors import NotFoundError, StaleReadError
 from kflow.ids import new_id
-from kflow.server.definitions import DefinitionCache
+from kflow.server.definitions import READ_LATEST, DefinitionCache
 from kflow.server.orchestrator import DecideContext, decide
 from kflow.server.persistence import append_events, apply_puts, workflow_state
 from kflow.server.state import (
@@ -280,7 +280,12 @@ class TransitionEngine:
         for workflow_id in effects.workflows:  # finished runs are in it too (Effects.finish)
             finished = workflow_id in effects.finished
             read = finals.get(workflow_id) if finals and finished else None
-            final = detail_from_rows(read(), workflow_id) if read is not None else None
+            final = None
+            if read is not None:
+                try:
+                    final = detail_from_rows(read(), workflow_id)
+                except Exception:  # committed all the same: its waiters read the run themselves
+                    log.exception("engine.final_detail_failed", workflow_id=str(workflow_id))
             self.hooks.notify(workflow_id, finished=finished, final=final)
 
     def final_reads(self, tx: Tx, effects: Effects) -> dict[uuid.UUID, Callable[[], list[Row]]]:
@@ -337,7 +342,11 @@ class TransitionEngine:
             except StaleReadError as stale:  # a cached newest definition: read it this time
                 log.info("engine.stale_read", reason=str(stale)[:200])
                 self.definitions.forget_latest()
-                result = await self.store.write(unit)
+                reading = READ_LATEST.set(True)
+                try:
+                    result = await self.store.write(unit)
+                finally:
+                    READ_LATEST.reset(reading)
         except BaseException:
             if handed and handoff is not None:
                 handoff.release(handed)

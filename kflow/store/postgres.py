@@ -422,7 +422,11 @@ class PostgresStore:
                 conn.autocommit = True
             try:
                 conn.execute(statement)
-            except BaseException:  # cancelled half-way (shut-down): the pool drops it
+            except Exception:
+                raise
+            except BaseException:  # cancelled half-way (shutdown): stop it, drop the connection
+                with contextlib.suppress(psycopg.Error):
+                    conn.cancel_safe(timeout=2.0)
                 conn.close()
                 raise
 

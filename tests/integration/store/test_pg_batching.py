@@ -8,7 +8,9 @@ every statement on its own again (or, worse, never sending one).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -82,3 +84,32 @@ def test_what_is_left_queued_goes_out_when_the_pipeline_ends(conn: GreenConnecti
         conn.execute("INSERT INTO batch_probe VALUES (2)")
         assert len(pipeline.command_queue) == 2
     assert count(conn) == 2
+
+
+def test_a_batch_larger_than_the_socket_takes_at_once_goes_out_whole(
+    conn: GreenConnection,
+) -> None:
+    """Megabytes queued (a large activity output, a file): one flush sends only
+    what the socket takes; the rest must follow before the answer is awaited
+    (else both sides wait for each other for ever — hence the thread and its
+    deadline)."""
+    conn.execute("CREATE TEMPORARY TABLE big_probe (body text)")
+    chunk = "x" * 100_000
+    answers: list[Any] = []
+
+    def batch() -> None:
+        with conn.pipeline() as pipeline:
+            for _ in range(100):  # 10 MB in one batch
+                conn.execute("INSERT INTO big_probe VALUES (%s)", (chunk,))
+            one = conn.execute("SELECT %s::text AS body", ("y" * 20_000_000,))  # 20 MB at once
+            pipeline.sync()
+            answers.append(one.fetchone())
+
+    worker = threading.Thread(target=batch, daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "the batch never went out whole: the pipeline hangs"
+    [row] = answers
+    assert len(row[0]) == 20_000_000
+    found = conn.execute("SELECT count(*), sum(length(body)) FROM big_probe").fetchone()
+    assert found == (100, 10_000_000)

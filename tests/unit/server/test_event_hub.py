@@ -227,58 +227,95 @@ def test_our_own_payloads_are_ignored_without_decoding(
     assert listener.ctx.hub.version(finished_key(RUN)) != listener.ctx.hub.baseline()
 
 
-async def test_a_finish_carries_the_final_detail_for_its_own_version_only(
+async def _waiters_take_finals(
+    hub: EventHub, runs: list[uuid.UUID], per_run: int, announce: Any, *, take: bool = True
+) -> dict[uuid.UUID, list[Any]]:
+    """``per_run`` tasks wait for each run to finish; ``announce()`` runs once all
+    wait; each woken task takes the final detail (when ``take``). What each got."""
+    got: dict[uuid.UUID, list[Any]] = {run: [] for run in runs}
+
+    async def waiter(run: uuid.UUID) -> None:
+        key = finished_key(run)
+        assert await hub.wait(key, hub.version(key), 60)
+        if take:
+            got[run].append(hub.final(run, hub.version(key)))
+
+    async with trio.open_nursery() as nursery:
+        for run in runs:
+            for _ in range(per_run):
+                nursery.start_soon(waiter, run)
+        await trio.sleep(1)
+        assert all(hub.watched(finished_key(run)) for run in runs)
+        announce()
+    return got
+
+
+async def test_a_finish_carries_the_final_detail_to_each_waiter_once(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    hub = EventHub()
+    assert not hub.watched(finished_key(RUN))
+
+    def announce() -> None:
+        hub.notify(RUN, finished=True, final={"status": "completed"})
+
+    got = await _waiters_take_finals(hub, [RUN], 2, announce)
+    assert got[RUN] == [{"status": "completed"}, {"status": "completed"}]
+    key = finished_key(RUN)
+    assert not hub.watched(key)
+    assert hub.final(RUN, hub.version(key)) is None  # both took it: forgotten
+    # A finish nobody waits for keeps nothing.
+    hub.notify(OTHER, finished=True, final={"status": "completed"})
+    assert hub.final(OTHER, hub.version(finished_key(OTHER))) is None
+
+
+async def test_a_waiter_that_gave_up_leaves_the_run_unwatched(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     hub = EventHub()
     key = finished_key(RUN)
-    seen = hub.version(key)
-    got: list[dict[str, Any] | None] = []
-
-    async def waiter() -> None:
-        assert await hub.wait(key, seen, 60)
-        got.append(hub.final(RUN, hub.version(key)))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(waiter)
-        await trio.sleep(1)
-        assert hub.watched(key)
-        assert not hub.watched(finished_key(OTHER))
-        hub.notify(RUN, finished=True, final={"status": "completed"})
-    assert got == [{"status": "completed"}]
+    assert not await hub.wait(key, hub.version(key), 5)
     assert not hub.watched(key)
-    version = hub.version(key)
-    copy = hub.final(RUN, version)
-    assert copy == {"status": "completed"}
-    copy["status"] = "changed"  # the caller's own copy
-    assert hub.final(RUN, version) == {"status": "completed"}
-    assert hub.final(RUN, seen) is None  # not the announcement's version
-    assert hub.final(OTHER, version) is None
+    with trio.move_on_after(1):
+        await hub.wait(key, hub.version(key), 60)  # the caller hung up
+    assert not hub.watched(key)
 
 
-def test_any_later_news_of_a_finish_sends_waiters_back_to_the_database() -> None:
+async def test_any_later_news_of_a_finish_sends_waiters_back_to_the_database(
+    autojump_clock: trio.abc.Clock,
+) -> None:
     hub = EventHub()
-    key = finished_key(RUN)
-    hub.notify(RUN, finished=True, final={"status": "failed"})
-    kept = hub.version(key)
-    hub.notify(RUN)  # news that is not a finish keeps the detail of the finish
-    assert hub.final(RUN, hub.version(key)) == {"status": "failed"}
-    hub.notify(RUN, finished=True)  # finished again, told by another server: no detail
-    assert hub.version(key) != kept
-    assert hub.final(RUN, hub.version(key)) is None
-    assert hub.final(RUN, kept) is None
-    hub.notify(RUN, finished=True, final={"status": "completed"})
-    hub.notify_all()  # a reconnection: anything may have changed
-    assert hub.final(RUN, hub.version(key)) is None
+
+    def other_news_then_finished_again() -> None:
+        hub.notify(RUN, finished=True, final={"status": "failed"})
+        hub.notify(RUN)  # news that is not a finish keeps the detail of the finish
+        hub.notify(OTHER, finished=True, final={"status": "completed"})
+        hub.notify(OTHER, finished=True)  # finished again, told by another server
+
+    got = await _waiters_take_finals(hub, [RUN, OTHER], 1, other_news_then_finished_again)
+    assert got == {RUN: [{"status": "failed"}], OTHER: [None]}
+
+    def finish_then_reconnect() -> None:
+        hub.notify(RUN, finished=True, final={"status": "completed"})
+        hub.notify_all()  # a reconnection: anything may have changed
+
+    got = await _waiters_take_finals(hub, [RUN], 1, finish_then_reconnect)
+    assert got == {RUN: [None]}
 
 
-def test_final_details_are_kept_for_the_newest_finishes_only() -> None:
+async def test_final_details_nobody_takes_are_kept_for_the_newest_finishes_only(
+    autojump_clock: trio.abc.Clock,
+) -> None:
     from kflow.server.events import KEEP_FINALS
 
     hub = EventHub()
-    runs = [uuid.UUID(int=n) for n in range(KEEP_FINALS + 1)]
-    for run in runs:
-        hub.notify(run, finished=True, final={"n": run.int})
+    runs = [uuid.UUID(int=n + 1) for n in range(KEEP_FINALS + 1)]
+
+    def announce() -> None:
+        for run in runs:
+            hub.notify(run, finished=True, final={"n": run.int})
+
+    await _waiters_take_finals(hub, runs, 1, announce, take=False)  # woken, never took it
     assert hub.final(runs[0], hub.version(finished_key(runs[0]))) is None
     newest = runs[-1]
     assert hub.final(newest, hub.version(finished_key(newest))) == {"n": newest.int}

@@ -154,3 +154,21 @@ async def test_the_loop_runs_a_round_every_interval(autojump_clock: trio.testing
 def test_the_interval_must_be_positive() -> None:
     with pytest.raises(ValueError, match="interval"):
         TableUpkeep(RecordingStore([]), 0)
+
+
+async def test_dead_rows_a_vacuum_could_not_remove_do_not_call_for_it_every_round() -> None:
+    """An open snapshot (a long transaction, a backup) keeps dead row versions alive:
+    VACUUM leaves them, and the next rounds wait until as many again piled up."""
+    store = RecordingStore([row("events", 5000, 5000, dead=3000)])
+    upkeep = TableUpkeep(store, 5.0)
+    assert await upkeep.tend() == [("events", "vacuum")]
+    assert await upkeep.tend() == []  # still 3,000 dead: nothing new to do
+    store.rows = [row("events", 5000, 5000, dead=3000 + VACUUM_BASE + 499)]
+    assert await upkeep.tend() == []
+    store.rows = [row("events", 5000, 5000, dead=3000 + VACUUM_BASE + 500)]
+    assert await upkeep.tend() == [("events", "vacuum")]
+    # The snapshot ended and a vacuum (here or autovacuum) removed them: the floor follows.
+    store.rows = [row("events", 5000, 5000, dead=0)]
+    assert await upkeep.tend() == []
+    store.rows = [row("events", 5000, 5000, dead=VACUUM_BASE + 500)]
+    assert await upkeep.tend() == [("events", "vacuum")]
